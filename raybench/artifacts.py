@@ -1,0 +1,93 @@
+"""Run directories and atomic writes: a file is either complete at its path or absent."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from raybench.errors import UserError
+
+
+def make_run_dir(save_dir: str | Path, run_name: str | None) -> Path:
+    """`<save_dir>/<run_name>` or `<save_dir>/run_YYYYMMDD_HHMMSS` (suffixed if taken)."""
+    save_dir = Path(save_dir)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create save_dir {save_dir}: {exc.strerror}") from None
+    if not os.access(save_dir, os.W_OK):
+        raise UserError(f"save_dir {save_dir} is not writable")
+    base = run_name or time.strftime("run_%Y%m%d_%H%M%S")
+    for i in range(1000):
+        path = save_dir / (base if i == 0 else f"{base}_{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if run_name:
+                raise UserError(f"run directory {path} already exists; pick another "
+                                "io.run_name") from None
+    raise UserError(f"too many runs named {base} in {save_dir}")
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+
+
+def write_yaml(path: str | Path, obj: Any) -> Path:
+    return write_bytes(path, yaml.safe_dump(_jsonable(obj), sort_keys=False).encode())
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_jsonable(rows))
+    return write_bytes(path, buf.getvalue().encode())
+
+
+def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return write_bytes(path, buf.getvalue())
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,297 @@
+"""One typed config tree: dataclasses per section, loaded from YAML, overridden from the CLI.
+
+Unknown keys and bad values raise UserError with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raybench.errors import UserError
+
+TASKS = ("regression", "classification")
+MODELS = ("mlp", "lstm", "gru", "transformer")
+# Metric to early-stop on, and whether larger is better.
+METRIC_MODES = {"val_loss": "min", "mse": "min", "mae": "min", "r2": "max", "auc": "max",
+                "accuracy": "max", "f1": "max"}
+CLASSIFICATION_METRICS = ("auc", "accuracy", "f1", "val_loss")
+REGRESSION_METRICS = ("r2", "mse", "mae", "val_loss")
+
+
+def _choice(*options: str) -> dict:
+    return {"choices": options}
+
+
+def _positive() -> dict:
+    return {"min": 0, "strict": True}
+
+
+@dataclass
+class DataConfig:
+    npz_path: str | None = None  # None: prepare the S&P 500 NPZ for the task in the cache dir
+    task: str | None = field(default=None, metadata=_choice(*TASKS))  # None: inferred from y
+    window: int = field(default=60, metadata=_positive())  # window length for the auto-prepared NPZ
+    valid_from_train: float = field(default=0.1, metadata={"min": 0, "max": 1, "strict": True})
+    shuffle_train: bool = False
+    norm: str = field(default="zscore", metadata=_choice("zscore", "none"))
+
+
+@dataclass
+class ModelConfig:
+    kind: str = field(default="mlp", metadata=_choice(*MODELS))
+    input_dim: int | None = None  # None: taken from the data (F)
+    hidden: int = field(default=64, metadata=_positive())
+    layers: int = field(default=1, metadata=_positive())
+    dropout: float = field(default=0.1, metadata={"min": 0, "max": 1})
+    heads: int = field(default=4, metadata=_positive())  # transformer only
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=25, metadata=_positive())
+    batch_size: int = field(default=64, metadata=_positive())  # per worker
+    lr: float = field(default=1e-3, metadata=_positive())
+    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    early_stop_metric: str | None = field(default=None, metadata=_choice(*METRIC_MODES))
+    early_stop_patience: int = field(default=5, metadata={"min": 0})  # 0 turns it off
+    seed: int = 42
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))
+    warmup_epochs: int = field(default=1, metadata={"min": 0})  # excluded from throughput
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = field(default=0.5, metadata={"min": 0, "max": 1})
+    save_cm: bool = True
+
+
+@dataclass
+class IOConfig:
+    save_dir: str = "./outputs"
+    run_name: str | None = None
+
+
+@dataclass
+class ScalingConfig:
+    workers: int = field(default=1, metadata=_positive())
+    use_gpu: bool = False
+    cpus_per_worker: float = field(default=1.0, metadata=_positive())
+    threads_per_worker: int | None = field(default=None, metadata=_positive())  # None: CPU share
+    address: str | None = None  # None: RAY_ADDRESS, else a local Ray on 127.0.0.1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    io: IOConfig = field(default_factory=IOConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def early_stop(self, task: str) -> tuple[str, str]:
+        """The metric early stopping watches and its mode, defaulting by task."""
+        metric = self.train.early_stop_metric or ("auc" if task == "classification" else "val_loss")
+        allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+        if metric not in allowed:
+            raise UserError(f"train.early_stop_metric: {metric!r} does not apply to {task}; "
+                            f"use one of {', '.join(allowed)}")
+        return metric, METRIC_MODES[metric]
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check one value against its annotation; YAML and CLI strings are converted where exact."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args and (typing.get_origin(annotation) in (typing.Union,
+                                                                         types.UnionType))
+    base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if optional:
+            return None
+        raise UserError(f"{key}: must not be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{key}: expected an integer, got {value!r}") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}: expected a number, got {value!r}") from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {annotation} for {key}")
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if "min" in meta:
+        low = meta["min"]
+        if value < low or (meta.get("strict") and value == low):
+            relation = ">" if meta.get("strict") else ">="
+            raise UserError(f"{key}: must be {relation} {low}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise UserError(f"{key}: must be <= {meta['max']}, got {value!r}")
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` on cfg after checking the key exists and the value fits."""
+    section_name, _, key = dotted.partition(".")
+    if section_name not in SECTIONS or not key:
+        raise UserError(f"unknown config key {dotted!r} (sections: {', '.join(SECTIONS)})")
+    section = getattr(cfg, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise UserError(f"unknown config key {dotted!r} (known in {section_name}: "
+                        f"{', '.join(fields)})")
+    coerced = _coerce(dotted, value, _field_types(type(section))[key])
+    _check_range(dotted, coerced, dict(fields[key].metadata))
+    setattr(section, key, coerced)
+
+
+def from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
+    cfg = Config()
+    if raw is None:
+        return cfg
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    for section_name, values in raw.items():
+        if section_name not in SECTIONS:
+            raise UserError(f"{source}: unknown section {section_name!r} "
+                            f"(sections: {', '.join(SECTIONS)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {section_name!r} must be a mapping")
+        for key, value in values.items():
+            set_value(cfg, f"{section_name}.{key}", value)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        with path.open() as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    return from_dict(load_yaml(path), str(path)) if path else Config()
+
+
+def save_yaml_text(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# Flags of both seed CLIs plus raybench's own, each mapped to one config key. Both spellings
+# (snake_case from the notes, kebab-case as is usual) are accepted.
+FLAGS: list[tuple[str, str, str]] = [
+    ("npz_path", "data.npz_path", "NPZ file (default: S&P 500 prepared into the cache)"),
+    ("task", "data.task", "regression|classification (default: inferred from y)"),
+    ("valid_ratio", "data.valid_from_train", "chronological tail of train used for validation"),
+    ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS),
+    ("norm", "data.norm", "zscore|none"),
+    ("model", "model.kind", "mlp|lstm|gru|transformer"),
+    ("hidden_dim", "model.hidden", "hidden size"),
+    ("hidden", "model.hidden", argparse.SUPPRESS),
+    ("layers", "model.layers", "recurrent/encoder layers"),
+    ("dropout", "model.dropout", "dropout probability"),
+    ("epochs", "train.epochs", "maximum epochs"),
+    ("batch_size", "train.batch_size", "batch size per worker"),
+    ("lr", "train.lr", "learning rate"),
+    ("weight_decay", "train.weight_decay", "L2 weight decay"),
+    ("patience", "train.early_stop_patience", "early-stopping patience in epochs (0: off)"),
+    ("early_stop_metric", "train.early_stop_metric", "val_loss|auc|r2|..."),
+    ("seed", "train.seed", "random seed"),
+    ("device", "train.device", "auto|cpu|cuda|mps"),
+    ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput"),
+    ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/"),
+    ("run_name", "io.run_name", "run directory name instead of the timestamp"),
+    ("workers", "scaling.workers", "number of Ray Train workers"),
+    ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker"),
+    ("threads_per_worker", "scaling.threads_per_worker", "torch intra-op threads (default: "
+     "the worker's CPU share)"),
+    ("address", "scaling.address", "Ray cluster to join (default: RAY_ADDRESS, else local)"),
+]
+BOOL_FLAGS: list[tuple[str, str, str]] = [
+    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch"),
+    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)"),
+]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add --config, --set and every override flag; unset flags leave the YAML value alone."""
+    parser.add_argument("--config", help="YAML config (sections data, model, train, eval, io, "
+                        "scaling)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
+    group = parser.add_argument_group("config overrides")
+    seen: set[str] = set()
+    for name, key, help_text in FLAGS:
+        spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
+                           help=help_text, metavar=key.split(".")[1].upper())
+        seen.add(name)
+    for name, key, help_text in BOOL_FLAGS:
+        spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
+        group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",
+                           const=True, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """YAML (if any), then --set overrides, then the named flags (the most specific wins)."""
+    cfg = load_config(args.config)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+        set_value(cfg, key.strip(), yaml.safe_load(value) if value else None)
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:") and value is not None:
+            set_value(cfg, dest.split(":")[1], value)
+    return cfg

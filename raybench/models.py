@@ -1,0 +1,88 @@
+"""Models: every one maps (B, T, F) windows to one output per sample (a value or a logit)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from raybench.config import ModelConfig
+
+
+class MLPRegressor(nn.Module):
+    """The seed benchmark model: temporal average pooling -> Linear -> ReLU -> Dropout -> Linear."""
+
+    def __init__(self, input_dim: int, hidden: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.mean(dim=1)).squeeze(-1)
+
+
+class RNNModel(nn.Module):
+    """LSTM or GRU over the window; the last hidden state feeds a linear head."""
+
+    def __init__(self, kind: str, input_dim: int, hidden: int = 64, layers: int = 1,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        # torch applies RNN dropout between layers only; with one layer it would only warn.
+        self.rnn = rnn(input_dim, hidden, num_layers=layers, batch_first=True,
+                       dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(self.drop(out[:, -1])).squeeze(-1)
+
+
+class TransformerModel(nn.Module):
+    """A small pre-norm Transformer encoder with sinusoidal positions and mean pooling."""
+
+    def __init__(self, input_dim: int, window: int, hidden: int = 64, layers: int = 1,
+                 heads: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.proj = nn.Linear(input_dim, hidden)
+        pos = torch.arange(window).unsqueeze(1)
+        div = torch.exp(torch.arange(0, hidden, 2) * (-math.log(10000.0) / hidden))
+        pe = torch.zeros(window, hidden)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: hidden // 2])
+        self.register_buffer("pos", pe, persistent=False)
+        layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
+                                           dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.proj(x) + self.pos[: x.shape[1]])
+        return self.head(h.mean(dim=1)).squeeze(-1)
+
+
+def build_model(cfg: ModelConfig, n_features: int, window: int) -> nn.Module:
+    from raybench.errors import UserError
+
+    input_dim = cfg.input_dim or n_features
+    if input_dim != n_features:
+        raise UserError(f"model.input_dim is {input_dim} but the data has {n_features} features")
+    if cfg.kind == "mlp":
+        return MLPRegressor(input_dim, cfg.hidden, cfg.dropout)
+    if cfg.kind in ("lstm", "gru"):
+        return RNNModel(cfg.kind, input_dim, cfg.hidden, cfg.layers, cfg.dropout)
+    if cfg.hidden % cfg.heads or cfg.hidden % 2:
+        raise UserError(f"model.hidden ({cfg.hidden}) must be even and divisible by model.heads "
+                        f"({cfg.heads}) for the transformer")
+    return TransformerModel(input_dim, window, cfg.hidden, cfg.layers, cfg.heads, cfg.dropout)
+
+
+def loss_fn(task: str) -> nn.Module:
+    """MSE for regression; BCE on one logit for classification."""
+    return nn.MSELoss() if task == "regression" else nn.BCEWithLogitsLoss()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

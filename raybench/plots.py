@@ -1,0 +1,63 @@
+"""Headless PNG figures: confusion matrices and learning curves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from raybench.artifacts import write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers, CI or Ray workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+def confusion_matrix_png(cm: list[list[int]], path: str | Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(cm, cmap="Blues")
+    peak = max(max(row) for row in cm) or 1
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center",
+                    color="white" if cm[i][j] > peak / 2 else "black")
+    ax.set_xticks([0, 1], ["down (0)", "up (1)"])
+    ax.set_yticks([0, 1], ["down (0)", "up (1)"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def curves_png(history: list[dict], metric: str, best_epoch: int, path: str | Path) -> Path:
+    """Train/validation loss and the early-stopping metric per epoch, best epoch marked."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
+    if any("val_loss" in r for r in history):
+        ax_loss.plot(epochs, [r.get("val_loss") for r in history], label="validation")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    key = "val_loss" if metric == "val_loss" else f"val_{metric}"
+    ax_metric.plot(epochs, [r.get(key) for r in history], color="tab:green")
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(key)
+    for ax in (ax_loss, ax_metric):
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    ax_metric.set_title(f"best epoch {best_epoch}")
+    return _save(fig, path)

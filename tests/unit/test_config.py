@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from raybench import config
+from raybench.errors import UserError
+from raybench.run import build_parser
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def parse(*argv):
+    return config.config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_defaults_match_the_seed_notes():
+    cfg = config.Config()
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.early_stop_patience) == (64, 1e-3, 5)
+    assert (cfg.model.hidden, cfg.model.layers, cfg.model.dropout) == (64, 1, 0.1)
+    assert (cfg.data.valid_from_train, cfg.data.norm, cfg.data.shuffle_train) == (0.1, "zscore",
+                                                                                   False)
+    assert cfg.io.save_dir == "./outputs" and cfg.eval.threshold == 0.5
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = config.load_config(path)
+    assert cfg.model.kind in config.MODELS
+
+
+def test_seed_flags_override_yaml(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("model: {kind: gru, hidden: 128, layers: 2}\ntrain: {epochs: 50, lr: 0.0005}\n")
+    cfg = parse("--config", str(yml), "--lr", "0.01", "--hidden_dim", "32", "--shuffle_train",
+                "--valid_ratio", "0.2", "--patience", "3", "--set", "model.dropout=0.3")
+    assert cfg.model.kind == "gru" and cfg.model.layers == 2 and cfg.train.epochs == 50
+    assert cfg.train.lr == 0.01 and cfg.model.hidden == 32 and cfg.data.shuffle_train
+    assert cfg.data.valid_from_train == 0.2 and cfg.train.early_stop_patience == 3
+    assert cfg.model.dropout == 0.3
+
+
+def test_both_spellings_of_flags():
+    assert parse("--batch-size", "8").train.batch_size == 8
+    assert parse("--hidden", "16").model.hidden == 16
+    assert parse("--cpus-per-worker", "0.5").scaling.cpus_per_worker == 0.5
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train: {epochz: 3}", "unknown config key 'train.epochz'"),
+    ("trian: {epochs: 3}", "unknown section 'trian'"),
+    ("train: {epochs: three}", "train.epochs: expected an integer"),
+    ("train: {lr: -0.1}", "train.lr: must be > 0"),
+    ("train: {lr: 0}", "train.lr: must be > 0"),
+    ("train: {epochs: 0}", "train.epochs: must be > 0"),
+    ("train: {batch_size: -4}", "train.batch_size: must be > 0"),
+    ("scaling: {workers: 0}", "scaling.workers: must be > 0"),
+    ("model: {kind: cnn}", "model.kind: 'cnn' is not one of"),
+    ("data: {shuffle_train: maybe}", "data.shuffle_train: expected true or false"),
+    ("data: {valid_from_train: 1.5}", "data.valid_from_train: must be <= 1"),
+    ("train: [1, 2]", "section 'train' must be a mapping"),
+    ("train: {epochs: 3", "malformed YAML"),
+])
+def test_bad_config_is_one_line_user_error(tmp_path, yaml_text, message):
+    yml = tmp_path / "bad.yaml"
+    yml.write_text(yaml_text)
+    with pytest.raises(UserError) as err:
+        config.load_config(yml)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_flags():
+    with pytest.raises(UserError, match="train.lr: must be > 0"):
+        parse("--lr", "-1")
+    with pytest.raises(UserError, match="scaling.workers: expected an integer"):
+        parse("--workers", "two")
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        parse("--set", "train.lr")
+    with pytest.raises(UserError, match="config file not found"):
+        parse("--config", "/nonexistent.yaml")
+
+
+def test_early_stop_metric_must_fit_task():
+    cfg = config.Config()
+    assert cfg.early_stop("classification") == ("auc", "max")
+    assert cfg.early_stop("regression") == ("val_loss", "min")
+    cfg.train.early_stop_metric = "auc"
+    with pytest.raises(UserError, match="does not apply to regression"):
+        cfg.early_stop("regression")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = parse("--model", "transformer", "--workers", "3")
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.save_yaml_text(cfg))
+    assert config.load_config(path) == cfg
