@@ -236,6 +236,7 @@ FLAGS: list[tuple[str, str, str]] = [
     ("valid_ratio", "data.valid_from_train", "chronological tail of train used for validation"),
     ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS),
     ("norm", "data.norm", "zscore|none"),
+    ("window", "data.window", "window length of the auto-prepared / synthetic data"),
     ("model", "model.kind", "mlp|lstm|gru|transformer"),
     ("hidden_dim", "model.hidden", "hidden size"),
     ("hidden", "model.hidden", argparse.SUPPRESS),
@@ -264,19 +265,20 @@ BOOL_FLAGS: list[tuple[str, str, str]] = [
 ]
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add --config, --set and every override flag; unset flags leave the YAML value alone."""
+def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add --config, --set and every override flag (less those a command defines itself);
+    unset flags leave the YAML value alone."""
     parser.add_argument("--config", help="YAML config (sections data, model, train, eval, io, "
                         "scaling)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
     group = parser.add_argument_group("config overrides")
-    seen: set[str] = set()
     for name, key, help_text in FLAGS:
+        if name in exclude:
+            continue
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
                            help=help_text, metavar=key.split(".")[1].upper())
-        seen.add(name)
     for name, key, help_text in BOOL_FLAGS:
         spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",

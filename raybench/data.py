@@ -123,6 +123,33 @@ class Dataset:
         return self.X_train.shape[2]
 
 
+ARRAY_FIELDS = ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test", "baseline_valid",
+                "baseline_test")
+
+
+def save_dataset(ds: Dataset, directory: str | Path) -> Path:
+    """Write a prepared Dataset as .npy files that other processes can memory-map."""
+    import json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ARRAY_FIELDS:
+        np.save(directory / f"{name}.npy", getattr(ds, name))
+    (directory / "meta.json").write_text(json.dumps({"task": ds.task,
+                                                     "norm_stats": ds.norm_stats}))
+    return directory
+
+
+def load_dataset(directory: str | Path) -> Dataset:
+    """Memory-map a saved Dataset: processes on one machine share its pages."""
+    import json
+
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ARRAY_FIELDS}
+    return Dataset(task=meta["task"], norm_stats=meta["norm_stats"], **arrays)
+
+
 def split_valid(n_train: int, valid_ratio: float, source: str = "data") -> int:
     """Index where the chronological validation tail starts."""
     n_valid = int(round(n_train * valid_ratio))

@@ -7,18 +7,21 @@ import logging
 import math
 import os
 import queue as queue_mod
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from raybench.config import Config
 from raybench.data import Dataset
 from raybench.errors import UserError
 from raybench.loop import LoopOptions, train_worker
+from raybench.models import build_model, count_parameters
 
 # ------------------------------------------------------------------ sessions
 
@@ -109,6 +112,62 @@ def run_raw(cfg: Config, data: Dataset, options: LoopOptions,
     result = train_worker(cfg, data, LocalSession(pick_device(cfg), on_report=on_report), options)
     assert result is not None
     return result
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, data_dir: str,
+                options: LoopOptions, results: Any, allreduce_iters: int) -> None:
+    from raybench.config import from_dict
+    from raybench.data import load_dataset
+    from raybench.timing import allreduce_latency
+
+    cfg = from_dict(cfg_dict)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    gpu = wants_gpu(cfg)
+    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+    try:
+        data = load_dataset(data_dir)
+        result = train_worker(cfg, data, LocalSession(device, rank, world), options)
+        numel = count_parameters(build_model(cfg.model, data.n_features, data.window))
+        comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
+        if rank == 0:
+            assert result is not None
+            result["allreduce"] = comm
+            results.put(result)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(cfg: Config, data_dir: str, options: LoopOptions, *,
+            allreduce_iters: int = 200) -> dict:
+    """The loop under plain torch DistributedDataParallel: cfg.scaling.workers processes
+    started with torch.multiprocessing, gloo on CPU (nccl on GPU), no Ray. Data comes from
+    memory-mapped .npy files (see data.save_dataset), shared through the page cache."""
+    import torch.multiprocessing as mp
+
+    world = cfg.scaling.workers
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, daemon=True,
+                         args=(rank, world, port, cfg.to_dict(), data_dir, options, results,
+                               allreduce_iters)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed or results.empty():
+        raise RuntimeError(f"DDP baseline with {world} processes failed (exit codes {failed})")
+    return results.get()
 
 
 # ------------------------------------------------------------------ Ray cluster

@@ -56,6 +56,7 @@ class LoopOptions:
     checkpoint: bool = True  # checkpoint every epoch (resume, fault tolerance, best weights)
     evaluate: bool = True  # validation every epoch, test at the end
     max_steps_per_epoch: int | None = None  # cap for benchmarks on huge data
+    warmup_steps: int = 0  # steps excluded from throughput, on top of train.warmup_epochs
 
 
 def worker_threads(cfg: Config) -> int:
@@ -221,7 +222,9 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         _set_rng_state(state["rng"])
 
     times = StepTimes()
-    counted_samples, counted_seconds = 0, 0.0
+    # Throughput counts the steps themselves (data, compute, sync, optimizer) after warm-up;
+    # evaluation and reporting between epochs are not training throughput.
+    counted_samples, counted_seconds, global_step = 0, 0.0, 0
     first_step_time: float | None = None
     shuffle_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
     stopped_early = False
@@ -229,7 +232,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         t_epoch = time.perf_counter()
         model.train()
-        counts = epoch > cfg.train.warmup_epochs
+        past_warmup_epochs = epoch > cfg.train.warmup_epochs
         order = torch.randperm(n_local, generator=shuffle_gen) if cfg.data.shuffle_train else None
         loss_sum = torch.zeros((), device=device)
         seen = 0
@@ -261,14 +264,14 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
             t3 = time.perf_counter()
             loss_sum += loss.detach() * (hi - lo)
             seen += hi - lo
-            if counts:
+            global_step += 1
+            if past_warmup_epochs and global_step > options.warmup_steps:
                 launch = clock.last_launch if clock.last_launch else t2
                 times.add(t1 - t0, launch - t1, t2 - launch, t3 - t2)
+                counted_samples += hi - lo
+                counted_seconds += t3 - t0
         train_time = time.perf_counter() - t_epoch
         train_loss = float(loss_sum) / max(seen, 1)
-        if counts:
-            counted_samples += seen
-            counted_seconds += train_time
 
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
                                "train_time_sec": train_time}

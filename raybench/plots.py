@@ -8,7 +8,7 @@ from pathlib import Path
 from raybench.artifacts import write_bytes
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers, CI or Ray workers
@@ -17,15 +17,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return write_bytes(path, buf.getvalue())
 
 
 def confusion_matrix_png(cm: list[list[int]], path: str | Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     ax.imshow(cm, cmap="Blues")
     peak = max(max(row) for row in cm) or 1
@@ -38,12 +38,12 @@ def confusion_matrix_png(cm: list[list[int]], path: str | Path, title: str) -> P
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves_png(history: list[dict], metric: str, best_epoch: int, path: str | Path) -> Path:
     """Train/validation loss and the early-stopping metric per epoch, best epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
@@ -60,4 +60,4 @@ def curves_png(history: list[dict], metric: str, best_epoch: int, path: str | Pa
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
     ax_metric.set_title(f"best epoch {best_epoch}")
-    return _save(fig, path)
+    return save_figure(fig, path)

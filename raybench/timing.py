@@ -88,3 +88,27 @@ def process_start_time() -> float:
         return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):  # not Linux: the best we know is "now"
         return time.time()
+
+
+def allreduce_latency(numel: int, device, iters: int = 200, warmup: int = 20) -> dict:
+    """Latency of one all-reduce of `numel` float32 values in the current process group: the
+    floor under a DDP step's gradient synchronisation."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.zeros(numel, dtype=torch.float32, device=device)
+    on_gpu = tensor.is_cuda
+    for _ in range(warmup):
+        dist.all_reduce(tensor)
+    dist.barrier()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        dist.all_reduce(tensor)
+        if on_gpu:
+            torch.cuda.synchronize(device)
+        samples.append(time.perf_counter() - start)
+    ms = np.asarray(samples) * 1e3
+    return {"numel": numel, "bytes": numel * 4, "iters": iters,
+            "allreduce_ms_p50": float(np.percentile(ms, 50)),
+            "allreduce_ms_p90": float(np.percentile(ms, 90))}
