@@ -65,6 +65,8 @@ class TrainConfig:
     seed: int = 42
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))
     warmup_epochs: int = field(default=1, metadata={"min": 0})  # excluded from throughput
+    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16"))  # bf16: autocast
+    compile: bool = False  # torch.compile the model
 
 
 @dataclass
@@ -251,6 +253,7 @@ FLAGS: list[tuple[str, str, str]] = [
     ("seed", "train.seed", "random seed"),
     ("device", "train.device", "auto|cpu|cuda|mps"),
     ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput"),
+    ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)"),
     ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/"),
     ("run_name", "io.run_name", "run directory name instead of the timestamp"),
     ("workers", "scaling.workers", "number of Ray Train workers"),
@@ -262,6 +265,7 @@ FLAGS: list[tuple[str, str, str]] = [
 BOOL_FLAGS: list[tuple[str, str, str]] = [
     ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch"),
     ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)"),
+    ("compile", "train.compile", "torch.compile the model"),
 ]
 
 

@@ -200,6 +200,11 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         model.register_comm_hook(None, clock.hook)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
+    # The compiled wrapper only runs training steps; evaluation and state_dicts use the module
+    # itself, so checkpoints carry no compile or DDP prefixes.
+    step_model = torch.compile(model) if cfg.train.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=cfg.train.precision == "bf16")
     criterion = loss_fn(task)
 
     first_epoch, best, best_epoch, bad_epochs = 1, None, 0, 0
@@ -252,7 +257,8 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
             if first_step_time is None:
                 first_step_time = time.time()
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(xb), yb)
+            with autocast:
+                loss = criterion(step_model(xb).float(), yb)
             clock.last_launch = 0.0
             loss.backward()
             if on_gpu:

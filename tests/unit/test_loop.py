@@ -76,3 +76,15 @@ def test_best_state_is_plain_numpy(reg_npz):
     result = run_raw(small_cfg(epochs=1), dataset(reg_npz), LoopOptions(checkpoint=False))
     assert all(isinstance(v, np.ndarray) for v in result["best_state"].values())
     assert not any(k.startswith("module.") for k in result["best_state"])
+
+
+def test_bf16_autocast_and_compile_paths_train(reg_npz):
+    ds = dataset(reg_npz)
+    bf16 = small_cfg(epochs=2, precision="bf16")
+    result = run_raw(bf16, ds, LoopOptions(checkpoint=False))
+    assert np.isfinite(result["history"][-1]["train_loss"])
+    assert result["metrics_test"]["mse"] != run_raw(small_cfg(epochs=2), ds, LoopOptions(
+        checkpoint=False))["metrics_test"]["mse"]  # bf16 really changed the arithmetic
+    compiled = run_raw(small_cfg(epochs=2, compile=True), ds, LoopOptions(checkpoint=False))
+    assert not any(k.startswith("_orig_mod") for k in compiled["best_state"])
+    assert np.isfinite(compiled["metrics_test"]["mse"])
