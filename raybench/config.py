@@ -291,7 +291,11 @@ def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """YAML (if any), then --set overrides, then the named flags (the most specific wins)."""
-    cfg = load_config(args.config)
+    return apply_overrides(load_config(args.config), args)
+
+
+def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply --set items, then the named flags that were given, to cfg."""
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

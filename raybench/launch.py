@@ -188,9 +188,11 @@ def _local_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False) -> str:
+def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
+            extra_cpus: int = 0) -> str:
     """Join the cluster at scaling.address or RAY_ADDRESS, else start a local Ray on 127.0.0.1
-    with enough logical CPUs for the requested workers. Returns a description of the cluster."""
+    with enough logical CPUs for the requested workers (plus extra_cpus, e.g. for Tune's trial
+    drivers). Returns a description of the cluster."""
     import ray
 
     address = cfg.scaling.address or os.environ.get("RAY_ADDRESS")
@@ -206,7 +208,7 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False) -> s
         return f"Ray cluster at {address}"
     _local_ray_env()  # inherited by the processes this ray.init starts
     needed = math.ceil(cfg.scaling.workers * cfg.scaling.cpus_per_worker)
-    num_cpus = max(os.cpu_count() or 1, needed)
+    num_cpus = max(os.cpu_count() or 1, needed + extra_cpus)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=verbose, logging_level=level)

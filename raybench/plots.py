@@ -61,3 +61,25 @@ def curves_png(history: list[dict], metric: str, best_epoch: int, path: str | Pa
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
     ax_metric.set_title(f"best epoch {best_epoch}")
     return save_figure(fig, path)
+
+
+def trials_png(rows: list[dict], metric: str, path: str | Path) -> Path:
+    """The metric per epoch for every trial of a sweep: short lines are trials ASHA stopped."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        values = [v for v in row["history"] if v is not None]
+        if not values:
+            continue
+        epochs = list(range(1, len(values) + 1))
+        stopped = row["status"] == "stopped_early"
+        ax.plot(epochs, values, color="tab:red" if stopped else "tab:blue",
+                alpha=0.5 if stopped else 0.9, linewidth=1)
+        ax.plot(epochs[-1], values[-1], "x" if stopped else "o",
+                color="tab:red" if stopped else "tab:blue", markersize=4)
+    ax.plot([], [], color="tab:blue", label="ran to max_t")
+    ax.plot([], [], color="tab:red", label="stopped early (ASHA)")
+    ax.set_xlabel("epoch (training_iteration)")
+    ax.set_ylabel(metric)
+    ax.legend()
+    return save_figure(fig, path)

@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, metavar="K",
                         help="exclude the first K steps from throughput instead of the first "
                         "epoch")
-    parser.add_argument("--max-steps", type=int, metavar="K",
-                        help="cap steps per epoch (for very large data)")
+    parser.add_argument("--max-steps", type=int, default=500, metavar="K",
+                        help="steps per epoch at most, so a point costs seconds whatever the "
+                        "data size (default 500; 0: whole epochs)")
     parser.add_argument("--allreduce-iters", type=int, default=200,
                         help="iterations of the all-reduce micro-benchmark (0: skip)")
     parser.add_argument("--out", help="output directory (default results/scale_<timestamp>)")
@@ -137,7 +138,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     for n, cfg in points:
         check_batches(len(data.X_train), n, cfg.train.batch_size, source)
     options = LoopOptions(checkpoint=False, evaluate=False, warmup_steps=args.warmup_steps or 0,
-                          max_steps_per_epoch=args.max_steps)
+                          max_steps_per_epoch=args.max_steps or None)
 
     max_cfg = points[-1][1]
     import ray

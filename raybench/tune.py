@@ -1,0 +1,507 @@
+"""`python -m raybench.tune`: Ray Tune sweeps with ASHA early stopping over the same per-worker
+loop as `raybench.run`.
+
+A sweep YAML names a base config and a search space over any config key:
+
+    base: ../lstm_classification.yaml
+    metric: auc            # val_loss, auc, accuracy, f1, r2, mse, mae
+    num_samples: 16
+    scheduler: {max_t: 12, grace_period: 2, reduction_factor: 3}
+    search_space:
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      model.hidden: {choice: [16, 32, 64]}
+      model.layers: {randint: [1, 3]}       # 1 or 2 (upper bound excluded)
+      model.dropout: {uniform: [0.0, 0.3]}
+      model.kind: {grid: [lstm, gru]}       # every value, times num_samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raybench import artifacts, environment
+from raybench.config import (
+    METRIC_MODES,
+    Config,
+    add_config_args,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    set_value,
+)
+from raybench.console import Console
+from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
+from raybench.errors import UserError, run_cli
+from raybench.launch import RaySession, connect, wants_gpu
+from raybench.loop import LoopOptions, train_worker
+
+KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
+         "randint": "range"}
+SWEEP_KEYS = {"base", "metric", "mode", "num_samples", "max_concurrent", "scheduler",
+              "search_space", "overrides"}
+SCHEDULER_KEYS = {"max_t", "grace_period", "reduction_factor"}
+DRIVER_CPU = 0.01
+
+EXAMPLE = """examples:
+  python -m raybench.tune --config configs/tune/lstm_classification.yaml --num-samples 16
+  python -m raybench.tune --config configs/tune/mlp_regression.yaml --workers-per-trial 2 \\
+      --max-t 10 --grace-period 2 --out results/tune_mlp
+  python -m raybench.tune --resume results/tune_mlp"""
+
+
+# ------------------------------------------------------------------ search space
+
+
+def parse_space(raw: Any, source: str = "search_space") -> dict[str, tuple[str, list]]:
+    """{dotted.key: (kind, args)}; every key must be a real config key, every spec well formed."""
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{source}: expected a mapping of config keys to specs")
+    space = {}
+    probe = Config()
+    for key, spec in raw.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise UserError(f"{source}.{key}: expected one of {{{', '.join(KINDS)}: ...}}, "
+                            f"got {spec!r}")
+        (kind, args), = spec.items()
+        if kind not in KINDS:
+            raise UserError(f"{source}.{key}: unknown kind {kind!r} (use {', '.join(KINDS)})")
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{source}.{key}: {kind} needs a list, got {args!r}")
+        if KINDS[kind] == "range":
+            if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
+                raise UserError(f"{source}.{key}: {kind} needs [low, high], got {args!r}")
+            low, high = args
+            if not low < high:
+                raise UserError(f"{source}.{key}: {kind} needs low < high, got {args!r}")
+            if kind == "loguniform" and low <= 0:
+                raise UserError(f"{source}.{key}: loguniform needs low > 0, got {args!r}")
+            if kind == "randint" and not all(isinstance(a, int) for a in args):
+                raise UserError(f"{source}.{key}: randint needs integers, got {args!r}")
+            samples = [low, high - 1 if kind == "randint" else high]
+        else:
+            samples = args
+        for value in samples:  # each value must be valid for the key itself
+            set_value(probe, key, value)
+        space[key] = (kind, list(args))
+    return space
+
+
+def to_tune_space(space: dict[str, tuple[str, list]]) -> dict[str, Any]:
+    from ray import tune
+
+    make = {"choice": lambda a: tune.choice(a), "grid": lambda a: tune.grid_search(a),
+            "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+            "randint": lambda a: tune.randint(*a)}
+    return {key: make[kind](args) for key, (kind, args) in space.items()}
+
+
+def load_sweep(path: str | Path) -> dict:
+    """The sweep YAML, checked: base config resolved relative to the file, search space parsed."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with base, search_space, scheduler, ...")
+    unknown = set(raw) - SWEEP_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: "
+                        f"{', '.join(sorted(SWEEP_KEYS))})")
+    base = raw.get("base")
+    base_cfg = Config()
+    if base:
+        base_path = (path.parent / base).resolve()
+        base_cfg = from_dict(load_yaml(base_path), str(base_path))
+    for key, value in (raw.get("overrides") or {}).items():
+        set_value(base_cfg, key, value)
+    scheduler = raw.get("scheduler") or {}
+    bad = set(scheduler) - SCHEDULER_KEYS
+    if bad:
+        raise UserError(f"{path}: scheduler: unknown key {sorted(bad)[0]!r} (known: "
+                        f"{', '.join(sorted(SCHEDULER_KEYS))})")
+    return {"base": base_cfg, "space": parse_space(raw.get("search_space"), f"{path}: "
+                                                   "search_space"),
+            "metric": raw.get("metric"), "mode": raw.get("mode"),
+            "num_samples": raw.get("num_samples", 8), "max_concurrent": raw.get("max_concurrent"),
+            "scheduler": scheduler}
+
+
+# ------------------------------------------------------------------ trials
+
+
+class TuneSession:
+    """One-process trial: the loop runs inside the Tune trial and reports to Tune directly."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def get_checkpoint_dir(self) -> str | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint else None
+
+    def node(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+
+def trial_config(base: dict, sampled: dict) -> Config:
+    cfg = from_dict(base)
+    for key, value in sampled.items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def _report_key(metric: str) -> str:
+    return "val_loss" if metric == "val_loss" else f"val_{metric}"
+
+
+def _single_worker_trial(params: dict, base: dict, data: dict) -> None:
+    import ray
+    import torch
+
+    from raybench.launch import pick_device
+
+    cfg = trial_config(base, params)
+    device = torch.device("cuda") if wants_gpu(cfg) else pick_device(cfg)
+    train_worker(cfg, ray.get(data["ref"]), TuneSession(device), LoopOptions())
+
+
+def _distributed_trial(params: dict, base: dict, data: dict) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(base, params)
+    trial_dir = ray.tune.get_context().get_trial_dir()
+    trainer = TorchTrainer(
+        _train_fn,
+        train_loop_config={"cfg": cfg.to_dict(), "data": data["ref"]},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=trial_dir, callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    trainer.fit()
+
+
+def _train_fn(config: dict) -> None:
+    import ray
+
+    train_worker(from_dict(config["cfg"]), ray.get(config["data"]), RaySession(), LoopOptions())
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m raybench.tune", description=__doc__,
+                                     epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=int, help="trials to sample (default: the YAML's)")
+    parser.add_argument("--workers-per-trial", type=int, default=1,
+                        help="Ray Train workers per trial; >1 runs each trial as a TorchTrainer")
+    parser.add_argument("--max-concurrent", type=int,
+                        help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    parser.add_argument("--scheduler", choices=("asha", "none"), default="asha",
+                        help="asha stops poor trials early; none runs every trial to max_t")
+    parser.add_argument("--max-t", type=int, help="epochs a trial may run (ASHA max_t)")
+    parser.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
+    parser.add_argument("--reduction-factor", type=float, help="ASHA reduction factor")
+    parser.add_argument("--metric", choices=sorted(METRIC_MODES),
+                        help="metric to optimize (default: the YAML's, else by task)")
+    parser.add_argument("--out", help="output directory (default results/tune_<timestamp>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted sweep in DIR")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.add_argument("--verbose", action="store_true", help="show Ray Tune's own progress")
+    add_config_args(parser, exclude=("workers",))
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """Sweep settings from the YAML, the flags on top; the base config's overrides applied."""
+    if not args.config:
+        raise UserError("--config SWEEP.yaml is required (see configs/tune/)")
+    sweep = load_sweep(args.config)
+    base: Config = sweep["base"]
+    apply_overrides(base, args)  # --lr, --npz_path, --set ... as in raybench.run
+    sched = dict(sweep["scheduler"])
+    for flag, key in (("max_t", "max_t"), ("grace_period", "grace_period"),
+                      ("reduction_factor", "reduction_factor")):
+        if getattr(args, flag) is not None:
+            sched[key] = getattr(args, flag)
+    sched.setdefault("max_t", base.train.epochs)
+    sched.setdefault("grace_period", 1)
+    sched.setdefault("reduction_factor", 2)
+    if sched["max_t"] < 1 or sched["grace_period"] < 1 or sched["grace_period"] > sched["max_t"]:
+        raise UserError(f"scheduler: need 1 <= grace_period <= max_t, got {sched}")
+    if sched["reduction_factor"] <= 1:
+        raise UserError(f"scheduler: reduction_factor must be > 1, got {sched['reduction_factor']}")
+    if args.workers_per_trial < 1:
+        raise UserError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
+    base.scaling.workers = args.workers_per_trial
+    base.train.epochs = int(sched["max_t"])
+    base.train.early_stop_patience = 0  # the scheduler decides when a trial stops
+    num_samples = args.num_samples if args.num_samples is not None else sweep["num_samples"]
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise UserError(f"num_samples must be a positive integer, got {num_samples!r}")
+    return {"base": base, "space": sweep["space"], "metric": args.metric or sweep["metric"],
+            "scheduler": sched, "num_samples": num_samples,
+            "max_concurrent": args.max_concurrent or sweep["max_concurrent"],
+            "kind": args.scheduler}
+
+
+def _trial_resources(cfg: Config) -> dict:
+    if cfg.scaling.workers == 1:
+        res = {"cpu": cfg.scaling.cpus_per_worker}
+        if wants_gpu(cfg):
+            res["gpu"] = 1
+        return res
+    # The trial only drives a TorchTrainer whose workers hold the real resources; Tune needs a
+    # non-empty request, so the driver asks for a sliver of a CPU.
+    return {"cpu": DRIVER_CPU}
+
+
+def _capacity(cfg: Config) -> int:
+    """How many trials the cluster can run at once (fails fast when not even one fits)."""
+    import ray
+
+    from raybench.launch import check_resources
+
+    check_resources(cfg)  # one trial's workers must fit
+    total = ray.cluster_resources()
+    per_trial_cpu = cfg.scaling.workers * cfg.scaling.cpus_per_worker
+    if cfg.scaling.workers > 1:
+        per_trial_cpu += DRIVER_CPU
+    fits = int(total.get("CPU", 0) // per_trial_cpu)
+    if wants_gpu(cfg):
+        fits = min(fits, int(total.get("GPU", 0) // cfg.scaling.workers))
+    return max(fits, 1)
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    out = Console(quiet=args.quiet)
+    if args.resume:
+        out_dir = Path(args.resume)
+        saved = out_dir / "sweep.yaml"
+        if not saved.is_file():
+            raise UserError(f"--resume {out_dir}: no sweep.yaml there; not a raybench sweep")
+        state = load_yaml(saved)
+        settings = {**state, "base": from_dict(state["base"]),
+                    "space": {k: tuple(v) for k, v in state["space"].items()}}
+    else:
+        settings = _settings(args)
+        out_dir = Path(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
+        if (out_dir / "sweep.yaml").exists():
+            raise UserError(f"{out_dir} already holds a sweep; use --resume {out_dir} or "
+                            "another --out")
+    base: Config = settings["base"]
+    npz_path, note = resolve_npz(base.data.npz_path, base.data.task, base.model.kind,
+                                 base.data.window)
+    if note:
+        out.log(note)
+    data = build_dataset(load_npz(npz_path), base.data.task, base.data.valid_from_train,
+                         base.data.norm, str(npz_path))
+    base.data.npz_path, base.data.task = str(npz_path), data.task
+    metric, mode = base.early_stop(data.task) if not settings["metric"] else (
+        settings["metric"], METRIC_MODES[settings["metric"]])
+    base.train.early_stop_metric = metric
+    base.early_stop(data.task)
+    batch_values = [base.train.batch_size]
+    if "train.batch_size" in settings["space"]:
+        kind, values = settings["space"]["train.batch_size"]
+        batch_values = values if kind in ("choice", "grid") else [values[1]]
+    check_batches(len(data.X_train), base.scaling.workers, max(batch_values), str(npz_path))
+
+    # Tune's clean-up of stopped TorchTrainer runs goes through the dashboard's State API.
+    out.log(f"Ray: {connect(base, verbose=args.verbose, dashboard=True, extra_cpus=1)}")
+    capacity = _capacity(base)
+    concurrent = min(settings["max_concurrent"] or capacity, capacity)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_doc = {**settings, "base": base.to_dict(), "metric": metric,
+                    "space": {k: list(v) for k, v in settings["space"].items()}}
+    if not args.resume:
+        artifacts.write_yaml(out_dir / "sweep.yaml", settings_doc)
+
+    data_ref = ray.put(data)
+    fn = _single_worker_trial if base.scaling.workers == 1 else _distributed_trial
+    trainable = tune.with_resources(
+        # The reference sits inside a dict so that with_parameters hands trials the reference
+        # (data placed once in the object store), not a copy of the data.
+        tune.with_parameters(fn, base=base.to_dict(), data={"ref": data_ref}),
+        _trial_resources(base))
+    sched = settings["scheduler"]
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=int(sched["max_t"]),
+                               grace_period=int(sched["grace_period"]),
+                               reduction_factor=float(sched["reduction_factor"]))
+                 if settings["kind"] == "asha" else FIFOScheduler())
+    key = _report_key(metric)
+    storage = str(out_dir.resolve())
+    if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if args.resume:
+        tuner = tune.Tuner.restore(str(out_dir.resolve() / "tune"), trainable=trainable,
+                                   resume_errored=True)
+        out.log(f"Resuming sweep in {out_dir}")
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_space(settings["space"]),
+            tune_config=tune.TuneConfig(metric=key, mode=mode, scheduler=scheduler,
+                                        num_samples=settings["num_samples"],
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage, verbose=1 if args.verbose else 0,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)),
+        )
+    out.log(f"Sweep: {settings['num_samples']} sample(s), metric {metric} ({mode}), scheduler "
+            f"{settings['kind']} {sched}, {base.scaling.workers} worker(s) per trial, up to "
+            f"{concurrent} at once")
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    rows = trial_rows(grid, key, mode, int(sched["max_t"]))
+    expected = settings["num_samples"] * math.prod(
+        len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
+    # Tune answers Ctrl-C by stopping the experiment and returning what it has; an incomplete
+    # sweep must not look finished.
+    interrupted = (len(rows) < expected
+                   or grid.num_terminated + grid.num_errors < len(rows))
+    if not rows:
+        raise RuntimeError("the sweep produced no trials")
+    if all(r["status"] == "error" for r in rows):
+        raise RuntimeError(f"every trial failed; the first: {rows[0]['error']}")
+    write_outputs(out_dir, rows, base, metric, mode, settings_doc, wall,
+                  "interrupted" if interrupted else "completed")
+    if interrupted:
+        out.summary(f"Sweep interrupted after {len(rows)} of {expected} trials; partial results "
+                    f"in {out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
+        raise KeyboardInterrupt
+    stopped = sum(r["status"] == "stopped_early" for r in rows)
+    out.summary(top_table(rows, metric, mode))
+    run_epochs = sum(r["epochs_run"] for r in rows)
+    full = len(rows) * int(sched["max_t"])
+    out.summary(f"{len(rows)} trials, {stopped} stopped early by ASHA: {run_epochs} epochs run "
+                f"of {full} without early stopping ({1 - run_epochs / full:.0%} saved), "
+                f"{wall:.0f}s")
+    out.summary(f"Saved → {out_dir}")
+    return {"rows": rows, "out_dir": out_dir}
+
+
+def trial_rows(grid: Any, key: str, mode: str, max_t: int) -> list[dict]:
+    """One row per trial: its sampled values, status, epochs run, final and best metric."""
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        history = df.to_dict("records") if df is not None else []
+        values = [h[key] for h in history if h.get(key) is not None]
+        epochs = len(history)
+        if result.error is not None:
+            status = "error"
+        elif epochs >= max_t:
+            status = "completed"
+        else:
+            status = "stopped_early"
+        best = (min(values) if mode == "min" else max(values)) if values else None
+        best_epoch = values.index(best) + 1 if values else None
+        checkpoint = None
+        try:
+            ckpt = result.get_best_checkpoint(key, mode) if values else None
+            checkpoint = ckpt.path if ckpt else None
+        except (RuntimeError, ValueError, KeyError):
+            checkpoint = history[-1].get("checkpoint_path") if history else None
+        if checkpoint is None and history:
+            checkpoint = next((h["checkpoint_path"] for h in reversed(history)
+                               if h.get("checkpoint_path")), None)
+        rows.append({
+            "trial_id": (result.metrics or {}).get("trial_id") or (
+                history[-1].get("trial_id") if history else None),
+            "config": dict(result.config or {}),
+            "status": status,
+            "epochs_run": epochs,
+            "final": values[-1] if values else None,
+            "best": best,
+            "best_epoch": best_epoch,
+            "wall_time_sec": history[-1].get("time_total_s") if history else None,
+            "checkpoint": checkpoint,
+            "history": [h.get(key) for h in history],
+            "error": str(result.error).splitlines()[0] if result.error else None,
+        })
+    return rows
+
+
+def best_row(rows: list[dict], mode: str) -> dict:
+    scored = [r for r in rows if r["best"] is not None]
+    if not scored:
+        raise RuntimeError("no trial reported the metric")
+    return (min if mode == "min" else max)(scored, key=lambda r: r["best"])
+
+
+def write_outputs(out_dir: Path, rows: list[dict], base: Config, metric: str, mode: str,
+                  settings: dict, wall: float, status: str) -> None:
+    keys = sorted({k for r in rows for k in r["config"]})
+    flat = [{"trial_id": r["trial_id"], **{k: r["config"].get(k) for k in keys},
+             **{k: r[k] for k in ("status", "epochs_run", "final", "best", "best_epoch",
+                                  "wall_time_sec", "checkpoint", "error")}} for r in rows]
+    artifacts.write_csv(out_dir / "trials.csv", flat)
+    best = best_row(rows, mode)
+    cfg = trial_config(base.to_dict(), best["config"])
+    cfg.train.early_stop_metric = metric
+    artifacts.write_yaml(out_dir / "best_config.yaml", cfg.to_dict())
+    from raybench.plots import trials_png
+
+    trials_png(rows, metric, out_dir / "trials.png")
+    artifacts.write_json(out_dir / "trials.json", {
+        "status": status, "metric": metric, "mode": mode, "settings": settings,
+        "wall_time_sec": wall, "environment": environment.collect(), "best": best,
+        "trials": rows})
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def top_table(rows: list[dict], metric: str, mode: str, top: int = 8) -> str:
+    scored = sorted((r for r in rows if r["best"] is not None), key=lambda r: r["best"],
+                    reverse=mode == "max")
+    keys = sorted({k for r in rows for k in r["config"]})
+    head = (f"{'trial':<12} {'status':<14} {'epochs':>6} {'best ' + metric:>12}  "
+            + "  ".join(f"{k:>{len(k)}}" for k in keys))
+    lines = [head, "-" * len(head)]
+    for r in scored[:top]:
+        vals = "  ".join(f"{_short(r['config'].get(k)):>{len(k)}}" for k in keys)
+        lines.append(f"{r['trial_id'] or '-':<12} {r['status']:<14} {r['epochs_run']:>6} "
+                     f"{r['best']:>12.4f}  {vals}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run_sweep(args)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from raybench.errors import UserError
+from raybench.tune import load_sweep, parse_space, to_tune_space
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tune"
+
+
+def test_every_kind_and_dotted_keys():
+    space = parse_space({
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "model.dropout": {"uniform": [0.0, 0.3]},
+        "model.layers": {"randint": [1, 3]},
+        "model.hidden": {"choice": [16, 32]},
+        "model.kind": {"grid": ["lstm", "gru"]},
+    })
+    assert space["model.layers"] == ("randint", [1, 3])
+    tune_space = to_tune_space(space)
+    assert tune_space["model.kind"] == {"grid_search": ["lstm", "gru"]}
+    assert 1e-4 <= tune_space["train.lr"].sample() <= 1e-2
+    assert tune_space["model.layers"].sample() in (1, 2)
+    assert tune_space["model.hidden"].sample() in (16, 32)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"train.lrr": {"choice": [0.1]}}, "unknown config key 'train.lrr'"),
+    ({"train.lr": {"normal": [0, 1]}}, "unknown kind 'normal'"),
+    ({"train.lr": {"uniform": [0.1]}}, "needs [low, high]"),
+    ({"train.lr": {"uniform": [0.2, 0.1]}}, "needs low < high"),
+    ({"train.lr": {"loguniform": [0, 0.1]}}, "loguniform needs low > 0"),
+    ({"model.layers": {"randint": [1.5, 3]}}, "randint needs integers"),
+    ({"train.lr": {"choice": []}}, "choice needs a list"),
+    ({"train.lr": 0.1}, "expected one of"),
+    ({"model.kind": {"choice": ["lstm", "cnn"]}}, "model.kind: 'cnn' is not one of"),
+    ({"train.lr": {"choice": [-1.0]}}, "train.lr: must be > 0"),
+    ({}, "expected a mapping"),
+])
+def test_bad_specs_are_one_line_errors(spec, message):
+    with pytest.raises(UserError) as err:
+        parse_space(spec)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["mlp_regression.yaml", "lstm_classification.yaml"])
+def test_shipped_sweeps_load(name):
+    sweep = load_sweep(CONFIGS / name)
+    assert sweep["space"] and sweep["scheduler"]["max_t"] > sweep["scheduler"]["grace_period"]
+    assert sweep["base"].model.kind in ("mlp", "lstm")
+
+
+def test_sweep_file_errors(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("search_space: {train.lr: {choice: [0.1]}}\nschedular: {}\n")
+    with pytest.raises(UserError, match="unknown key 'schedular'"):
+        load_sweep(bad)
+    bad.write_text("search_space: {train.lr: {choice: [0.1]}}\nscheduler: {max_tt: 3}\n")
+    with pytest.raises(UserError, match="unknown key 'max_tt'"):
+        load_sweep(bad)
