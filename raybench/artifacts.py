@@ -17,15 +17,23 @@ import yaml
 from raybench.errors import UserError
 
 
+def check_writable(directory: str | Path) -> Path:
+    """Create `directory` if needed and prove a file can be written there (root ignores mode
+    bits, so os.access would say yes to a read-only mount)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise UserError(f"save_dir {directory} is not writable: "
+                        f"{exc.strerror or exc}") from None
+    return directory
+
+
 def make_run_dir(save_dir: str | Path, run_name: str | None) -> Path:
     """`<save_dir>/<run_name>` or `<save_dir>/run_YYYYMMDD_HHMMSS` (suffixed if taken)."""
-    save_dir = Path(save_dir)
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create save_dir {save_dir}: {exc.strerror}") from None
-    if not os.access(save_dir, os.W_OK):
-        raise UserError(f"save_dir {save_dir} is not writable")
+    save_dir = check_writable(save_dir)
     base = run_name or time.strftime("run_%Y%m%d_%H%M%S")
     for i in range(1000):
         path = save_dir / (base if i == 0 else f"{base}_{i}")
@@ -91,3 +99,23 @@ def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def upload_dir(local: str | Path, destination: str, name: str) -> str:
+    """Copy a directory to `<destination>/<name>`: a local/NFS path or any URI pyarrow's
+    filesystem layer understands (s3://, gs://, hdfs://)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    if "://" in destination:
+        try:
+            fs, root = pafs.FileSystem.from_uri(destination)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"storage path {destination}: {exc}") from None
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(destination).resolve())
+    target = f"{root.rstrip('/')}/{name}"
+    fs.create_dir(target, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), target, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    return destination.rstrip("/") + "/" + name

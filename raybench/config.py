@@ -79,6 +79,9 @@ class EvalConfig:
 class IOConfig:
     save_dir: str = "./outputs"
     run_name: str | None = None
+    # Where Ray Train keeps checkpoints and where the driver copies the run's artifacts: a path
+    # every node can reach (NFS) or a URI pyarrow understands (s3://, gs://). None: the run dir.
+    storage_path: str | None = None
 
 
 @dataclass
@@ -88,6 +91,9 @@ class ScalingConfig:
     cpus_per_worker: float = field(default=1.0, metadata=_positive())
     threads_per_worker: int | None = field(default=None, metadata=_positive())  # None: CPU share
     address: str | None = None  # None: RAY_ADDRESS, else a local Ray on 127.0.0.1
+    placement_strategy: str = field(default="PACK", metadata=_choice(
+        "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    max_failures: int = field(default=0, metadata={"min": -1})  # worker-group restarts; -1: inf
 
 
 @dataclass
@@ -261,6 +267,11 @@ FLAGS: list[tuple[str, str, str]] = [
     ("threads_per_worker", "scaling.threads_per_worker", "torch intra-op threads (default: "
      "the worker's CPU share)"),
     ("address", "scaling.address", "Ray cluster to join (default: RAY_ADDRESS, else local)"),
+    ("placement_strategy", "scaling.placement_strategy", "PACK|SPREAD|STRICT_PACK|STRICT_SPREAD"),
+    ("max_failures", "scaling.max_failures", "worker-group restarts from the last checkpoint "
+     "(-1: unlimited)"),
+    ("storage_path", "io.storage_path", "shared directory or URI (s3://, gs://) for "
+     "checkpoints and a copy of the run's artifacts"),
 ]
 BOOL_FLAGS: list[tuple[str, str, str]] = [
     ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch"),

@@ -183,6 +183,20 @@ def wants_gpu(cfg: Config) -> bool:
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+_STARTED_RAY = False
+# A local Ray gets as many logical CPUs as the workers ask for, so that 4 workers run on a
+# 2-core laptop; past this many worker processes per core the machine only thrashes.
+LOCAL_OVERSUBSCRIPTION = 4
+
+
+def shutdown_if_ours() -> None:
+    """Stop the local Ray this process started (its workers with it); leave clusters alone."""
+    import ray
+
+    if _STARTED_RAY and ray.is_initialized():
+        ray.shutdown()
+
+
 def _local_ray_env() -> None:
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -200,6 +214,7 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
     if ray.is_initialized():
         return "existing Ray session"
     if address:
+        _probe_cluster(address)
         try:
             ray.init(address=address, log_to_driver=verbose, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -207,12 +222,46 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
             raise UserError(f"cannot connect to a Ray cluster at {address!r}: {msg}") from None
         return f"Ray cluster at {address}"
     _local_ray_env()  # inherited by the processes this ray.init starts
+    cores = os.cpu_count() or 1
+    if cfg.scaling.workers > LOCAL_OVERSUBSCRIPTION * cores:
+        raise UserError(f"{cfg.scaling.workers} workers on this {cores}-core machine: a local "
+                        f"Ray runs at most {LOCAL_OVERSUBSCRIPTION * cores} worker processes "
+                        f"({LOCAL_OVERSUBSCRIPTION} per core); use --address to run on a cluster")
     needed = math.ceil(cfg.scaling.workers * cfg.scaling.cpus_per_worker)
-    num_cpus = max(os.cpu_count() or 1, needed + extra_cpus)
+    num_cpus = max(cores, needed + extra_cpus)
+    global _STARTED_RAY
+    _STARTED_RAY = True
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=verbose, logging_level=level)
     return f"local Ray on 127.0.0.1 with {num_cpus} logical CPUs"
+
+
+def _probe_cluster(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds when nothing listens at the address: ray.init would retry for minutes
+    (measured here: still waiting after 10 min for 127.0.0.1:1)."""
+    from ray._private.services import canonicalize_bootstrap_address, parse_address
+
+    if address.startswith("ray://"):  # Ray Client: probe its own port
+        host_port = address[len("ray://"):]
+    else:
+        try:
+            host_port = canonicalize_bootstrap_address(address)
+        except Exception as exc:  # Ray raises ConnectionError/ValueError for a missing cluster
+            raise UserError(f"cannot connect to a Ray cluster at {address!r}: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+        if host_port is None:
+            return  # "local": ray.init starts one
+    parsed = parse_address(host_port)
+    if parsed is None:
+        raise UserError(f"--address {address!r}: expected host:port, auto or ray://host:port")
+    host, port = parsed
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot connect to a Ray cluster at {address!r} ({host}:{port}: "
+                        f"{exc.strerror or exc}); start one with `ray start --head` or drop "
+                        "--address / RAY_ADDRESS to run locally") from None
 
 
 def check_resources(cfg: Config) -> None:
@@ -221,6 +270,9 @@ def check_resources(cfg: Config) -> None:
 
     cpus, gpus = cfg.scaling.cpus_per_worker, (1.0 if wants_gpu(cfg) else 0.0)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if gpus and not any(n.get("Resources", {}).get("GPU") for n in nodes):
+        raise UserError("--use-gpu / device cuda: the Ray cluster has no GPUs "
+                        f"({len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPU)")
     fits = 0
     for node in nodes:
         res = node.get("Resources", {})
@@ -267,11 +319,13 @@ def run_ray(cfg: Config, data_ref: Any, options: LoopOptions, *, storage_path: s
         _ray_train_fn,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_ref, "options": options,
                            "progress": progress},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers,
-                                               use_gpu=wants_gpu(cfg),
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
+            resources_per_worker=resources,
+            placement_strategy=cfg.scaling.placement_strategy),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
     )
     outcome: dict[str, Any] = {}

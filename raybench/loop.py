@@ -232,6 +232,11 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
     counted_samples, counted_seconds, global_step = 0, 0.0, 0
     first_step_time: float | None = None
     shuffle_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+    if cfg.data.shuffle_train:
+        # Each rank's shuffle stream is a function of seed, rank and epoch: replay the epochs
+        # a resumed run already did instead of storing every rank's generator.
+        for _ in range(first_epoch - 1):
+            torch.randperm(n_local, generator=shuffle_gen)
     stopped_early = False
 
     for epoch in range(first_epoch, cfg.train.epochs + 1):
@@ -317,7 +322,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
                         "train_times": train_times, "rng": _rng_state()},
                        os.path.join(ckpt_dir, CKPT_STATE))
         report = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-        report.update(metric=metric_name, best=best, best_epoch=best_epoch)
+        report.update(metric=metric_name, best=best, best_epoch=best_epoch, pid=os.getpid())
         session.report(report, ckpt_dir)
         if tmp is not None:
             tmp.cleanup()
