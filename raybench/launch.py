@@ -8,7 +8,10 @@ import math
 import os
 import queue as queue_mod
 import socket
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +51,8 @@ class LocalSession:
     def get_checkpoint_dir(self) -> str | None:
         return None
 
-    def node(self) -> str:
-        return "local"
+    def node(self) -> dict[str, str]:
+        return {"ip": "127.0.0.1", "id": socket.gethostname()}
 
 
 class RaySession:
@@ -84,10 +87,14 @@ class RaySession:
         checkpoint = ray.train.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
 
-    def node(self) -> str:
-        import ray
+    def node(self) -> dict[str, str]:
+        return ray_node()
 
-        return ray.util.get_node_ip_address()
+
+def ray_node() -> dict[str, str]:
+    import ray
+
+    return {"ip": ray.util.get_node_ip_address(), "id": ray.get_runtime_context().get_node_id()}
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -126,24 +133,37 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, data_dir: str,
     from raybench.data import load_dataset
     from raybench.timing import allreduce_latency
 
-    cfg = from_dict(cfg_dict)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    gpu = wants_gpu(cfg)
-    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
-    if gpu:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+    code = 1
     try:
-        data = load_dataset(data_dir)
-        result = train_worker(cfg, data, LocalSession(device, rank, world), options)
-        numel = count_parameters(build_model(cfg.model, data.n_features, data.window))
-        comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
-        if rank == 0:
-            assert result is not None
-            result["allreduce"] = comm
-            results.put(result)
+        cfg = from_dict(cfg_dict)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        gpu = wants_gpu(cfg)
+        device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+        if gpu:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+        try:
+            data = load_dataset(data_dir)
+            result = train_worker(cfg, data, LocalSession(device, rank, world), options)
+            numel = count_parameters(build_model(cfg.model, data.n_features, data.window))
+            comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
+            if rank == 0:
+                assert result is not None
+                result["allreduce"] = comm
+                results.put(result)
+                results.close()
+                results.join_thread()  # flush the queue's feeder thread before os._exit
+            code = 0
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
     finally:
-        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: gloo's threads sometimes abort it ("terminate called
+        # without an active exception") after the work is done and the result delivered.
+        os._exit(code)
 
 
 def run_ddp(cfg: Config, data_dir: str, options: LoopOptions, *,
@@ -155,19 +175,33 @@ def run_ddp(cfg: Config, data_dir: str, options: LoopOptions, *,
 
     world = cfg.scaling.workers
     ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
+    results = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_ddp_worker, daemon=True,
                          args=(rank, world, port, cfg.to_dict(), data_dir, options, results,
                                allreduce_iters)) for rank in range(world)]
     for proc in procs:
         proc.start()
-    for proc in procs:
-        proc.join()
+    result = None
+    try:
+        # Read while the processes run: a large result blocks its writer until it is read.
+        while result is None:
+            try:
+                result = results.get(timeout=1.0)
+            except queue_mod.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs) or all(
+                        p.exitcode is not None for p in procs):
+                    break
+        for proc in procs:
+            proc.join(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
     failed = [p.exitcode for p in procs if p.exitcode != 0]
-    if failed or results.empty():
+    if failed or result is None:
         raise RuntimeError(f"DDP baseline with {world} processes failed (exit codes {failed})")
-    return results.get()
+    return result
 
 
 # ------------------------------------------------------------------ Ray cluster
@@ -288,6 +322,39 @@ def check_resources(cfg: Config) -> None:
                         f"in {have}; at most {fits} fit")
 
 
+def scaling_config(cfg: Config):
+    import ray.train
+
+    return ray.train.ScalingConfig(
+        num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
+        resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        placement_strategy=cfg.scaling.placement_strategy)
+
+
+def _floor_fn() -> float | None:
+    first_line = time.time()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return first_line
+    times = [None] * dist.get_world_size()
+    dist.all_gather_object(times, first_line)
+    return max(times) if dist.get_rank() == 0 else None
+
+
+def ray_startup_floor(cfg: Config, *, storage_path: str, name: str) -> float:
+    """Ray's own start-up floor: seconds from this call until every worker of a TorchTrainer
+    whose loop does nothing has reached its first line (same workers and resources)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    start = time.time()
+    result = TorchTrainer(_floor_fn, scaling_config=scaling_config(cfg),
+                          run_config=ray.train.RunConfig(name=name, storage_path=storage_path)
+                          ).fit()
+    return result.return_value - start
+
+
 @dataclass
 class RayRun:
     result: dict  # rank 0's return value of the loop
@@ -314,15 +381,11 @@ def run_ray(cfg: Config, data_ref: Any, options: LoopOptions, *, storage_path: s
 
     check_resources(cfg)
     progress = Queue(actor_options={"num_cpus": 0}) if on_report else None
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
     trainer = TorchTrainer(
         _ray_train_fn,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_ref, "options": options,
                            "progress": progress},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
-            resources_per_worker=resources,
-            placement_strategy=cfg.scaling.placement_strategy),
+        scaling_config=scaling_config(cfg),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),

@@ -22,10 +22,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raybench.config import Config
-from raybench.data import Dataset
+from raybench.data import ARRAY_FIELDS, Dataset
 from raybench.metrics import evaluate_split
 from raybench.models import build_model, count_parameters, loss_fn
-from raybench.timing import StepTimes, epoch_stats, peak_rss_mb, throughput
+from raybench.timing import StepTimes, epoch_stats, peak_rss_mb, pss_mb, throughput
 
 CKPT_MODEL = "model.pt"
 CKPT_STATE = "train_state.pt"
@@ -45,7 +45,7 @@ class Session(Protocol):
 
     def get_checkpoint_dir(self) -> str | None: ...
 
-    def node(self) -> str: ...
+    def node(self) -> dict[str, str]: ...  # {"ip": ..., "id": ...} of the machine it runs on
 
 
 @dataclass
@@ -173,6 +173,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
     """Train on this rank's shard; returns the run's result on rank 0, None elsewhere."""
     options = options or LoopOptions()
     rank, world, device = session.rank, session.world_size, session.device
+    pss_start = pss_mb()  # before this worker touches the data
     torch.set_num_threads(worker_threads(cfg))
     _seed_everything(cfg.train.seed)
     task = data.task
@@ -343,13 +344,18 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
     local_sps = throughput(counted_samples, counted_seconds)
     rank_info = {
         "rank": rank,
-        "node": session.node(),
+        "node": session.node()["ip"],
+        "node_id": session.node()["id"],
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "samples_per_sec": local_sps,
         "peak_rss_mb": peak_rss_mb(),
+        # PSS splits shared pages (the object store's copy of the data) among the processes
+        # that map them, so summed over workers it shows whether the data was held once.
+        "pss_mb": pss_mb(),
+        "pss_mb_start": pss_start,
         "peak_gpu_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if on_gpu else None,
         "first_step_time": first_step_time,
         "final_weights_sha256": _weights_digest(_unwrap(model)),
@@ -379,6 +385,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         "time_to_first_step_sec": (max(first_steps) - options.launch_time
                                    if first_steps and options.launch_time else None),
         "threads_per_worker": rank_info["threads"],
+        "dataset_mb": sum(getattr(data, f).nbytes for f in ARRAY_FIELDS) / 2**20,
         "batch_size_per_worker": batch,
         "global_batch_size": batch * world,
         "steps_per_epoch": steps,

@@ -27,7 +27,14 @@ from raybench.data import (
     synthetic,
 )
 from raybench.errors import UserError, run_cli
-from raybench.launch import check_resources, connect, run_ddp, run_raw, run_ray
+from raybench.launch import (
+    check_resources,
+    connect,
+    ray_startup_floor,
+    run_ddp,
+    run_raw,
+    run_ray,
+)
 from raybench.loop import LoopOptions
 
 EXAMPLE = """examples:
@@ -78,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "data size (default 500; 0: whole epochs)")
     parser.add_argument("--allreduce-iters", type=int, default=200,
                         help="iterations of the all-reduce micro-benchmark (0: skip)")
+    parser.add_argument("--startup-floor", action="store_true",
+                        help="also time Ray's own start-up floor (a TorchTrainer whose loop does "
+                        "nothing) at each N, next to raybench's time to first step")
     parser.add_argument("--out", help="output directory (default results/scale_<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary table")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
@@ -152,11 +162,17 @@ def run_sweep(args: argparse.Namespace) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="raybench-scale-"))
     try:
         data_dir = str(save_dataset(data, scratch / "data")) if "ddp" in args.backends else ""
-        runs = []
+        runs, startup = [], []
         for repeat in range(1, args.repeats + 1):
             # Interleave backends and sizes within each repeat so drift on a shared machine
             # spreads over all points instead of biasing one.
             for n, cfg in points:
+                if args.startup_floor and "raybench" in args.backends:
+                    floor = ray_startup_floor(cfg, storage_path=str(
+                        (out_dir / "ray_train").resolve()), name=f"floor_n{n}_r{repeat}")
+                    startup.append({"workers": n, "repeat": repeat, "floor_sec": floor})
+                    out.log(f"repeat {repeat} floor    N={n}: first line of an empty loop "
+                            f"after {floor:.1f}s")
                 for backend in args.backends:
                     if backend == "raw" and n != 1:
                         continue
@@ -185,9 +201,16 @@ def run_sweep(args: argparse.Namespace) -> dict:
              "workers": args.workers, "data_source": source,
              "warmup": ({"steps": args.warmup_steps} if args.warmup_steps is not None
                         else {"epochs": base.train.warmup_epochs})}
+    if startup:
+        extra["startup"] = startup
+        extra["startup_summary"] = scaling_report.startup_summary(startup, runs)
     doc = scaling_report.write_report(out_dir, environment=env, config=cfg_doc, runs=runs,
                                       extra=extra)
     out.summary(scaling_report.table(doc["summary"]))
+    for row in extra.get("startup_summary", []):
+        out.summary(f"start-up N={row['workers']}: Ray floor {row['floor_sec']:.1f}s, raybench "
+                    f"first step {row['raybench_first_step_sec']:.1f}s "
+                    f"(ratio {row['ratio']:.2f})")
     out.summary(f"Saved → {out_dir}")
     return doc
 

@@ -21,7 +21,7 @@ CSV_COLUMNS = ["backend", "mode", "workers", "repeat", "samples_per_sec",
                "step_time_ms_p90", "data_share", "compute_share", "sync_share", "optimizer_share",
                "batch_size_per_worker", "global_batch_size", "threads_per_worker",
                "epoch_time_sec", "time_to_first_step_sec", "peak_rss_mb_max", "peak_gpu_mem_mb_max",
-               "allreduce_ms_p50", "nodes", "wall_time_sec"]
+               "allreduce_ms_p50", "pss_over_dataset", "nodes", "wall_time_sec"]
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy needed for small n).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -41,6 +41,9 @@ def run_record(backend: str, mode: str, repeat: int, result: dict, wall_time: fl
     ranks = t.get("ranks") or []
     rss = [r["peak_rss_mb"] for r in ranks if r.get("peak_rss_mb") is not None]
     gpu = [r["peak_gpu_mem_mb"] for r in ranks if r.get("peak_gpu_mem_mb") is not None]
+    pss = [r["pss_mb"] for r in ranks if r.get("pss_mb") is not None]
+    pss_data = [r["pss_mb"] - r["pss_mb_start"] for r in ranks
+                if r.get("pss_mb") is not None and r.get("pss_mb_start") is not None]
     counted = t["train_times"][t.get("warmup_epochs", 0):] or t["train_times"]
     return {
         "backend": backend,
@@ -65,6 +68,15 @@ def run_record(backend: str, mode: str, repeat: int, result: dict, wall_time: fl
         "allreduce_ms_p50": (result.get("allreduce") or {}).get("allreduce_ms_p50"),
         "allreduce_bytes": (result.get("allreduce") or {}).get("bytes"),
         "nodes": [r.get("node") for r in ranks],
+        "node_ids": [r.get("node_id") for r in ranks],
+        "dataset_mb": t.get("dataset_mb"),
+        "pss_mb_sum": sum(pss) if pss else None,
+        # Sum of the workers' proportional set sizes over the dataset size: ~1 when the data
+        # is held once per node and shared, >= N when every worker holds its own copy.
+        "pss_over_dataset": (sum(pss) / t["dataset_mb"]) if pss and t.get("dataset_mb") else None,
+        # The same, counting only what each worker's PSS grew by after it started training.
+        "pss_growth_over_dataset": (sum(pss_data) / t["dataset_mb"])
+        if pss_data and t.get("dataset_mb") else None,
         "wall_time_sec": wall_time,
     }
 
@@ -134,7 +146,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         }
         for key in ("step_time_ms_p50", "step_time_ms_p90", "data_share", "compute_share",
                     "sync_share", "optimizer_share", "epoch_time_sec", "time_to_first_step_sec",
-                    "peak_rss_mb_max", "peak_gpu_mem_mb_max", "allreduce_ms_p50"):
+                    "peak_rss_mb_max", "peak_gpu_mem_mb_max", "allreduce_ms_p50",
+                    "pss_over_dataset"):
             row[key] = _median(rs, key)
         if backend == "raybench":
             raw = medians.get(("raw", 1)) if workers == 1 else None
@@ -234,3 +247,16 @@ def load_runs(paths: list[str]) -> tuple[list[dict], list[Any], list[dict]]:
     if not runs:
         raise UserError("nothing to merge: no runs in the given files")
     return runs, envs, configs
+
+
+def startup_summary(startup: list[dict], runs: list[dict]) -> list[dict]:
+    """Per N: Ray's own start-up floor (an empty TorchTrainer loop reaching its first line) next
+    to raybench's time to its first training step, both from the launch call, medians."""
+    rows = []
+    for n in sorted({s["workers"] for s in startup}):
+        floor = statistics.median(s["floor_sec"] for s in startup if s["workers"] == n)
+        ours = _median([r for r in runs if r["backend"] == "raybench" and r["workers"] == n],
+                       "time_to_first_step_sec")
+        rows.append({"workers": n, "floor_sec": floor, "raybench_first_step_sec": ours,
+                     "ratio": ours / floor if ours and floor else None})
+    return rows

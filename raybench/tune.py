@@ -37,7 +37,7 @@ from raybench.config import (
 from raybench.console import Console
 from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
 from raybench.errors import UserError, run_cli
-from raybench.launch import RaySession, connect, wants_gpu
+from raybench.launch import RaySession, connect, ray_node, wants_gpu
 from raybench.loop import LoopOptions, train_worker
 
 KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
@@ -155,10 +155,8 @@ class TuneSession:
         checkpoint = tune.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
 
-    def node(self) -> str:
-        import ray
-
-        return ray.util.get_node_ip_address()
+    def node(self) -> dict[str, str]:
+        return ray_node()
 
 
 def trial_config(base: dict, sampled: dict) -> Config:
