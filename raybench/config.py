@@ -287,13 +287,20 @@ def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = 
                         "scaling)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
-    group = parser.add_argument_group("config overrides")
+    group = parser.add_argument_group(
+        "config overrides", "each sets one config key; without --config the default shown "
+        "applies")
+    defaults = Config()
     for name, key, help_text in FLAGS:
         if name in exclude:
             continue
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        section, field_name = key.split(".")
+        default = getattr(getattr(defaults, section), field_name)
+        if help_text != argparse.SUPPRESS:
+            help_text = f"{help_text} [{key}, default {default}]"
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
-                           help=help_text, metavar=key.split(".")[1].upper())
+                           help=help_text, metavar=field_name.upper())
     for name, key, help_text in BOOL_FLAGS:
         spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",

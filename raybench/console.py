@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 
 class Console:
@@ -25,3 +26,46 @@ class Console:
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class EpochProgress:
+    """A run's live view. On a terminal: a progress bar over the current epoch's steps with the
+    epoch lines printed above it. Elsewhere (CI, `ray job logs`): the epoch lines, plus a plain
+    step line at most every 30 s for long epochs."""
+
+    def __init__(self, console: Console, format_epoch, stream=None) -> None:
+        self.console = console
+        self.format_epoch = format_epoch
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() and not console.quiet
+        self.bar = None
+        self._last_plain = 0.0
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.console.quiet:
+            return
+        if row.get("progress"):
+            self._step(row)
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.console.log(self.format_epoch(row))
+
+    def _step(self, row: dict[str, Any]) -> None:
+        if self.tty:
+            from tqdm import tqdm
+
+            if self.bar is None or self.bar.desc != f"epoch {row['epoch']}":
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=row["steps"], desc=f"epoch {row['epoch']}", unit="step",
+                                leave=False, file=self.stream, mininterval=0)
+            self.bar.update(row["step"] - self.bar.n)
+        elif time.monotonic() - self._last_plain >= 30:
+            self._last_plain = time.monotonic()
+            self.console.log(f"  epoch {row['epoch']}: step {row['step']}/{row['steps']}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -51,6 +51,10 @@ class LocalSession:
     def get_checkpoint_dir(self) -> str | None:
         return None
 
+    def step_progress(self, info: dict[str, Any]) -> None:
+        if self._on_report:
+            self._on_report({"progress": True, **info})
+
     def node(self) -> dict[str, str]:
         return {"ip": "127.0.0.1", "id": socket.gethostname()}
 
@@ -86,6 +90,10 @@ class RaySession:
 
         checkpoint = ray.train.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
+
+    def step_progress(self, info: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.put_nowait({"progress": True, **info})
 
     def node(self) -> dict[str, str]:
         return ray_node()

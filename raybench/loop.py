@@ -45,6 +45,8 @@ class Session(Protocol):
 
     def get_checkpoint_dir(self) -> str | None: ...
 
+    def step_progress(self, info: dict[str, Any]) -> None: ...  # rank 0, within long epochs
+
     def node(self) -> dict[str, str]: ...  # {"ip": ..., "id": ...} of the machine it runs on
 
 
@@ -57,6 +59,7 @@ class LoopOptions:
     evaluate: bool = True  # validation every epoch, test at the end
     max_steps_per_epoch: int | None = None  # cap for benchmarks on huge data
     warmup_steps: int = 0  # steps excluded from throughput, on top of train.warmup_epochs
+    progress_interval_sec: float | None = None  # rank 0 tells the session its step this often
 
 
 def worker_threads(cfg: Config) -> int:
@@ -239,6 +242,8 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         for _ in range(first_epoch - 1):
             torch.randperm(n_local, generator=shuffle_gen)
     stopped_early = False
+    every = options.progress_interval_sec if rank == 0 else None
+    next_progress = time.perf_counter() + every if every else math.inf
 
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         t_epoch = time.perf_counter()
@@ -282,6 +287,9 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
                 times.add(t1 - t0, launch - t1, t2 - launch, t3 - t2)
                 counted_samples += hi - lo
                 counted_seconds += t3 - t0
+            if t3 >= next_progress:
+                session.step_progress({"epoch": epoch, "step": step + 1, "steps": steps})
+                next_progress = t3 + every
         train_time = time.perf_counter() - t_epoch
         train_loss = float(loss_sum) / max(seen, 1)
 

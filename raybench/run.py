@@ -10,7 +10,7 @@ import torch
 
 from raybench import artifacts, environment, plots
 from raybench.config import Config, add_config_args, apply_overrides, config_from_args, load_config
-from raybench.console import Console
+from raybench.console import Console, EpochProgress
 from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
 from raybench.errors import UserError, run_cli
 from raybench.launch import check_resources, connect, run_ray, shutdown_if_ours, wants_gpu
@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         out.section("TRAINING")
         out.log(f"Starting training for {cfg.train.epochs} epochs; early stopping on {metric}, "
                 f"patience {cfg.train.early_stop_patience}")
-        run = run_ray(cfg, data_ref, LoopOptions(launch_time=launch_time),
-                      storage_path=storage, name=_train_name(run_dir, cfg),
-                      on_report=lambda row: out.log(_epoch_line(cfg, metric, row)))
+        view = EpochProgress(out, lambda row: _epoch_line(cfg, metric, row))
+        try:
+            run = run_ray(cfg, data_ref, LoopOptions(launch_time=launch_time,
+                                                     progress_interval_sec=1.0),
+                          storage_path=storage, name=_train_name(run_dir, cfg), on_report=view)
+        finally:
+            view.close()
         result = run.result
         write_run(run_dir, cfg, norm_stats, result)
         if cfg.io.storage_path:

@@ -155,6 +155,9 @@ class TuneSession:
         checkpoint = tune.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
 
+    def step_progress(self, info: dict) -> None:
+        pass  # a sweep shows progress per trial, not per step
+
     def node(self) -> dict[str, str]:
         return ray_node()
 
@@ -207,6 +210,50 @@ def _train_fn(config: dict) -> None:
 
 
 # ------------------------------------------------------------------ sweep
+
+
+def trial_progress(console: Console, total: int, key: str, max_t: int):
+    """A Tune callback on the driver: a bar over finished trials on a terminal, else one plain
+    line per finished trial (how far it got and why it ended)."""
+    import sys
+
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self) -> None:
+            self.bar = None
+            self.done = 0
+            if sys.stdout.isatty() and not console.quiet:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc="trials", unit="trial")
+
+        def _finished(self, trial, how: str) -> None:
+            self.done += 1
+            last = trial.last_result or {}
+            epochs = last.get("training_iteration", 0)
+            if how == "completed" and epochs < max_t:
+                how = "stopped early"
+            line = (f"trial {trial.trial_id} {how} after {epochs} epoch(s): "
+                    f"{key}={last.get(key, float('nan')):.4f} [{self.done}/{total}]")
+            if self.bar is not None:
+                self.bar.write(line)
+                self.bar.update(1)
+            else:
+                console.log(line)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._finished(trial, "completed")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._finished(trial, "failed")
+
+        def on_experiment_end(self, trials, **info) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return TrialProgress()
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +403,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
                  if settings["kind"] == "asha" else FIFOScheduler())
     key = _report_key(metric)
     storage = str(out_dir.resolve())
+    expected = settings["num_samples"] * math.prod(
+        len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
     if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if args.resume:
@@ -371,6 +420,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage, verbose=1 if args.verbose else 0,
+                callbacks=[trial_progress(out, expected, key, int(sched["max_t"]))],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)),
         )
@@ -381,8 +431,6 @@ def run_sweep(args: argparse.Namespace) -> dict:
     grid = tuner.fit()
     wall = time.perf_counter() - t0
     rows = trial_rows(grid, key, mode, int(sched["max_t"]))
-    expected = settings["num_samples"] * math.prod(
-        len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
     # Tune answers Ctrl-C by stopping the experiment and returning what it has; an incomplete
     # sweep must not look finished.
     interrupted = (len(rows) < expected

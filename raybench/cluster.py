@@ -1,0 +1,350 @@
+"""`python -m raybench.cluster`: KubeRay manifests for scaling experiments.
+
+  render    one RayJob per worker count (a worker pod per Ray Train worker, shut down after the
+            job), each running raybench.scale (or raybench.run) with the matching --workers
+  validate  check RayJob/RayCluster manifests against the KubeRay v1 CRD schemas, strictly
+            (unknown keys are errors), plus the rules the operator enforces at admission and
+            raybench's own policy (non-root, unprivileged, requests equal to limits)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raybench.errors import UserError, run_cli
+
+RAY_VERSION = "2.60.0"
+SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
+RESULTS_MOUNT = "/mnt/results"
+EXAMPLE = """examples:
+  python -m raybench.cluster render --workers 1,2,4,8 --image registry.example/raybench:0.1.0 \\
+      --cpus-per-worker 2 --out cluster/generated/
+  python -m raybench.cluster validate cluster/*.yaml cluster/generated/*.yaml \\
+      --schemas ../shared/kuberay"""
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _security() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100,
+            "allowPrivilegeEscalation": False, "privileged": False,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod(image: str, name: str, cpu: str, memory: str, gpus: int, pvc: str) -> dict:
+    resources = {"cpu": cpu, "memory": memory}
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
+    return {
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100},
+            "containers": [{
+                "name": name,
+                "image": image,
+                # Requests equal to limits: Guaranteed QoS, so a benchmark's CPUs are its own.
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "securityContext": _security(),
+                "volumeMounts": [{"name": "results", "mountPath": RESULTS_MOUNT},
+                                 {"name": "dshm", "mountPath": "/dev/shm"}],
+            }],
+            "volumes": [
+                {"name": "results", "persistentVolumeClaim": {"claimName": pvc}},
+                # Ray's object store lives in /dev/shm; the container default (64 MiB) is tiny.
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            ],
+        },
+    }
+
+
+def cluster_spec(image: str, workers: int, cpus_per_worker: float, gpus_per_worker: int,
+                 memory_per_worker: str, pvc: str, head_cpu: str = "2",
+                 head_memory: str = "8Gi") -> dict:
+    """Head pod schedules no training (num-cpus 0); one worker pod per Ray Train worker."""
+    cpu = f"{cpus_per_worker:g}"
+    return {
+        "rayVersion": RAY_VERSION,
+        "headGroupSpec": {
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": _pod(image, "ray-head", head_cpu, head_memory, 0, pvc),
+        },
+        "workerGroupSpecs": [{
+            "groupName": "gpu-workers" if gpus_per_worker else "cpu-workers",
+            "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
+            "rayStartParams": {},
+            "template": _pod(image, "ray-worker", cpu, memory_per_worker, gpus_per_worker, pvc),
+        }],
+    }
+
+
+def render_rayjob(n: int, *, image: str, cpus_per_worker: float, gpus_per_worker: int,
+                  memory_per_worker: str, pvc: str, command: str, repeats: int,
+                  extra: list[str], ttl: int) -> dict:
+    flags = [f"--workers {n}", f"--cpus-per-worker {cpus_per_worker:g}"]
+    if gpus_per_worker:
+        flags.append("--use-gpu")
+    if command == "scale":
+        # Only the Ray backend: the driver runs on the head pod, which holds no training CPUs.
+        entry = (f"python -m raybench.scale --backends raybench --repeats {repeats} "
+                 f"--out {RESULTS_MOUNT}/scale/n{n} " + " ".join(flags + extra))
+    else:
+        entry = (f"python -m raybench.run --save_dir {RESULTS_MOUNT}/runs --run_name n{n} "
+                 + " ".join(flags + extra))
+    spec = cluster_spec(image, n, cpus_per_worker, gpus_per_worker, memory_per_worker, pvc)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": f"raybench-{command}-n{n}",
+                     "labels": {"app.kubernetes.io/name": "raybench",
+                                "raybench/workers": str(n)}},
+        "spec": {
+            "entrypoint": entry.strip(),
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": ttl,
+            "backoffLimit": 0,
+            "rayClusterSpec": spec,
+            "submitterPodTemplate": {"spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+                "containers": [{
+                    "name": "ray-job-submitter", "image": image,
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                  "limits": {"cpu": "500m", "memory": "1Gi"}},
+                    "securityContext": _security()}]}},
+        },
+    }
+
+
+def render(workers: list[int], out: str | Path, **kwargs: Any) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in workers:
+        path = out / f"rayjob-{kwargs['command']}-n{n}.yaml"
+        path.write_text(f"# Rendered by `python -m raybench.cluster render`: {n} worker(s).\n"
+                        + yaml.safe_dump(render_rayjob(n, **kwargs), sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _strict(schema: Any) -> Any:
+    """Close every object that lists its properties (the CRD schemas leave them open), except
+    where Kubernetes itself keeps unknown fields."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def default_schema_dir() -> Path:
+    env = os.environ.get("RAYBENCH_KUBERAY_SCHEMAS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "kuberay"
+
+
+def load_schemas(directory: str | Path) -> dict[str, dict]:
+    directory = Path(directory)
+    files = {"RayJob": "rayjob-v1.schema.json", "RayCluster": "raycluster-v1.schema.json"}
+    missing = [f for f in files.values() if not (directory / f).is_file()]
+    if missing:
+        raise UserError(f"KubeRay schemas not found in {directory} (need {', '.join(missing)}); "
+                        "pass --schemas DIR")
+    return {kind: _strict(json.loads((directory / f).read_text())) for kind, f in files.items()}
+
+
+def _pods(kind: str, doc: dict) -> list[tuple[str, dict]]:
+    spec = doc.get("spec") or {}
+    cluster = spec.get("rayClusterSpec") if kind == "RayJob" else spec
+    pods = []
+    if isinstance(cluster, dict):
+        head = (cluster.get("headGroupSpec") or {}).get("template")
+        if head:
+            pods.append(("headGroupSpec.template", head))
+        for i, group in enumerate(cluster.get("workerGroupSpecs") or []):
+            if group.get("template"):
+                pods.append((f"workerGroupSpecs[{i}].template", group["template"]))
+    if kind == "RayJob" and spec.get("submitterPodTemplate"):
+        pods.append(("submitterPodTemplate", spec["submitterPodTemplate"]))
+    return pods
+
+
+def _groups(kind: str, doc: dict) -> list[dict]:
+    spec = doc.get("spec") or {}
+    cluster = spec.get("rayClusterSpec") if kind == "RayJob" else spec
+    return list((cluster or {}).get("workerGroupSpecs") or [])
+
+
+def operator_rules(kind: str, doc: dict) -> list[str]:
+    """What KubeRay checks at admission/reconcile time that its schema does not, and the
+    security and resource policy raybench holds its manifests to."""
+    errors = []
+    spec = doc.get("spec") or {}
+    if kind == "RayJob":
+        has_spec, has_selector = "rayClusterSpec" in spec, bool(spec.get("clusterSelector"))
+        if has_spec == has_selector:
+            errors.append("spec: exactly one of rayClusterSpec and clusterSelector must be set")
+        mode = spec.get("submissionMode", "K8sJobMode")
+        if mode not in SUBMISSION_MODES:
+            errors.append(f"spec.submissionMode: {mode!r} is not one of "
+                          f"{', '.join(SUBMISSION_MODES)}")
+        ttl = spec.get("ttlSecondsAfterFinished", 0)
+        if isinstance(ttl, int) and ttl < 0:
+            errors.append("spec.ttlSecondsAfterFinished: must be >= 0")
+        if spec.get("suspend") and not spec.get("shutdownAfterJobFinishes"):
+            errors.append("spec.suspend: needs shutdownAfterJobFinishes: true")
+        if not spec.get("entrypoint") and mode != "InteractiveMode":
+            errors.append("spec.entrypoint: required unless submissionMode is InteractiveMode")
+    for i, group in enumerate(_groups(kind, doc)):
+        lo, n, hi = group.get("minReplicas", 0), group.get("replicas"), group.get("maxReplicas")
+        if not all(isinstance(v, int) for v in (lo, n, hi) if v is not None):
+            continue  # the schema check reports the wrong type
+        if n is not None and hi is not None and not lo <= n <= hi:
+            errors.append(f"workerGroupSpecs[{i}]: need minReplicas <= replicas <= maxReplicas, "
+                          f"got {lo} <= {n} <= {hi}")
+        elif hi is not None and lo > hi:
+            errors.append(f"workerGroupSpecs[{i}]: minReplicas {lo} > maxReplicas {hi}")
+    for where, pod in _pods(kind, doc):
+        pod_spec = pod.get("spec") or {}
+        pod_sc = pod_spec.get("securityContext") or {}
+        for c in pod_spec.get("containers") or []:
+            sc = {**pod_sc, **(c.get("securityContext") or {})}
+            name = f"{where}.containers[{c.get('name')}]"
+            if not sc.get("runAsNonRoot") or sc.get("runAsUser", 1000) == 0:
+                errors.append(f"{name}: must run as non-root (runAsNonRoot: true, runAsUser != 0)")
+            if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True):
+                errors.append(f"{name}: must be unprivileged (privileged: false, "
+                              "allowPrivilegeEscalation: false)")
+            res = c.get("resources") or {}
+            req, lim = res.get("requests") or {}, res.get("limits") or {}
+            for key in ("cpu", "memory"):
+                if key not in lim or str(req.get(key)) != str(lim.get(key)):
+                    errors.append(f"{name}: resources.requests.{key} must equal limits.{key} "
+                                  f"(got {req.get(key)!r} / {lim.get(key)!r})")
+    return errors
+
+
+def validate_doc(doc: Any, schemas: dict[str, dict]) -> list[str]:
+    from jsonschema import Draft7Validator
+
+    if not isinstance(doc, dict):
+        return ["not a mapping"]
+    kind = doc.get("kind")
+    if kind not in schemas:
+        return []  # not a KubeRay resource (a PersistentVolumeClaim, say): not ours to check
+    if doc.get("apiVersion") != "ray.io/v1":
+        return [f"expected apiVersion ray.io/v1 and kind RayJob or RayCluster, got "
+                f"{doc.get('apiVersion')!r} / {kind!r}"]
+    errors = []
+    for err in sorted(Draft7Validator(schemas[kind]).iter_errors(doc), key=lambda e: e.path):
+        where = ".".join(str(p) for p in err.absolute_path) or "(root)"
+        errors.append(f"{where}: {err.message}")
+    return errors + operator_rules(kind, doc)
+
+
+def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[str]]:
+    schemas = load_schemas(schema_dir)
+    report = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise UserError(f"manifest not found: {path}")
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except yaml.YAMLError as exc:
+            report[str(path)] = [f"malformed YAML: {str(exc).splitlines()[0]}"]
+            continue
+        errors = []
+        for i, doc in enumerate(docs):
+            prefix = f"document {i + 1}: " if len(docs) > 1 else ""
+            errors += [prefix + e for e in validate_doc(doc, schemas)]
+        report[str(path)] = errors
+    return report
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raybench.cluster", description=__doc__,
+                                     epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="one RayJob per worker count",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--workers", required=True, help="worker counts, e.g. 1,2,4,8")
+    r.add_argument("--image", required=True, help="image with raybench (cluster/Dockerfile)")
+    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    r.add_argument("--gpus-per-worker", type=int, default=0)
+    r.add_argument("--memory-per-worker", default="4Gi")
+    r.add_argument("--results-pvc", default="raybench-results",
+                   help="ReadWriteMany PVC mounted at /mnt/results on every pod")
+    r.add_argument("--job", choices=("scale", "run"), default="scale",
+                   help="entrypoint: raybench.scale (Ray backend) or raybench.run")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--ttl", type=int, default=600, help="ttlSecondsAfterFinished")
+    r.add_argument("--extra", default="", help="more flags for the entrypoint, e.g. "
+                   "\"--synthetic-samples 1000000 --batch_size 1024\"")
+    r.add_argument("--out", default="cluster/generated")
+    r.add_argument("--schemas", help="validate what was rendered against these CRD schemas "
+                   "(default: as for validate, skipped when absent)")
+    v = sub.add_parser("validate", help="check manifests against the KubeRay v1 CRD schemas")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--schemas", help="directory with rayjob-v1.schema.json and "
+                   "raycluster-v1.schema.json (default: $RAYBENCH_KUBERAY_SCHEMAS, else "
+                   "../shared/kuberay beside the repository)")
+    args = parser.parse_args(argv)
+
+    if args.command == "render":
+        try:
+            workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+        except ValueError:
+            raise UserError(f"--workers: expected a list like 1,2,4, got {args.workers!r}"
+                            ) from None
+        if not workers or workers[0] < 1 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+            raise UserError("--workers, --cpus-per-worker must be positive, --gpus-per-worker "
+                            ">= 0")
+        paths = render(workers, args.out, image=args.image, cpus_per_worker=args.cpus_per_worker,
+                       gpus_per_worker=args.gpus_per_worker,
+                       memory_per_worker=args.memory_per_worker, pvc=args.results_pvc,
+                       command=args.job, repeats=args.repeats,
+                       extra=args.extra.split(), ttl=args.ttl)
+        schema_dir = Path(args.schemas) if args.schemas else default_schema_dir()
+        report = validate_files([str(p) for p in paths], schema_dir) if (
+            args.schemas or schema_dir.is_dir()) else {}
+        for path in paths:
+            errors = report.get(str(path), [])
+            print(f"wrote {path}" + (f"  INVALID: {errors[0]}" if errors else
+                                     "  (valid)" if report else ""))
+        return 1 if any(report.values()) else 0
+
+    report = validate_files(args.files, args.schemas or default_schema_dir())
+    bad = 0
+    for path, errors in report.items():
+        if errors:
+            bad += 1
+            print(f"{path}: INVALID")
+            for e in errors:
+                print(f"  - {e}")
+        else:
+            print(f"{path}: valid")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,108 @@
+"""KubeRay manifests: rendered and shipped ones validate; strictness and operator rules bite."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raybench import cluster
+from raybench.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = cluster.default_schema_dir()
+pytestmark = pytest.mark.skipif(not (SCHEMAS / "rayjob-v1.schema.json").is_file(),
+                                reason=f"KubeRay CRD schemas not found at {SCHEMAS}")
+
+
+@pytest.fixture(scope="module")
+def schemas():
+    return cluster.load_schemas(SCHEMAS)
+
+
+def job(n=2, **kw):
+    args = dict(image="raybench:test", cpus_per_worker=2, gpus_per_worker=0,
+                memory_per_worker="4Gi", pvc="results", command="scale", repeats=3, extra=[],
+                ttl=600)
+    args.update(kw)
+    return cluster.render_rayjob(n, **args)
+
+
+def test_shipped_manifests_are_valid():
+    files = sorted(str(p) for p in (ROOT / "cluster").glob("*.yaml"))
+    assert len(files) >= 2
+    report = cluster.validate_files(files, SCHEMAS)
+    assert all(not errors for errors in report.values()), report
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_render_one_valid_rayjob_per_worker_count(tmp_path, gpus):
+    paths = cluster.render([1, 2, 4, 8], tmp_path, image="img", cpus_per_worker=2,
+                           gpus_per_worker=gpus, memory_per_worker="4Gi", pvc="results",
+                           command="scale", repeats=3, extra=["--synthetic-samples", "1000"],
+                           ttl=300)
+    assert [p.name for p in paths] == [f"rayjob-scale-n{n}.yaml" for n in (1, 2, 4, 8)]
+    report = cluster.validate_files([str(p) for p in paths], SCHEMAS)
+    assert all(not e for e in report.values()), report
+    doc = yaml.safe_load(paths[2].read_text())
+    group = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 4
+    assert doc["spec"]["shutdownAfterJobFinishes"] is True
+    assert doc["spec"]["ttlSecondsAfterFinished"] == 300
+    assert "--workers 4" in doc["spec"]["entrypoint"]
+    assert "--synthetic-samples 1000" in doc["spec"]["entrypoint"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["cpu"] == "2" and limits.get("nvidia.com/gpu") == ("1" if gpus else None)
+    assert ("--use-gpu" in doc["spec"]["entrypoint"]) == bool(gpus)
+
+
+def mutate(doc, path, value):
+    doc = copy.deepcopy(doc)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+WG = ["spec", "rayClusterSpec", "workerGroupSpecs", 0]
+CONTAINER = [*WG, "template", "spec", "containers", 0]
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ([*WG, "replica"], 3, "Additional properties are not allowed ('replica' was unexpected)"),
+    ([*WG, "replicas"], 9, "need minReplicas <= replicas <= maxReplicas"),
+    (["spec", "submissionMode"], "BatchMode", "submissionMode: 'BatchMode' is not one of"),
+    (["spec", "clusterSelector"], {"ray.io/cluster": "x"}, "exactly one of rayClusterSpec"),
+    (["spec", "rayClusterSpec"], KeyError, "exactly one of rayClusterSpec"),
+    (["spec", "ttlSecondsAfterFinished"], -1, "ttlSecondsAfterFinished: must be >= 0"),
+    (["spec", "shutdownAfterJobFinishes"], False, None),
+    ([*CONTAINER, "securityContext", "runAsUser"], 0, "must run as non-root"),
+    ([*CONTAINER, "securityContext", "privileged"], True, "must be unprivileged"),
+    ([*CONTAINER, "resources", "requests", "cpu"], "1", "requests.cpu must equal limits.cpu"),
+    ([*WG, "minReplicas"], "two", "is not of type 'integer'"),
+])
+def test_rule_violations_are_reported(schemas, path, value, message):
+    doc = mutate(job(), path, value)
+    errors = cluster.validate_doc(doc, schemas)
+    if message is None:
+        assert errors == []  # shutdown off is allowed while not suspended
+        errors = cluster.validate_doc(mutate(doc, ["spec", "suspend"], True), schemas)
+        message = "suspend: needs shutdownAfterJobFinishes"
+    assert any(message in e for e in errors), errors
+
+
+def test_validate_cli(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(job()))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutate(job(), [*WG, "replica"], 1)))
+    assert cluster.main(["validate", str(good), "--schemas", str(SCHEMAS)]) == 0
+    assert cluster.main(["validate", str(good), str(bad), "--schemas", str(SCHEMAS)]) == 1
+    out = capsys.readouterr().out
+    assert f"{good}: valid" in out and f"{bad}: INVALID" in out
+    with pytest.raises(UserError, match="schemas not found"):
+        cluster.main(["validate", str(good), "--schemas", str(tmp_path)])
