@@ -231,6 +231,10 @@ _STARTED_RAY = False
 LOCAL_OVERSUBSCRIPTION = 4
 
 
+def started_local_ray() -> bool:
+    return _STARTED_RAY
+
+
 def shutdown_if_ours() -> None:
     """Stop the local Ray this process started (its workers with it); leave clusters alone."""
     import ray
@@ -370,13 +374,17 @@ class RayRun:
 
 
 def _ray_train_fn(config: dict) -> dict | None:
+    entered = time.time()
+    import dataclasses
+
     import ray
 
     from raybench.config import from_dict
 
     cfg = from_dict(config["cfg"])
     data = ray.get(config["data"])
-    return train_worker(cfg, data, RaySession(config.get("progress")), config["options"])
+    options = dataclasses.replace(config["options"], worker_entry_time=entered)
+    return train_worker(cfg, data, RaySession(config.get("progress")), options)
 
 
 def run_ray(cfg: Config, data_ref: Any, options: LoopOptions, *, storage_path: str, name: str,

@@ -60,6 +60,7 @@ class LoopOptions:
     max_steps_per_epoch: int | None = None  # cap for benchmarks on huge data
     warmup_steps: int = 0  # steps excluded from throughput, on top of train.warmup_epochs
     progress_interval_sec: float | None = None  # rank 0 tells the session its step this often
+    worker_entry_time: float | None = None  # when the launcher's worker function began
 
 
 def worker_threads(cfg: Config) -> int:
@@ -171,10 +172,23 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+def _startup(ranks: list[dict], launch_time: float | None) -> dict[str, float] | None:
+    """Seconds from launch until the slowest rank passed each start-up mark."""
+    if launch_time is None:
+        return None
+    out = {}
+    for mark in ("worker_entry", "loop_entry", "model_ready", "first_step"):
+        times = [r["startup_marks"][mark] for r in ranks if r["startup_marks"].get(mark)]
+        if times:
+            out[mark] = max(times) - launch_time
+    return out
+
+
 def train_worker(cfg: Config, data: Dataset, session: Session,
                  options: LoopOptions | None = None) -> dict | None:
     """Train on this rank's shard; returns the run's result on rank 0, None elsewhere."""
     options = options or LoopOptions()
+    loop_entry = time.time()
     rank, world, device = session.rank, session.world_size, session.device
     pss_start = pss_mb()  # before this worker touches the data
     torch.set_num_threads(worker_threads(cfg))
@@ -204,6 +218,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         model.register_comm_hook(None, clock.hook)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
+    model_ready = time.time()
     # The compiled wrapper only runs training steps; evaluation and state_dicts use the module
     # itself, so checkpoints carry no compile or DDP prefixes.
     step_model = torch.compile(model) if cfg.train.compile else model
@@ -366,6 +381,9 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         "pss_mb_start": pss_start,
         "peak_gpu_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if on_gpu else None,
         "first_step_time": first_step_time,
+        # Wall-clock marks of this rank's start-up: where the time before the first step goes.
+        "startup_marks": {"worker_entry": options.worker_entry_time, "loop_entry": loop_entry,
+                          "model_ready": model_ready, "first_step": first_step_time},
         "final_weights_sha256": _weights_digest(_unwrap(model)),
         "step_breakdown": times.summary(),
     }
@@ -392,6 +410,7 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         "samples_per_sec_per_worker": sum(r["samples_per_sec"] for r in ranks) / world,
         "time_to_first_step_sec": (max(first_steps) - options.launch_time
                                    if first_steps and options.launch_time else None),
+        "startup_sec": _startup(ranks, options.launch_time),
         "threads_per_worker": rank_info["threads"],
         "dataset_mb": sum(getattr(data, f).nbytes for f in ARRAY_FIELDS) / 2**20,
         "batch_size_per_worker": batch,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from raybench import artifacts, environment, plots
+from raybench import artifacts, environment, launch, plots
 from raybench.config import Config, add_config_args, apply_overrides, config_from_args, load_config
 from raybench.console import Console, EpochProgress
 from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = connect(cfg, verbose=args.verbose, dashboard=args.dashboard)
     check_resources(cfg)
     out.log(f"Ray: {cluster}")
+    for warning in resource_warnings(cfg, shard):
+        out.warn(warning)
     run_dir = resume_dir or artifacts.make_run_dir(cfg.io.save_dir, cfg.io.run_name)
     storage = cfg.io.storage_path or str(run_dir.resolve())
     if resume_dir is None:
@@ -159,6 +161,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"(warm-up excluded), time to first step {t['time_to_first_step_sec']:.1f}s")
     out.summary(f"Saved → {run_dir}")
     return 0
+
+
+def resource_warnings(cfg: Config, shard: int) -> list[str]:
+    """What will make the numbers worse without being an error, one line each."""
+    import os
+
+    warnings = []
+    cores = os.cpu_count() or 1
+    wanted = cfg.scaling.workers * max(cfg.scaling.cpus_per_worker, 1)
+    if launch.started_local_ray() and wanted > cores:
+        warnings.append(f"{cfg.scaling.workers} workers x {cfg.scaling.cpus_per_worker:g} CPU on "
+                        f"{cores} cores: workers share cores, so per-worker throughput drops")
+    steps = -(-shard // cfg.train.batch_size)
+    if steps < 5:
+        warnings.append(f"only {steps} step(s) per epoch per worker ({shard} samples, batch "
+                        f"{cfg.train.batch_size}): timings will be dominated by epoch overhead")
+    return warnings
 
 
 def _train_name(run_dir: Path, cfg: Config) -> str:

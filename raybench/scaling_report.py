@@ -62,6 +62,7 @@ def run_record(backend: str, mode: str, repeat: int, result: dict, wall_time: fl
         "steps_per_epoch": t["steps_per_epoch"],
         "epoch_time_sec": statistics.fmean(counted) if counted else None,
         "time_to_first_step_sec": t.get("time_to_first_step_sec"),
+        "startup_sec": t.get("startup_sec"),
         "peak_rss_mb_max": max(rss) if rss else None,
         "peak_rss_mb_per_rank": rss,
         "peak_gpu_mem_mb_max": max(gpu) if gpu else None,
@@ -257,6 +258,12 @@ def startup_summary(startup: list[dict], runs: list[dict]) -> list[dict]:
         floor = statistics.median(s["floor_sec"] for s in startup if s["workers"] == n)
         ours = _median([r for r in runs if r["backend"] == "raybench" and r["workers"] == n],
                        "time_to_first_step_sec")
+        marks = [r["startup_sec"] for r in runs if r["backend"] == "raybench"
+                 and r["workers"] == n and r.get("startup_sec")]
+        breakdown = {k: statistics.median(m[k] for m in marks if k in m)
+                     for k in ("worker_entry", "loop_entry", "model_ready", "first_step")
+                     if any(k in m for m in marks)}
         rows.append({"workers": n, "floor_sec": floor, "raybench_first_step_sec": ours,
-                     "ratio": ours / floor if ours and floor else None})
+                     "ratio": ours / floor if ours and floor else None,
+                     "raybench_marks_sec": breakdown})
     return rows

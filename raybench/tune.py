@@ -373,6 +373,10 @@ def run_sweep(args: argparse.Namespace) -> dict:
         settings["metric"], METRIC_MODES[settings["metric"]])
     base.train.early_stop_metric = metric
     base.early_stop(data.task)
+    baseline = baseline_score(data, metric)
+    if baseline is not None:
+        out.log(f"Naive baseline on the validation split: {metric}={baseline:.4f} "
+                f"({'persistence' if data.task == 'regression' else 'majority class'})")
     batch_values = [base.train.batch_size]
     if "train.batch_size" in settings["space"]:
         kind, values = settings["space"]["train.batch_size"]
@@ -440,7 +444,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     if all(r["status"] == "error" for r in rows):
         raise RuntimeError(f"every trial failed; the first: {rows[0]['error']}")
     write_outputs(out_dir, rows, base, metric, mode, settings_doc, wall,
-                  "interrupted" if interrupted else "completed")
+                  "interrupted" if interrupted else "completed", baseline)
     if interrupted:
         out.summary(f"Sweep interrupted after {len(rows)} of {expected} trials; partial results "
                     f"in {out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
@@ -452,8 +456,25 @@ def run_sweep(args: argparse.Namespace) -> dict:
     out.summary(f"{len(rows)} trials, {stopped} stopped early by ASHA: {run_epochs} epochs run "
                 f"of {full} without early stopping ({1 - run_epochs / full:.0%} saved), "
                 f"{wall:.0f}s")
+    best = best_row(rows, mode)
+    if baseline is not None:
+        out.summary(f"Best trial {best['trial_id']}: validation {metric}={best['best']:.4f}; naive "
+                    f"baseline {baseline:.4f}")
     out.summary(f"Saved → {out_dir}")
-    return {"rows": rows, "out_dir": out_dir}
+    return {"rows": rows, "out_dir": out_dir, "baseline": baseline}
+
+
+def baseline_score(data: Any, metric: str) -> float | None:
+    """The naive baseline's value of the sweep metric on the validation split."""
+    from raybench.metrics import classification_metrics, regression_metrics
+
+    if data.task == "regression":
+        m = regression_metrics(data.baseline_valid, data.y_valid)
+        m["val_loss"] = m["mse"]
+    else:
+        m = classification_metrics(data.baseline_valid, data.y_valid)
+        m["val_loss"] = None  # a constant 0/1 guess has unbounded log loss
+    return m.get(metric)
 
 
 def trial_rows(grid: Any, key: str, mode: str, max_t: int) -> list[dict]:
@@ -506,7 +527,7 @@ def best_row(rows: list[dict], mode: str) -> dict:
 
 
 def write_outputs(out_dir: Path, rows: list[dict], base: Config, metric: str, mode: str,
-                  settings: dict, wall: float, status: str) -> None:
+                  settings: dict, wall: float, status: str, baseline: float | None) -> None:
     keys = sorted({k for r in rows for k in r["config"]})
     flat = [{"trial_id": r["trial_id"], **{k: r["config"].get(k) for k in keys},
              **{k: r[k] for k in ("status", "epochs_run", "final", "best", "best_epoch",
@@ -521,6 +542,7 @@ def write_outputs(out_dir: Path, rows: list[dict], base: Config, metric: str, mo
     trials_png(rows, metric, out_dir / "trials.png")
     artifacts.write_json(out_dir / "trials.json", {
         "status": status, "metric": metric, "mode": mode, "settings": settings,
+        "baseline_valid": baseline,
         "wall_time_sec": wall, "environment": environment.collect(), "best": best,
         "trials": rows})
 

@@ -94,3 +94,33 @@ def test_round_trip_through_yaml(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config.save_yaml_text(cfg))
     assert config.load_config(path) == cfg
+
+
+SEED_CONFIG = """
+data:
+  npz_path: "/path/to/data.npz"
+  valid_from_train: 0.1
+  norm: "zscore"
+
+model:
+  kind: "gru"
+  hidden: 128
+  layers: 2
+  dropout: 0.2
+
+train:
+  epochs: 50
+  batch_size: 128
+  lr: 0.0005
+  early_stop_patience: 10
+"""
+
+
+def test_the_seed_notes_config_file_loads_verbatim(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(SEED_CONFIG)
+    cfg = config.load_config(path)
+    assert (cfg.model.kind, cfg.model.hidden, cfg.model.layers, cfg.model.dropout) == (
+        "gru", 128, 2, 0.2)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (50, 128, 0.0005)
+    assert cfg.train.early_stop_patience == 10 and cfg.data.npz_path == "/path/to/data.npz"
