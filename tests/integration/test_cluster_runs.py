@@ -39,11 +39,18 @@ def clean_env() -> dict:
 def head_node(tmp_path):
     port, dashboard = free_port(), free_port()
     env = clean_env()
+    # Every port on free ones: the test session's own local Ray already holds the defaults
+    # (the dashboard agent's 52365 among them), and a head whose agent cannot bind never
+    # accepts jobs ("No available agent to submit job").
+    ports = {f"--{name}": free_port() for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+        "ray-client-server-port")}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
          "--node-ip-address=127.0.0.1", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()]],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 90

@@ -42,7 +42,10 @@ def test_one_worker_regression_writes_every_artifact(ray_cluster, reg_npz, tmp_p
                 "samples_per_sec_per_worker", "time_to_first_step_sec"):
         assert key in timing, key
     assert timing["num_workers"] == 1 and len(timing["epoch_times"]) == 3
-    assert 0 < timing["time_to_first_step_sec"] < 300
+    # measured from process start (this pytest process here), through each start-up mark
+    marks = timing["startup_sec"]
+    assert 0 < marks["worker_entry"] <= marks["loop_entry"] <= marks["model_ready"]
+    assert marks["model_ready"] <= marks["first_step"] == timing["time_to_first_step_sec"]
     rows = list(csv.DictReader((d / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     norm = json.loads((d / "norm_stats.json").read_text())
