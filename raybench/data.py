@@ -399,3 +399,15 @@ def resolve_npz(npz_path: str | None, task: str | None, model_kind: str,
     path, made = default_npz(task, window)
     verb = "prepared" if made else "using cached"
     return path, f"{verb} S&P 500 {task} data (arch, 1999-2018, window {window}) at {path}"
+
+
+def load_configured(data_cfg, model_kind: str, say=print) -> Dataset:
+    """The Dataset a config asks for (a DataConfig): its NPZ, or the S&P 500 NPZ prepared once
+    into the cache. Records the resolved path and task back into the config."""
+    npz_path, note = resolve_npz(data_cfg.npz_path, data_cfg.task, model_kind, data_cfg.window)
+    if note:
+        say(note)
+    data = build_dataset(load_npz(npz_path), data_cfg.task, data_cfg.valid_from_train,
+                         data_cfg.norm, str(npz_path))
+    data_cfg.npz_path, data_cfg.task = str(npz_path), data.task
+    return data

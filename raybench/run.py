@@ -11,7 +11,7 @@ import torch
 from raybench import artifacts, environment, launch, plots
 from raybench.config import Config, add_config_args, apply_overrides, config_from_args, load_config
 from raybench.console import Console, EpochProgress
-from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
+from raybench.data import check_batches, load_configured
 from raybench.errors import UserError, run_cli
 from raybench.launch import check_resources, connect, run_ray, shutdown_if_ours, wants_gpu
 from raybench.loop import LoopOptions, worker_threads
@@ -91,13 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out.log(f"Set random seed: {cfg.train.seed}")
     t0 = time.perf_counter()
-    npz_path, note = resolve_npz(cfg.data.npz_path, cfg.data.task, cfg.model.kind,
-                                 cfg.data.window)
-    if note:
-        out.log(note)
-    data = build_dataset(load_npz(npz_path), cfg.data.task, cfg.data.valid_from_train,
-                         cfg.data.norm, str(npz_path))
-    cfg.data.npz_path, cfg.data.task = str(npz_path), data.task
+    data = load_configured(cfg.data, cfg.model.kind, out.log)
+    npz_path = cfg.data.npz_path
     metric = cfg.early_stop(data.task)[0]  # rejects a metric that does not fit the task
     check_batches(len(data.X_train), cfg.scaling.workers, cfg.train.batch_size, str(npz_path))
     n_params = count_parameters(build_model(cfg.model, data.n_features, data.window))

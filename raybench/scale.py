@@ -18,14 +18,7 @@ from pathlib import Path
 from raybench import environment, scaling_report
 from raybench.config import Config, add_config_args, config_from_args
 from raybench.console import Console
-from raybench.data import (
-    build_dataset,
-    check_batches,
-    load_npz,
-    resolve_npz,
-    save_dataset,
-    synthetic,
-)
+from raybench.data import build_dataset, check_batches, load_configured, save_dataset, synthetic
 from raybench.errors import UserError, run_cli
 from raybench.launch import (
     check_resources,
@@ -115,15 +108,12 @@ def _load_data(cfg: Config, samples: int | None, out: Console):
         out.log(f"Synthetic data: {samples:,} windows of {cfg.data.window} "
                 f"({time.perf_counter() - t0:.1f}s)")
         source = f"synthetic:{samples}"
-    else:
-        path, note = resolve_npz(cfg.data.npz_path, cfg.data.task, cfg.model.kind,
-                                 cfg.data.window)
-        if note:
-            out.log(note)
-        arrays, source = load_npz(path), str(path)
-    data = build_dataset(arrays, cfg.data.task, cfg.data.valid_from_train, cfg.data.norm, source)
-    cfg.data.task = data.task
-    return data, source
+        data = build_dataset(arrays, cfg.data.task, cfg.data.valid_from_train, cfg.data.norm,
+                             source)
+        cfg.data.task = data.task
+        return data, source
+    data = load_configured(cfg.data, cfg.model.kind, out.log)
+    return data, cfg.data.npz_path
 
 
 def run_sweep(args: argparse.Namespace) -> dict:

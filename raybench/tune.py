@@ -35,7 +35,7 @@ from raybench.config import (
     set_value,
 )
 from raybench.console import Console
-from raybench.data import build_dataset, check_batches, load_npz, resolve_npz
+from raybench.data import check_batches, load_configured
 from raybench.errors import UserError, run_cli
 from raybench.launch import RaySession, connect, ray_node, wants_gpu
 from raybench.loop import LoopOptions, train_worker
@@ -362,13 +362,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
             raise UserError(f"{out_dir} already holds a sweep; use --resume {out_dir} or "
                             "another --out")
     base: Config = settings["base"]
-    npz_path, note = resolve_npz(base.data.npz_path, base.data.task, base.model.kind,
-                                 base.data.window)
-    if note:
-        out.log(note)
-    data = build_dataset(load_npz(npz_path), base.data.task, base.data.valid_from_train,
-                         base.data.norm, str(npz_path))
-    base.data.npz_path, base.data.task = str(npz_path), data.task
+    data = load_configured(base.data, base.model.kind, out.log)
+    npz_path = base.data.npz_path
     metric, mode = base.early_stop(data.task) if not settings["metric"] else (
         settings["metric"], METRIC_MODES[settings["metric"]])
     base.train.early_stop_metric = metric
