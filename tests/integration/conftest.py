@@ -6,14 +6,15 @@ import os
 
 import pytest
 
-from raybench.launch import LOCAL_RAY_ENV
+from raybench.launch import LOCAL_RAY_ENV, REPORT_POLL_S
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 
-    for key, value in LOCAL_RAY_ENV.items():
+    for key, value in {**LOCAL_RAY_ENV,
+                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(REPORT_POLL_S)}.items():
         os.environ.setdefault(key, value)
     # 4 logical CPUs on a 2-core machine: Ray may run more workers than cores.
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
