@@ -365,10 +365,11 @@ def train_worker(cfg: Config, data: Dataset, session: Session,
         metrics_valid = metrics_test = {}
 
     local_sps = throughput(counted_samples, counted_seconds)
+    where = session.node()
     rank_info = {
         "rank": rank,
-        "node": session.node()["ip"],
-        "node_id": session.node()["id"],
+        "node": where["ip"],
+        "node_id": where["id"],
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "threads": torch.get_num_threads(),
