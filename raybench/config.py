@@ -232,10 +232,6 @@ def load_config(path: str | Path | None) -> Config:
     return from_dict(load_yaml(path), str(path)) if path else Config()
 
 
-def save_yaml_text(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
 # Flags of both seed CLIs plus raybench's own, each mapped to one config key. Both spellings
 # (snake_case from the notes, kebab-case as is usual) are accepted.
 FLAGS: list[tuple[str, str, str]] = [

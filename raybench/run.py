@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -160,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def resource_warnings(cfg: Config, shard: int) -> list[str]:
     """What will make the numbers worse without being an error, one line each."""
-    import os
-
     warnings = []
     cores = os.cpu_count() or 1
     wanted = cfg.scaling.workers * max(cfg.scaling.cpus_per_worker, 1)

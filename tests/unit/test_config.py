@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from raybench import config
+from raybench import artifacts, config
 from raybench.errors import UserError
 from raybench.run import build_parser
 
@@ -92,7 +92,7 @@ def test_early_stop_metric_must_fit_task():
 def test_round_trip_through_yaml(tmp_path):
     cfg = parse("--model", "transformer", "--workers", "3")
     path = tmp_path / "resolved.yaml"
-    path.write_text(config.save_yaml_text(cfg))
+    artifacts.write_yaml(path, cfg.to_dict())  # as every run saves its resolved config
     assert config.load_config(path) == cfg
 
 
