@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,7 @@ RESULTS_MOUNT = "/mnt/results"
 EXAMPLE = """examples:
   python -m raybench.cluster render --workers 1,2,4,8 --image registry.example/raybench:0.1.0 \\
       --cpus-per-worker 2 --out cluster/generated/
-  python -m raybench.cluster validate cluster/*.yaml cluster/generated/*.yaml \\
-      --schemas ../shared/kuberay"""
+  python -m raybench.cluster validate cluster/*.yaml cluster/generated/*.yaml"""
 
 
 # ------------------------------------------------------------------ rendering
@@ -92,10 +92,10 @@ def render_rayjob(n: int, *, image: str, cpus_per_worker: float, gpus_per_worker
     if command == "scale":
         # Only the Ray backend: the driver runs on the head pod, which holds no training CPUs.
         entry = (f"python -m raybench.scale --backends raybench --repeats {repeats} "
-                 f"--out {RESULTS_MOUNT}/scale/n{n} " + " ".join(flags + extra))
+                 f"--out {RESULTS_MOUNT}/scale/n{n} " + " ".join(flags) + " " + shlex.join(extra))
     else:
         entry = (f"python -m raybench.run --save_dir {RESULTS_MOUNT}/runs --run_name n{n} "
-                 + " ".join(flags + extra))
+                 + " ".join(flags) + " " + shlex.join(extra))
     spec = cluster_spec(image, n, cpus_per_worker, gpus_per_worker, memory_per_worker, pvc)
     return {
         "apiVersion": "ray.io/v1",
@@ -152,10 +152,12 @@ def _strict(schema: Any) -> Any:
 
 
 def default_schema_dir() -> Path:
+    """The KubeRay v1.7.0 schemas shipped inside the package (RAYBENCH_KUBERAY_SCHEMAS or
+    --schemas point at other copies)."""
     env = os.environ.get("RAYBENCH_KUBERAY_SCHEMAS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "kuberay"
+    return Path(__file__).resolve().parent / "kuberay"
 
 
 def load_schemas(directory: str | Path) -> dict[str, dict]:
@@ -302,37 +304,42 @@ def main(argv: list[str] | None = None) -> int:
                    "\"--synthetic-samples 1000000 --batch_size 1024\"")
     r.add_argument("--out", default="cluster/generated")
     r.add_argument("--schemas", help="validate what was rendered against these CRD schemas "
-                   "(default: as for validate, skipped when absent)")
+                   "(default: the KubeRay schemas shipped with raybench)")
     v = sub.add_parser("validate", help="check manifests against the KubeRay v1 CRD schemas")
     v.add_argument("files", nargs="+")
     v.add_argument("--schemas", help="directory with rayjob-v1.schema.json and "
-                   "raycluster-v1.schema.json (default: $RAYBENCH_KUBERAY_SCHEMAS, else "
-                   "../shared/kuberay beside the repository)")
+                   "raycluster-v1.schema.json (default: $RAYBENCH_KUBERAY_SCHEMAS, else the "
+                   "KubeRay v1.7.0 schemas shipped with raybench)")
     args = parser.parse_args(argv)
+    return render_command(args) if args.command == "render" else validate_command(args)
 
-    if args.command == "render":
-        try:
-            workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
-        except ValueError:
-            raise UserError(f"--workers: expected a list like 1,2,4, got {args.workers!r}"
-                            ) from None
-        if not workers or workers[0] < 1 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
-            raise UserError("--workers, --cpus-per-worker must be positive, --gpus-per-worker "
-                            ">= 0")
-        paths = render(workers, args.out, image=args.image, cpus_per_worker=args.cpus_per_worker,
-                       gpus_per_worker=args.gpus_per_worker,
-                       memory_per_worker=args.memory_per_worker, pvc=args.results_pvc,
-                       command=args.job, repeats=args.repeats,
-                       extra=args.extra.split(), ttl=args.ttl)
-        schema_dir = Path(args.schemas) if args.schemas else default_schema_dir()
-        report = validate_files([str(p) for p in paths], schema_dir) if (
-            args.schemas or schema_dir.is_dir()) else {}
-        for path in paths:
-            errors = report.get(str(path), [])
-            print(f"wrote {path}" + (f"  INVALID: {errors[0]}" if errors else
-                                     "  (valid)" if report else ""))
-        return 1 if any(report.values()) else 0
 
+def render_command(args: argparse.Namespace) -> int:
+    """Write one RayJob per worker count and validate each against the schemas."""
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        raise UserError(f"--workers: expected a list like 1,2,4, got {args.workers!r}") from None
+    if not workers or min(workers) < 1 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+        raise UserError("--workers, --cpus-per-worker must be positive, --gpus-per-worker >= 0")
+    if not args.image.strip():
+        raise UserError("--image must name a container image, e.g. registry.example/raybench:0.2")
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as exc:
+        raise UserError(f"--extra {args.extra!r}: {exc}") from None
+    paths = render(sorted(set(workers)), args.out, image=args.image,
+                   cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                   memory_per_worker=args.memory_per_worker, pvc=args.results_pvc,
+                   command=args.job, repeats=args.repeats, extra=extra, ttl=args.ttl)
+    report = validate_files([str(p) for p in paths], args.schemas or default_schema_dir())
+    for path in paths:
+        errors = report.get(str(path), [])
+        print(f"wrote {path}" + (f"  INVALID: {errors[0]}" if errors else "  (valid)"))
+    return 1 if any(report.values()) else 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
     report = validate_files(args.files, args.schemas or default_schema_dir())
     bad = 0
     for path, errors in report.items():

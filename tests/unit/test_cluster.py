@@ -11,8 +11,6 @@ from raybench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = cluster.default_schema_dir()
-pytestmark = pytest.mark.skipif(not (SCHEMAS / "rayjob-v1.schema.json").is_file(),
-                                reason=f"KubeRay CRD schemas not found at {SCHEMAS}")
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +104,35 @@ def test_validate_cli(tmp_path, capsys):
     assert f"{good}: valid" in out and f"{bad}: INVALID" in out
     with pytest.raises(UserError, match="schemas not found"):
         cluster.main(["validate", str(good), "--schemas", str(tmp_path)])
+
+
+def test_validate_uses_the_schemas_shipped_in_the_package(tmp_path):
+    """After a plain install, from any directory, with no schema path given."""
+    import os
+    import subprocess
+    import sys
+
+    manifest = ROOT / "cluster" / "rayjob.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "RAYBENCH_KUBERAY_SCHEMAS"}
+    proc = subprocess.run([sys.executable, "-m", "raybench.cluster", "validate", str(manifest)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{manifest}: valid" in proc.stdout
+    assert "v1.7.0" in (SCHEMAS / "README.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image", ""], "--image must name a container image"),
+    (["--extra", "--set 'model.kind=lstm"], "No closing quotation"),
+])
+def test_render_refuses_empty_image_and_unbalanced_quotes(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        cluster.main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
+                      *argv])
+
+
+def test_render_keeps_quoted_extra_flags_quoted(tmp_path):
+    cluster.main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
+                  "--extra", "--set 'io.run_name=a b'"])
+    doc = yaml.safe_load(next(tmp_path.glob("*.yaml")).read_text())
+    assert "--set 'io.run_name=a b'" in doc["spec"]["entrypoint"]
