@@ -9,7 +9,7 @@ from raybench.errors import run_cli
 
 COMMANDS = {
     "run": ("raybench.run", "train one model on N Ray Train workers"),
-    "data": ("raybench.data", "prepare an NPZ (S&P 500, synthetic, CSV/Parquet)"),
+    "data": ("raybench.data.__main__", "prepare an NPZ (S&P 500, synthetic, CSV/Parquet)"),
     "tune": ("raybench.tune", "Ray Tune sweep with ASHA early stopping over the same loop"),
     "scale": ("raybench.scale", "measure 1 -> N workers vs plain DDP and a raw loop; merge"),
     "cluster": ("raybench.cluster", "render and validate KubeRay RayJob/RayCluster manifests"),

@@ -72,11 +72,14 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy/torch scalars and arrays become numbers and lists, NaN null."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist) and getattr(obj, "ndim", 0) > 0:
+        return jsonable(obj.tolist())
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
         return obj.item()
     if isinstance(obj, float) and obj != obj:  # NaN is not JSON
@@ -85,11 +88,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+    return write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:
-    return write_bytes(path, yaml.safe_dump(_jsonable(obj), sort_keys=False).encode())
+    return write_bytes(path, yaml.safe_dump(jsonable(obj), sort_keys=False).encode())
 
 
 def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> Path:
@@ -97,7 +100,7 @@ def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = No
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(_jsonable(rows))
+    writer.writerows(jsonable(rows))
     return write_bytes(path, buf.getvalue().encode())
 
 
@@ -105,10 +108,6 @@ def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     return write_bytes(path, buf.getvalue())
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def upload_dir(local: str | Path, destination: str, name: str) -> str:

@@ -6,7 +6,9 @@ Unknown keys and bad values raise UserError with a one-line message naming the k
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,7 +80,7 @@ class EvalConfig:
 @dataclass
 class IOConfig:
     save_dir: str = "./outputs"
-    run_name: str | None = None
+    run_name: str | None = field(default=None, metadata={"plain_name": True})
     # Where Ray Train keeps checkpoints and where the driver copies the run's artifacts: a path
     # every node can reach (NFS) or a URI pyarrow understands (s3://, gs://). None: the run dir.
     storage_path: str | None = None
@@ -111,11 +113,33 @@ class Config:
     def early_stop(self, task: str) -> tuple[str, str]:
         """The metric early stopping watches and its mode, defaulting by task."""
         metric = self.train.early_stop_metric or ("auc" if task == "classification" else "val_loss")
-        allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-        if metric not in allowed:
-            raise UserError(f"train.early_stop_metric: {metric!r} does not apply to {task}; "
-                            f"use one of {', '.join(allowed)}")
+        check_metric(metric, task, "train.early_stop_metric")
         return metric, METRIC_MODES[metric]
+
+
+def metric_mode(metric: str) -> str:
+    """'min' or 'max': whether a smaller or a larger value of the metric is better."""
+    return METRIC_MODES[metric]
+
+
+def check_metric(metric: str, task: str, what: str) -> None:
+    """Refuse a metric the task does not report (e.g. auc on regression)."""
+    allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    if metric not in allowed:
+        raise UserError(f"{what}: {metric!r} does not apply to {task}; use one of "
+                        f"{', '.join(allowed)}")
+
+
+def resolve(cfg: Config, *, npz_path: str | Path | None = None, task: str | None = None) -> Config:
+    """The resolved copy of a config, as saved with a run: the data path actually used, the
+    task inferred from the data, and the early-stopping metric the task defaults to."""
+    out = copy.deepcopy(cfg)
+    if npz_path is not None:
+        out.data.npz_path = str(npz_path)
+    if task is not None:
+        out.data.task = task
+        out.train.early_stop_metric = out.early_stop(task)[0]
+    return out
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -156,9 +180,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             raise UserError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UserError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise UserError(f"{key}: expected a string, got {value!r}")
@@ -169,6 +196,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 def _check_range(key: str, value: Any, meta: dict) -> None:
     if value is None:
         return
+    if meta.get("plain_name") and (not value.strip() or "/" in value or "\\" in value
+                                   or value in (".", "..")):
+        raise UserError(f"{key}: {value!r} must be a plain directory name (no slashes)")
     if "choices" in meta and value not in meta["choices"]:
         raise UserError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
     if "min" in meta:
@@ -214,13 +244,33 @@ def from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (plain YAML keeps the last,
+    so a second `train:` section would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        with path.open() as fh:
-            return yaml.safe_load(fh)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (a YAML config is text)") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -232,53 +282,60 @@ def load_config(path: str | Path | None) -> Config:
     return from_dict(load_yaml(path), str(path)) if path else Config()
 
 
-# Flags of both seed CLIs plus raybench's own, each mapped to one config key. Both spellings
-# (snake_case from the notes, kebab-case as is usual) are accepted.
-FLAGS: list[tuple[str, str, str]] = [
-    ("npz_path", "data.npz_path", "NPZ file (default: S&P 500 prepared into the cache)"),
-    ("task", "data.task", "regression|classification (default: inferred from y)"),
-    ("valid_ratio", "data.valid_from_train", "chronological tail of train used for validation"),
-    ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS),
-    ("norm", "data.norm", "zscore|none"),
-    ("window", "data.window", "window length of the auto-prepared / synthetic data"),
-    ("model", "model.kind", "mlp|lstm|gru|transformer"),
-    ("hidden_dim", "model.hidden", "hidden size"),
-    ("hidden", "model.hidden", argparse.SUPPRESS),
-    ("layers", "model.layers", "recurrent/encoder layers"),
-    ("dropout", "model.dropout", "dropout probability"),
-    ("epochs", "train.epochs", "maximum epochs"),
-    ("batch_size", "train.batch_size", "batch size per worker"),
-    ("lr", "train.lr", "learning rate"),
-    ("weight_decay", "train.weight_decay", "L2 weight decay"),
-    ("patience", "train.early_stop_patience", "early-stopping patience in epochs (0: off)"),
-    ("early_stop_metric", "train.early_stop_metric", "val_loss|auc|r2|..."),
-    ("seed", "train.seed", "random seed"),
-    ("device", "train.device", "auto|cpu|cuda|mps"),
-    ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput"),
-    ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)"),
-    ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/"),
-    ("run_name", "io.run_name", "run directory name instead of the timestamp"),
-    ("workers", "scaling.workers", "number of Ray Train workers"),
-    ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker"),
+# Flags of both seed CLIs plus raybench's own, each mapped to one config key and shown only by
+# the commands that honour it. Both spellings (snake_case from the seed CLIs, kebab-case as is
+# usual) are accepted.
+ALL = frozenset({"run", "scale", "tune"})
+RUN = frozenset({"run"})
+NOT_TUNE = frozenset({"run", "scale"})
+NOT_SCALE = frozenset({"run", "tune"})
+FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
+    ("npz_path", "data.npz_path", "NPZ file (default: S&P 500 prepared into the cache)", ALL),
+    ("task", "data.task", "regression|classification (default: inferred from y)", ALL),
+    ("valid_ratio", "data.valid_from_train", "chronological tail of train used for validation",
+     ALL),
+    ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS, ALL),
+    ("norm", "data.norm", "zscore|none", ALL),
+    ("window", "data.window", "window length of the auto-prepared / synthetic data", ALL),
+    ("model", "model.kind", "mlp|lstm|gru|transformer", ALL),
+    ("hidden_dim", "model.hidden", "hidden size", ALL),
+    ("hidden", "model.hidden", argparse.SUPPRESS, ALL),
+    ("layers", "model.layers", "recurrent/encoder layers", ALL),
+    ("dropout", "model.dropout", "dropout probability", ALL),
+    ("epochs", "train.epochs", "maximum epochs", NOT_TUNE),
+    ("batch_size", "train.batch_size", "batch size per worker", ALL),
+    ("lr", "train.lr", "learning rate", ALL),
+    ("weight_decay", "train.weight_decay", "L2 weight decay", ALL),
+    ("patience", "train.early_stop_patience", "early-stopping patience in epochs (0: off)", RUN),
+    ("early_stop_metric", "train.early_stop_metric", "val_loss|auc|r2|...", RUN),
+    ("seed", "train.seed", "random seed", ALL),
+    ("device", "train.device", "auto|cpu|cuda|mps", ALL),
+    ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput", RUN),
+    ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)", ALL),
+    ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/", RUN),
+    ("run_name", "io.run_name", "run directory name instead of the timestamp", RUN),
+    ("workers", "scaling.workers", "number of Ray Train workers", RUN),
+    ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker", ALL),
     ("threads_per_worker", "scaling.threads_per_worker", "torch intra-op threads (default: "
-     "the worker's CPU share)"),
-    ("address", "scaling.address", "Ray cluster to join (default: RAY_ADDRESS, else local)"),
-    ("placement_strategy", "scaling.placement_strategy", "PACK|SPREAD|STRICT_PACK|STRICT_SPREAD"),
+     "the worker's CPU share)", ALL),
+    ("address", "scaling.address", "Ray cluster to join (default: RAY_ADDRESS, else local)", ALL),
+    ("placement_strategy", "scaling.placement_strategy", "PACK|SPREAD|STRICT_PACK|STRICT_SPREAD",
+     ALL),
     ("max_failures", "scaling.max_failures", "worker-group restarts from the last checkpoint "
-     "(-1: unlimited)"),
+     "(-1: unlimited)", NOT_SCALE),
     ("storage_path", "io.storage_path", "shared directory or URI (s3://, gs://) for "
-     "checkpoints and a copy of the run's artifacts"),
+     "checkpoints and a copy of the run's artifacts", RUN),
 ]
-BOOL_FLAGS: list[tuple[str, str, str]] = [
-    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch"),
-    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)"),
-    ("compile", "train.compile", "torch.compile the model"),
+BOOL_FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
+    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch", ALL),
+    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)", ALL),
+    ("compile", "train.compile", "torch.compile the model", ALL),
 ]
 
 
-def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """Add --config, --set and every override flag (less those a command defines itself);
-    unset flags leave the YAML value alone."""
+def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add --config, --set and the override flags `command` honours; unset flags leave the YAML
+    value alone."""
     parser.add_argument("--config", help="YAML config (sections data, model, train, eval, io, "
                         "scaling)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -287,8 +344,8 @@ def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = 
         "config overrides", "each sets one config key; without --config the default shown "
         "applies")
     defaults = Config()
-    for name, key, help_text in FLAGS:
-        if name in exclude:
+    for name, key, help_text, commands in FLAGS:
+        if command not in commands:
             continue
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         section, field_name = key.split(".")
@@ -297,10 +354,18 @@ def add_config_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = 
             help_text = f"{help_text} [{key}, default {default}]"
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
                            help=help_text, metavar=field_name.upper())
-    for name, key, help_text in BOOL_FLAGS:
+    for name, key, help_text, commands in BOOL_FLAGS:
+        if command not in commands:
+            continue
         spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",
                            const=True, default=None, help=help_text)
+
+
+def flag_given(args: argparse.Namespace, key: str) -> bool:
+    """Whether a flag for config `key` was given on the command line."""
+    return any(dest.startswith(f"cfg:{key}:") and value is not None
+               for dest, value in vars(args).items())
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -314,8 +379,17 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-        set_value(cfg, key.strip(), yaml.safe_load(value) if value else None)
+        set_value(cfg, key.strip(), parse_value(f"--set {item}", value) if value else None)
     for dest, value in vars(args).items():
         if dest.startswith("cfg:") and value is not None:
             set_value(cfg, dest.split(":")[1], value)
     return cfg
+
+
+def parse_value(where: str, text: str) -> Any:
+    """A --set value read as YAML (so numbers, booleans and lists work), one line on error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a valid value"
+        raise UserError(f"{where}: cannot read the value ({problem})") from None

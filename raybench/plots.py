@@ -1,4 +1,4 @@
-"""Headless PNG figures: confusion matrices and learning curves."""
+"""Headless PNG figures: confusion matrices, learning curves, sweep trials."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from raybench.artifacts import write_bytes
+from raybench.results import EpochRow, metric_key
 
 
 def pyplot():
@@ -41,21 +42,20 @@ def confusion_matrix_png(cm: list[list[int]], path: str | Path, title: str) -> P
     return save_figure(fig, path)
 
 
-def curves_png(history: list[dict], metric: str, best_epoch: int, path: str | Path) -> Path:
+def curves_png(history: list[EpochRow], metric: str, best_epoch: int, path: str | Path) -> Path:
     """Train/validation loss and the early-stopping metric per epoch, best epoch marked."""
     plt = pyplot()
-    epochs = [row["epoch"] for row in history]
+    epochs = [row.epoch for row in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
-    if any("val_loss" in r for r in history):
-        ax_loss.plot(epochs, [r.get("val_loss") for r in history], label="validation")
+    ax_loss.plot(epochs, [r.train_loss for r in history], label="train")
+    if any(r.val_loss is not None for r in history):
+        ax_loss.plot(epochs, [r.val_loss for r in history], label="validation")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    key = "val_loss" if metric == "val_loss" else f"val_{metric}"
-    ax_metric.plot(epochs, [r.get(key) for r in history], color="tab:green")
+    ax_metric.plot(epochs, [r.value(metric) for r in history], color="tab:green")
     ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel(key)
+    ax_metric.set_ylabel(metric_key(metric))
     for ax in (ax_loss, ax_metric):
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,13 @@ import yaml
 
 from raybench import artifacts
 from raybench.errors import UserError, run_cli
+from raybench.results import ScalingDoc, Timing, read_doc, read_json
+from raybench.scaling_report import fmt_interval
 
 EXAMPLE = """examples:
   python -m raybench.report outputs/run_20251105_143015 results/scale_x results/tune_y \\
       --out report.html
   python -m raybench.report outputs/run_* --out runs.md"""
-
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 def kind_of(path: Path) -> str:
@@ -32,6 +29,11 @@ def kind_of(path: Path) -> str:
         return "sweep"
     if (path / "timing.json").is_file() and (path / "metrics_test.json").is_file():
         return "run"
+    if (path / "status.json").is_file():  # a run directory whose run did not complete
+        status = read_json(path / "status.json")
+        why = f": {status['error']}" if status.get("error") else ""
+        raise UserError(f"{path}: that run did not complete (status {status.get('status')}"
+                        f"{why}); nothing to report")
     raise UserError(f"{path}: not a raybench run, scaling or sweep directory (no timing.json + "
                     "metrics_test.json, scaling.json or trials.json)")
 
@@ -46,16 +48,16 @@ def _fmt(value: Any) -> str:
 
 def run_section(path: Path) -> dict:
     cfg = yaml.safe_load((path / "config.yaml").read_text())
-    t = _json(path / "timing.json")
-    test, valid = _json(path / "metrics_test.json"), _json(path / "metrics_valid.json")
+    t: Timing = read_doc(path / "timing.json", Timing)
+    test, valid = read_json(path / "metrics_test.json"), read_json(path / "metrics_valid.json")
     task = cfg["data"]["task"]
     keys = ("mse", "mae", "r2") if task == "regression" else ("accuracy", "auc", "f1")
     base = "baseline_persistence" if task == "regression" else "baseline_majority"
     row = {
         "run": path.name, "model": cfg["model"]["kind"], "task": task,
-        "workers": t["num_workers"], "batch/worker": t.get("batch_size_per_worker"),
-        "epochs": t["total_epochs"], "best epoch": t["best_epoch"],
-        "samples/s": t["samples_per_sec"], "first step (s)": t.get("time_to_first_step_sec"),
+        "workers": t.num_workers, "batch/worker": t.batch_size_per_worker,
+        "epochs": t.total_epochs, "best epoch": t.best_epoch,
+        "samples/s": t.samples_per_sec, "first step (s)": t.time_to_first_step_s,
         **{f"val {k}": valid.get(k) for k in keys},
         **{f"test {k}": test.get(k) for k in keys},
         **{f"test {k} ({base.split('_')[1]})": test.get(base, {}).get(k) for k in keys},
@@ -66,21 +68,22 @@ def run_section(path: Path) -> dict:
 
 
 def scaling_section(path: Path) -> dict:
-    doc = _json(path / "scaling.json")
+    doc: ScalingDoc = read_doc(path / "scaling.json", ScalingDoc)
     rows = []
-    for s in doc["summary"]:
-        rows.append({"backend": s["backend"], "workers": s["workers"], "mode": s["mode"],
-                     "samples/s": s["samples_per_sec"]["median"],
-                     "min": s["samples_per_sec"]["min"], "max": s["samples_per_sec"]["max"],
-                     "speed-up": s["speedup"], "efficiency": s["efficiency"],
-                     "step p50 (ms)": s["step_time_ms_p50"], "sync share": s["sync_share"],
-                     "vs raw": s.get("vs_raw"), "vs ddp": s.get("vs_ddp")})
+    for s in doc.summary:
+        rows.append({"backend": s.backend, "workers": s.workers, "mode": s.mode,
+                     "samples/s": s.samples_per_sec.median, "min": s.samples_per_sec.min,
+                     "max": s.samples_per_sec.max, "speed-up": s.speedup,
+                     "efficiency": s.efficiency,
+                     "step p50 ms [95% CI]": fmt_interval(s.step_time_ms_p50_ci),
+                     "sync share": s.sync_share, "vs raw [95% CI]": fmt_interval(s.vs_raw_ci),
+                     "vs ddp [95% CI]": fmt_interval(s.vs_ddp_ci)})
     return {"kind": "scaling", "path": path, "rows": rows,
             "plots": ["scaling.png"] if (path / "scaling.png").is_file() else []}
 
 
 def sweep_section(path: Path) -> dict:
-    doc = _json(path / "trials.json")
+    doc = read_json(path / "trials.json")
     trials = sorted((t for t in doc["trials"] if t["best"] is not None), key=lambda t: t["best"],
                     reverse=doc["mode"] == "max")
     rows = [{"trial": t["trial_id"], "status": t["status"], "epochs": t["epochs_run"],

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from raybench import artifacts, environment, launch, plots
-from raybench.config import Config, add_config_args, apply_overrides, config_from_args, load_config
+import raybench
+from raybench import artifacts, environment, plots
+from raybench.backends import LaunchContext
+from raybench.backends.local import wants_gpu
+from raybench.backends.ray_cluster import RayHandle, check_resources, connect
+from raybench.backends.ray_train import RayTrainBackend
+from raybench.config import (
+    Config,
+    add_config_args,
+    apply_overrides,
+    config_from_args,
+    load_config,
+    resolve,
+)
 from raybench.console import Console, EpochProgress
-from raybench.data import check_batches, load_configured
+from raybench.data import Dataset, check_batches, load_configured
 from raybench.errors import UserError, run_cli
-from raybench.launch import check_resources, connect, run_ray, shutdown_if_ours, wants_gpu
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import build_model, count_parameters
-from raybench.timing import process_start_time
+from raybench.results import RunResult, write_doc
 
 EXAMPLE = """examples:
   python -m raybench.run --workers 4
@@ -31,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m raybench.run", description=__doc__, epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    add_config_args(parser, "run")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a stopped run from its last checkpoint, same directory")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -49,7 +61,7 @@ def _epoch_line(cfg: Config, metric: str, row: dict) -> str:
         keys = ("val_accuracy", "val_auc") if cfg.data.task == "classification" else (
             "val_r2", "val_mae")
         parts += [f"{k.replace('accuracy', 'acc')}={row[k]:.3f}" for k in keys if k in row]
-    parts.append(f"{row['epoch_time_sec']:.2f}s")
+    parts.append(f"{row['epoch_time_s']:.2f}s")
     line = " | ".join(parts)
     if row.get("new_best"):
         line += f"\n{' ' * 22}  * new best {metric}={row['best']:.4f}"
@@ -64,6 +76,17 @@ def _summary(name: str, task: str, m: dict) -> str:
     b = m["baseline_majority"]
     return (f"{name}: acc={m['accuracy']:.3f} auc={m['auc']:.3f} prec={m['precision']:.3f} "
             f"rec={m['recall']:.3f} f1={m['f1']:.3f}   (majority: acc={b['accuracy']:.3f})")
+
+
+def throughput_line(timing) -> str:
+    """Throughput, or why there is none: never a 0 that looks measured."""
+    start = (f", time to first step {timing.time_to_first_step_s:.1f}s"
+             if timing.time_to_first_step_s is not None else "")
+    if timing.samples_per_sec is None:
+        return (f"throughput not measured: every one of the {timing.steps_per_epoch} step(s) "
+                f"was warm-up (use more data or epochs){start}")
+    return (f"{timing.samples_per_sec:,.0f} samples/s on {timing.num_workers} worker(s) "
+            f"(warm-up excluded, {timing.measured_steps} steps){start}")
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[Config, Path | None]:
@@ -82,19 +105,11 @@ def _resolve_config(args: argparse.Namespace) -> tuple[Config, Path | None]:
     return apply_overrides(load_config(run_dir / "config.yaml"), args), run_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    launch_time = process_start_time()
-    cfg, resume_dir = _resolve_config(args)
-    out = Console(quiet=args.quiet)
-    if resume_dir is None:
-        artifacts.check_writable(cfg.io.save_dir)
-
-    out.log(f"Set random seed: {cfg.train.seed}")
+def load_data(cfg: Config, out: Console) -> tuple[Dataset, Config]:
+    """The data, and the config resolved against it; user mistakes fail here, before Ray."""
     t0 = time.perf_counter()
-    data = load_configured(cfg.data, cfg.model.kind, out.log)
-    npz_path = cfg.data.npz_path
-    metric = cfg.early_stop(data.task)[0]  # rejects a metric that does not fit the task
+    data, npz_path = load_configured(cfg.data, cfg.model.kind, out.log)
+    cfg = resolve(cfg, npz_path=npz_path, task=data.task)
     check_batches(len(data.X_train), cfg.scaling.workers, cfg.train.batch_size, str(npz_path))
     n_params = count_parameters(build_model(cfg.model, data.n_features, data.window))
     out.log(f"Data loading took {time.perf_counter() - t0:.2f}s: train {data.X_train.shape}, "
@@ -103,74 +118,90 @@ def main(argv: list[str] | None = None) -> int:
     out.log(f"  Train batches per worker: {-(-shard // cfg.train.batch_size)}   Input dim: "
             f"{data.n_features}")
     out.log(f"Model {cfg.model.kind}: {n_params:,} parameters")
+    return data, cfg
 
-    import ray
 
-    cluster = connect(cfg, verbose=args.verbose, dashboard=args.dashboard)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg, resume_dir = _resolve_config(args)
+    out = Console(quiet=args.quiet)
+    if resume_dir is None:
+        artifacts.check_writable(cfg.io.save_dir)
+    out.log(f"Set random seed: {cfg.train.seed}")
+    data, cfg = load_data(cfg, out)
+
+    handle = connect(cfg, verbose=args.verbose, dashboard=args.dashboard)
     check_resources(cfg)
-    out.log(f"Ray: {cluster}")
-    for warning in resource_warnings(cfg, shard):
+    out.log(f"Ray: {handle.description}")
+    for warning in resource_warnings(cfg, len(data.X_train) // cfg.scaling.workers, handle):
         out.warn(warning)
     run_dir = resume_dir or artifacts.make_run_dir(cfg.io.save_dir, cfg.io.run_name)
-    storage = cfg.io.storage_path or str(run_dir.resolve())
     if resume_dir is None:
         artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
-    artifacts.write_json(run_dir / "status.json", {"status": "running"})
-    norm_stats = data.norm_stats
+    write_doc(run_dir / "status.json", {"status": "running"})
+    result = train(cfg, data, run_dir, handle, out, resumed=resume_dir is not None)
+    write_run(run_dir, cfg, data.norm_stats, result)
+    if cfg.io.storage_path:
+        where = artifacts.upload_dir(run_dir, cfg.io.storage_path, run_dir.name)
+        out.log(f"Copied run artifacts to {where}")
+
+    out.summary(_summary("VAL ", cfg.data.task, result.metrics_valid))
+    out.summary(_summary("TEST", cfg.data.task, result.metrics_test))
+    out.summary(throughput_line(result.timing))
+    out.summary(f"Saved → {run_dir.resolve()}")
+    return 0
+
+
+def train(cfg: Config, data: Dataset, run_dir: Path, handle: RayHandle, out: Console, *,
+          resumed: bool) -> RunResult:
+    """The Ray Train run, with status.json saying how it ended if it did not complete."""
+    metric = cfg.train.early_stop_metric
+    out.log(f"Workers: {cfg.scaling.workers} x {cfg.scaling.cpus_per_worker:g} CPU"
+            f"{' + 1 GPU' if wants_gpu(cfg) else ''}, {worker_threads(cfg)} torch "
+            f"thread(s) each, batch {cfg.train.batch_size} per worker, placement "
+            f"{cfg.scaling.placement_strategy}")
+    out.log(f"Run directory: {run_dir.resolve()}" + (" (resumed)" if resumed else ""))
+    view = EpochProgress(out, lambda row: _epoch_line(cfg, metric, row))
+    storage = cfg.io.storage_path or str(run_dir.resolve())
+    context = LaunchContext(scratch_dir=Path(tempfile.gettempdir()), storage_path=storage,
+                            ray=handle, on_report=view)
     try:
-        out.log(f"Workers: {cfg.scaling.workers} x {cfg.scaling.cpus_per_worker:g} CPU"
-                f"{' + 1 GPU' if wants_gpu(cfg) else ''}, {worker_threads(cfg)} torch "
-                f"thread(s) each, batch {cfg.train.batch_size} per worker, placement "
-                f"{cfg.scaling.placement_strategy}")
-        out.log(f"Run directory: {run_dir}" + (" (resumed)" if resume_dir else ""))
-        data_ref = ray.put(data)
+        backend = RayTrainBackend(data, context)
         del data  # the object store holds it now; workers map it without copying
         out.section("TRAINING")
         out.log(f"Starting training for {cfg.train.epochs} epochs; early stopping on {metric}, "
                 f"patience {cfg.train.early_stop_patience}")
-        view = EpochProgress(out, lambda row: _epoch_line(cfg, metric, row))
-        try:
-            run = run_ray(cfg, data_ref, LoopOptions(launch_time=launch_time,
-                                                     progress_interval_sec=1.0),
-                          storage_path=storage, name=_train_name(run_dir, cfg), on_report=view)
-        finally:
-            view.close()
-        result = run.result
-        write_run(run_dir, cfg, norm_stats, result)
-        if cfg.io.storage_path:
-            where = artifacts.upload_dir(run_dir, cfg.io.storage_path, run_dir.name)
-            out.log(f"Copied run artifacts to {where}")
+        options = LoopOptions(launch_time=raybench.START_TIME, progress_interval_s=1.0)
+        return backend.run(cfg, options, _train_name(run_dir, cfg))
     except KeyboardInterrupt:
-        artifacts.write_json(run_dir / "status.json", {"status": "interrupted"})
-        shutdown_if_ours()  # stops the workers with the local Ray we started
+        write_doc(run_dir / "status.json", {"status": "interrupted"})
+        handle.shutdown()  # stops the workers with the local Ray we started
         out.summary(f"Interrupted; continue with: python -m raybench.run --resume {run_dir}")
         raise
     except BaseException as exc:
-        artifacts.write_json(run_dir / "status.json", {"status": "failed",
-                                                       "error": str(exc).strip()[:2000]})
+        write_doc(run_dir / "status.json", {"status": "failed", "error": str(exc).strip()[:2000]})
         raise
-
-    out.summary(_summary("VAL ", cfg.data.task, result["metrics_valid"]))
-    out.summary(_summary("TEST", cfg.data.task, result["metrics_test"]))
-    t = result["timing"]
-    out.summary(f"{t['samples_per_sec']:,.0f} samples/s on {t['num_workers']} worker(s) "
-                f"(warm-up excluded), time to first step {t['time_to_first_step_sec']:.1f}s")
-    out.summary(f"Saved → {run_dir}")
-    return 0
+    finally:
+        view.close()
 
 
-def resource_warnings(cfg: Config, shard: int) -> list[str]:
-    """What will make the numbers worse without being an error, one line each."""
+def resource_warnings(cfg: Config, shard: int, handle: RayHandle) -> list[str]:
+    """What will make the numbers worse, or the results hard to find, one line each."""
     warnings = []
     cores = os.cpu_count() or 1
     wanted = cfg.scaling.workers * max(cfg.scaling.cpus_per_worker, 1)
-    if launch.started_local_ray() and wanted > cores:
+    if handle.started_local and wanted > cores:
         warnings.append(f"{cfg.scaling.workers} workers x {cfg.scaling.cpus_per_worker:g} CPU on "
                         f"{cores} cores: workers share cores, so per-worker throughput drops")
     steps = -(-shard // cfg.train.batch_size)
     if steps < 5:
         warnings.append(f"only {steps} step(s) per epoch per worker ({shard} samples, batch "
                         f"{cfg.train.batch_size}): timings will be dominated by epoch overhead")
+    save_dir = str(Path(cfg.io.save_dir).resolve())
+    if "/runtime_resources/" in save_dir:
+        warnings.append(f"save_dir {save_dir} is inside Ray's copy of the job's working "
+                        "directory, which Ray deletes with the job; pass an absolute --save_dir "
+                        "on shared storage")
     return warnings
 
 
@@ -179,26 +210,26 @@ def _train_name(run_dir: Path, cfg: Config) -> str:
     return f"{run_dir.name}_train" if cfg.io.storage_path else "ray_train"
 
 
-def write_run(run_dir: Path, cfg: Config, norm_stats: dict, result: dict) -> None:
+def write_run(run_dir: Path, cfg: Config, norm_stats: dict, result: RunResult) -> None:
     """Every artifact of a finished run; status.json turns 'completed' last."""
     artifacts.save_state_dict(run_dir / "best.ckpt",
-                              {k: torch.tensor(v) for k, v in result["best_state"].items()})
+                              {k: torch.tensor(v) for k, v in result.best_state.items()})
     artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())
-    artifacts.write_json(run_dir / "norm_stats.json", norm_stats)
-    artifacts.write_json(run_dir / "environment.json", environment.collect())
-    artifacts.write_csv(run_dir / "history.csv", result["history"])
-    timing = result["timing"]
-    artifacts.write_json(run_dir / "timing.json", timing)
-    plots.curves_png(result["history"], result["metric"], timing["best_epoch"],
-                     run_dir / "curves.png")
+    write_doc(run_dir / "norm_stats.json", norm_stats)
+    write_doc(run_dir / "environment.json", environment.collect())
+    artifacts.write_csv(run_dir / "history.csv", [row.flat() for row in result.history])
+    timing = result.timing
+    timing.wall_time_s = time.time() - raybench.START_TIME
+    plots.curves_png(result.history, result.metric, timing.best_epoch, run_dir / "curves.png")
     if cfg.data.task == "classification" and cfg.eval.save_cm:
         for split in ("valid", "test"):
-            plots.confusion_matrix_png(result[f"metrics_{split}"]["confusion_matrix"],
+            plots.confusion_matrix_png(getattr(result, f"metrics_{split}")["confusion_matrix"],
                                        run_dir / f"confusion_matrix_{split}.png",
                                        f"{split} (threshold {cfg.eval.threshold:g})")
-    artifacts.write_json(run_dir / "metrics_valid.json", result["metrics_valid"])
-    artifacts.write_json(run_dir / "metrics_test.json", result["metrics_test"])
-    artifacts.write_json(run_dir / "status.json", {"status": "completed"})
+    write_doc(run_dir / "metrics_valid.json", result.metrics_valid)
+    write_doc(run_dir / "metrics_test.json", result.metrics_test)
+    write_doc(run_dir / "timing.json", timing)
+    write_doc(run_dir / "status.json", {"status": "completed"})
 
 
 if __name__ == "__main__":

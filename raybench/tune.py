@@ -25,20 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from raybench import artifacts, environment
+from raybench.backends.local import pick_device, wants_gpu
+from raybench.backends.ray_cluster import check_resources, connect
+from raybench.backends.ray_train import TuneSession, build_trainer, train_fn
 from raybench.config import (
     METRIC_MODES,
     Config,
     add_config_args,
     apply_overrides,
+    check_metric,
     from_dict,
     load_yaml,
+    resolve,
     set_value,
 )
 from raybench.console import Console
 from raybench.data import check_batches, load_configured
+from raybench.data.ingest import open_ingest
 from raybench.errors import UserError, run_cli
-from raybench.launch import RaySession, connect, ray_node, wants_gpu
 from raybench.loop import LoopOptions, train_worker
+from raybench.results import metric_key, write_doc
 
 KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
          "randint": "range"}
@@ -86,9 +92,17 @@ def parse_space(raw: Any, source: str = "search_space") -> dict[str, tuple[str, 
         else:
             samples = args
         for value in samples:  # each value must be valid for the key itself
-            set_value(probe, key, value)
+            _set_in(probe, key, value, source)
         space[key] = (kind, list(args))
     return space
+
+
+def _set_in(cfg: Config, key: str, value: Any, source: str) -> None:
+    """set_value, with the file (and section) the value came from in the message."""
+    try:
+        set_value(cfg, key, value)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def to_tune_space(space: dict[str, tuple[str, list]]) -> dict[str, Any]:
@@ -115,8 +129,15 @@ def load_sweep(path: str | Path) -> dict:
     if base:
         base_path = (path.parent / base).resolve()
         base_cfg = from_dict(load_yaml(base_path), str(base_path))
-    for key, value in (raw.get("overrides") or {}).items():
-        set_value(base_cfg, key, value)
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"{path}: overrides: expected a mapping of config keys to values")
+    for key, value in overrides.items():
+        _set_in(base_cfg, key, value, f"{path}: overrides")
+    metric = raw.get("metric")
+    if metric is not None and metric not in METRIC_MODES:
+        raise UserError(f"{path}: metric {metric!r} is unknown (known: "
+                        f"{', '.join(sorted(METRIC_MODES))})")
     scheduler = raw.get("scheduler") or {}
     bad = set(scheduler) - SCHEDULER_KEYS
     if bad:
@@ -124,42 +145,12 @@ def load_sweep(path: str | Path) -> dict:
                         f"{', '.join(sorted(SCHEDULER_KEYS))})")
     return {"base": base_cfg, "space": parse_space(raw.get("search_space"), f"{path}: "
                                                    "search_space"),
-            "metric": raw.get("metric"), "mode": raw.get("mode"),
+            "metric": metric, "mode": raw.get("mode"),
             "num_samples": raw.get("num_samples", 8), "max_concurrent": raw.get("max_concurrent"),
             "scheduler": scheduler}
 
 
 # ------------------------------------------------------------------ trials
-
-
-class TuneSession:
-    """One-process trial: the loop runs inside the Tune trial and reports to Tune directly."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, device: Any) -> None:
-        self.device = device
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        from ray import tune
-
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
-
-    def get_checkpoint_dir(self) -> str | None:
-        from ray import tune
-
-        checkpoint = tune.get_checkpoint()
-        return checkpoint.to_directory() if checkpoint else None
-
-    def step_progress(self, info: dict) -> None:
-        pass  # a sweep shows progress per trial, not per step
-
-    def node(self) -> dict[str, str]:
-        return ray_node()
 
 
 def trial_config(base: dict, sampled: dict) -> Config:
@@ -169,44 +160,27 @@ def trial_config(base: dict, sampled: dict) -> Config:
     return cfg
 
 
-def _report_key(metric: str) -> str:
-    return "val_loss" if metric == "val_loss" else f"val_{metric}"
-
-
 def _single_worker_trial(params: dict, base: dict, data: dict) -> None:
+    """The loop inside the trial's own process: no TorchTrainer start-up per trial."""
     import ray
-    import torch
-
-    from raybench.launch import pick_device
 
     cfg = trial_config(base, params)
-    device = torch.device("cuda") if wants_gpu(cfg) else pick_device(cfg)
-    train_worker(cfg, ray.get(data["ref"]), TuneSession(device), LoopOptions())
+    session = TuneSession(pick_device(cfg))
+    ingest = open_ingest(cfg, ray.get(data["ref"]), 0, 1, session.device)
+    train_worker(cfg, ingest, session, LoopOptions())
 
 
 def _distributed_trial(params: dict, base: dict, data: dict) -> None:
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    """A TorchTrainer per trial, built like raybench.run's; Ray's callback forwards rank 0's
+    reports to Tune."""
+    import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, params)
-    trial_dir = ray.tune.get_context().get_trial_dir()
-    trainer = TorchTrainer(
-        _train_fn,
-        train_loop_config={"cfg": cfg.to_dict(), "data": data["ref"]},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name="train", storage_path=trial_dir, callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": data["ref"]}, cfg,
+                            name="train", storage_path=ray.tune.get_context().get_trial_dir(),
+                            callbacks=[TuneReportCallback()])
     trainer.fit()
-
-
-def _train_fn(config: dict) -> None:
-    import ray
-
-    train_worker(from_dict(config["cfg"]), ray.get(config["data"]), RaySession(), LoopOptions())
 
 
 # ------------------------------------------------------------------ sweep
@@ -276,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted sweep in DIR")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument("--verbose", action="store_true", help="show Ray Tune's own progress")
-    add_config_args(parser, exclude=("workers",))
+    add_config_args(parser, "tune")
     return parser
 
 
@@ -328,8 +302,6 @@ def _capacity(cfg: Config) -> int:
     """How many trials the cluster can run at once (fails fast when not even one fits)."""
     import ray
 
-    from raybench.launch import check_resources
-
     check_resources(cfg)  # one trial's workers must fit
     total = ray.cluster_resources()
     per_trial_cpu = cfg.scaling.workers * cfg.scaling.cpus_per_worker
@@ -341,33 +313,35 @@ def _capacity(cfg: Config) -> int:
     return max(fits, 1)
 
 
-def run_sweep(args: argparse.Namespace) -> dict:
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    out = Console(quiet=args.quiet)
+def _load_settings(args: argparse.Namespace) -> tuple[dict, Path]:
+    """A new sweep's settings and output directory, or an interrupted sweep's own."""
     if args.resume:
         out_dir = Path(args.resume)
         saved = out_dir / "sweep.yaml"
         if not saved.is_file():
             raise UserError(f"--resume {out_dir}: no sweep.yaml there; not a raybench sweep")
         state = load_yaml(saved)
-        settings = {**state, "base": from_dict(state["base"]),
-                    "space": {k: tuple(v) for k, v in state["space"].items()}}
-    else:
-        settings = _settings(args)
-        out_dir = Path(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
-        if (out_dir / "sweep.yaml").exists():
-            raise UserError(f"{out_dir} already holds a sweep; use --resume {out_dir} or "
-                            "another --out")
+        return {**state, "base": from_dict(state["base"], str(saved)),
+                "space": {k: tuple(v) for k, v in state["space"].items()}}, out_dir
+    settings = _settings(args)
+    out_dir = Path(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
+    if (out_dir / "sweep.yaml").exists():
+        raise UserError(f"{out_dir} already holds a sweep; use --resume {out_dir} or another --out")
+    return settings, out_dir
+
+
+def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, float | None]:
+    """Data, the base config resolved against it, the metric and mode, the naive baseline;
+    every check that can fail happens here, before Ray starts."""
     base: Config = settings["base"]
-    data = load_configured(base.data, base.model.kind, out.log)
-    npz_path = base.data.npz_path
-    metric, mode = base.early_stop(data.task) if not settings["metric"] else (
-        settings["metric"], METRIC_MODES[settings["metric"]])
+    data, npz_path = load_configured(base.data, base.model.kind, out.log)
+    metric = settings["metric"] or base.early_stop(data.task)[0]
+    if metric not in METRIC_MODES:
+        raise UserError(f"sweep metric {metric!r} is unknown (known: "
+                        f"{', '.join(sorted(METRIC_MODES))})")
+    check_metric(metric, data.task, "sweep metric")
     base.train.early_stop_metric = metric
-    base.early_stop(data.task)
+    base = resolve(base, npz_path=npz_path, task=data.task)
     baseline = baseline_score(data, metric)
     if baseline is not None:
         out.log(f"Naive baseline on the validation split: {metric}={baseline:.4f} "
@@ -377,9 +351,51 @@ def run_sweep(args: argparse.Namespace) -> dict:
         kind, values = settings["space"]["train.batch_size"]
         batch_values = values if kind in ("choice", "grid") else [values[1]]
     check_batches(len(data.X_train), base.scaling.workers, max(batch_values), str(npz_path))
+    return data, base, metric, METRIC_MODES[metric], baseline
 
+
+def _make_tuner(args: argparse.Namespace, settings: dict, base: Config, data_ref: Any,
+                out_dir: Path, key: str, mode: str, concurrent: int, expected: int,
+                out: Console):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    fn = _single_worker_trial if base.scaling.workers == 1 else _distributed_trial
+    trainable = tune.with_resources(
+        # The reference sits inside a dict so that with_parameters hands trials the reference
+        # (data placed once in the object store), not a copy of the data.
+        tune.with_parameters(fn, base=base.to_dict(), data={"ref": data_ref}),
+        _trial_resources(base))
+    if args.resume:
+        out.log(f"Resuming sweep in {out_dir}")
+        return tune.Tuner.restore(str(out_dir.resolve() / "tune"), trainable=trainable,
+                                  resume_errored=True)
+    sched = settings["scheduler"]
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=int(sched["max_t"]),
+                               grace_period=int(sched["grace_period"]),
+                               reduction_factor=float(sched["reduction_factor"]))
+                 if settings["kind"] == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable, param_space=to_tune_space(settings["space"]),
+        tune_config=tune.TuneConfig(metric=key, mode=mode, scheduler=scheduler,
+                                    num_samples=settings["num_samples"],
+                                    max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(out_dir.resolve()), verbose=1 if args.verbose else 0,
+            callbacks=[trial_progress(out, expected, key, int(sched["max_t"]))],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)))
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    import ray
+
+    out = Console(quiet=args.quiet)
+    settings, out_dir = _load_settings(args)
+    data, base, metric, mode, baseline = _prepare_data(settings, out)
     # Tune's clean-up of stopped TorchTrainer runs goes through the dashboard's State API.
-    out.log(f"Ray: {connect(base, verbose=args.verbose, dashboard=True, extra_cpus=1)}")
+    handle = connect(base, verbose=args.verbose, dashboard=True, extra_cpus=1)
+    out.log(f"Ray: {handle.description}")
     capacity = _capacity(base)
     concurrent = min(settings["max_concurrent"] or capacity, capacity)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,53 +403,23 @@ def run_sweep(args: argparse.Namespace) -> dict:
                     "space": {k: list(v) for k, v in settings["space"].items()}}
     if not args.resume:
         artifacts.write_yaml(out_dir / "sweep.yaml", settings_doc)
-
-    data_ref = ray.put(data)
-    fn = _single_worker_trial if base.scaling.workers == 1 else _distributed_trial
-    trainable = tune.with_resources(
-        # The reference sits inside a dict so that with_parameters hands trials the reference
-        # (data placed once in the object store), not a copy of the data.
-        tune.with_parameters(fn, base=base.to_dict(), data={"ref": data_ref}),
-        _trial_resources(base))
-    sched = settings["scheduler"]
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=int(sched["max_t"]),
-                               grace_period=int(sched["grace_period"]),
-                               reduction_factor=float(sched["reduction_factor"]))
-                 if settings["kind"] == "asha" else FIFOScheduler())
-    key = _report_key(metric)
-    storage = str(out_dir.resolve())
+    key, max_t = metric_key(metric), int(settings["scheduler"]["max_t"])
     expected = settings["num_samples"] * math.prod(
         len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
     if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if args.resume:
-        tuner = tune.Tuner.restore(str(out_dir.resolve() / "tune"), trainable=trainable,
-                                   resume_errored=True)
-        out.log(f"Resuming sweep in {out_dir}")
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_tune_space(settings["space"]),
-            tune_config=tune.TuneConfig(metric=key, mode=mode, scheduler=scheduler,
-                                        num_samples=settings["num_samples"],
-                                        max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=storage, verbose=1 if args.verbose else 0,
-                callbacks=[trial_progress(out, expected, key, int(sched["max_t"]))],
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)),
-        )
+    tuner = _make_tuner(args, settings, base, ray.put(data), out_dir, key, mode, concurrent,
+                        expected, out)
     out.log(f"Sweep: {settings['num_samples']} sample(s), metric {metric} ({mode}), scheduler "
-            f"{settings['kind']} {sched}, {base.scaling.workers} worker(s) per trial, up to "
-            f"{concurrent} at once")
+            f"{settings['kind']} {settings['scheduler']}, {base.scaling.workers} worker(s) per "
+            f"trial, up to {concurrent} at once")
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    rows = trial_rows(grid, key, mode, int(sched["max_t"]))
+    rows = trial_rows(grid, key, mode, max_t)
     # Tune answers Ctrl-C by stopping the experiment and returning what it has; an incomplete
     # sweep must not look finished.
-    interrupted = (len(rows) < expected
-                   or grid.num_terminated + grid.num_errors < len(rows))
+    interrupted = len(rows) < expected or grid.num_terminated + grid.num_errors < len(rows)
     if not rows:
         raise RuntimeError("the sweep produced no trials")
     if all(r["status"] == "error" for r in rows):
@@ -444,10 +430,16 @@ def run_sweep(args: argparse.Namespace) -> dict:
         out.summary(f"Sweep interrupted after {len(rows)} of {expected} trials; partial results "
                     f"in {out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
         raise KeyboardInterrupt
+    _print_summary(out, rows, metric, mode, max_t, wall, baseline, out_dir)
+    return {"rows": rows, "out_dir": out_dir, "baseline": baseline}
+
+
+def _print_summary(out: Console, rows: list[dict], metric: str, mode: str, max_t: int,
+                   wall: float, baseline: float | None, out_dir: Path) -> None:
     stopped = sum(r["status"] == "stopped_early" for r in rows)
     out.summary(top_table(rows, metric, mode))
     run_epochs = sum(r["epochs_run"] for r in rows)
-    full = len(rows) * int(sched["max_t"])
+    full = len(rows) * max_t
     out.summary(f"{len(rows)} trials, {stopped} stopped early by ASHA: {run_epochs} epochs run "
                 f"of {full} without early stopping ({1 - run_epochs / full:.0%} saved), "
                 f"{wall:.0f}s")
@@ -455,8 +447,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     if baseline is not None:
         out.summary(f"Best trial {best['trial_id']}: validation {metric}={best['best']:.4f}; naive "
                     f"baseline {baseline:.4f}")
-    out.summary(f"Saved → {out_dir}")
-    return {"rows": rows, "out_dir": out_dir, "baseline": baseline}
+    out.summary(f"Saved → {out_dir.resolve()}")
 
 
 def baseline_score(data: Any, metric: str) -> float | None:
@@ -535,7 +526,7 @@ def write_outputs(out_dir: Path, rows: list[dict], base: Config, metric: str, mo
     from raybench.plots import trials_png
 
     trials_png(rows, metric, out_dir / "trials.png")
-    artifacts.write_json(out_dir / "trials.json", {
+    write_doc(out_dir / "trials.json", {
         "status": status, "metric": metric, "mode": mode, "settings": settings,
         "baseline_valid": baseline,
         "wall_time_sec": wall, "environment": environment.collect(), "best": best,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from raybench.launch import LOCAL_RAY_ENV, REPORT_POLL_S
+from raybench.backends.ray_cluster import LOCAL_RAY_ENV, REPORT_POLL_S
 
 
 @pytest.fixture(scope="session")

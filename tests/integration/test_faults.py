@@ -14,30 +14,30 @@ import psutil
 import pytest
 
 from raybench import data
-from raybench.config import Config
-from raybench.launch import run_ray
+from raybench.backends import LaunchContext
+from raybench.backends.ray_train import RayTrainBackend
+from raybench.config import Config, resolve
 from raybench.loop import LoopOptions
 
 
 def fault_cfg(npz, workers: int) -> Config:
-    cfg = Config()
-    cfg.data.npz_path = str(npz)
+    cfg = resolve(Config(), npz_path=npz, task="regression")
     cfg.train.epochs, cfg.train.early_stop_patience, cfg.train.batch_size = 6, 0, 32
     cfg.scaling.workers, cfg.scaling.max_failures = workers, 1
     return cfg
 
 
-def run_killing_rank0_after(cfg, data_ref, tmp_path, name, kill_after_epoch):
+def run_killing_rank0_after(cfg, ds, tmp_path, name, kill_after_epoch):
     """Run, and SIGKILL rank 0's process (by the pid it reports) once that epoch is reported."""
     killed = []
 
     def on_report(row):
-        if kill_after_epoch and not killed and row["epoch"] == kill_after_epoch:
+        if kill_after_epoch and not killed and row.get("epoch") == kill_after_epoch:
             os.kill(row["pid"], signal.SIGKILL)
             killed.append(row["pid"])
 
-    result = run_ray(cfg, data_ref, LoopOptions(), storage_path=str(tmp_path), name=name,
-                     on_report=on_report).result
+    context = LaunchContext(scratch_dir=tmp_path, storage_path=str(tmp_path), on_report=on_report)
+    result = RayTrainBackend(ds, context).run(cfg, LoopOptions(), name)
     return result, killed
 
 
@@ -45,21 +45,19 @@ def run_killing_rank0_after(cfg, data_ref, tmp_path, name, kill_after_epoch):
 def test_killed_worker_restarts_from_checkpoint(ray_cluster, reg_npz, tmp_path, workers):
     cfg = fault_cfg(reg_npz, workers)
     ds = data.build_dataset(data.load_npz(reg_npz), None, 0.1, "zscore")
-    ref = ray_cluster.put(ds)
-    clean, _ = run_killing_rank0_after(cfg, ref, tmp_path, "clean", None)
-    faulty, killed = run_killing_rank0_after(cfg, ref, tmp_path, "faulty", 2)
+    clean, _ = run_killing_rank0_after(cfg, ds, tmp_path, "clean", None)
+    faulty, killed = run_killing_rank0_after(cfg, ds, tmp_path, "faulty", 2)
     assert killed and not psutil.pid_exists(killed[0])
-    epochs = [row["epoch"] for row in faulty["history"]]
+    epochs = [row.epoch for row in faulty.history]
     assert epochs == list(range(1, 7))  # every epoch exactly once
-    assert faulty["timing"]["resumed_from_epoch"] >= 1  # restarted from a checkpoint
+    assert faulty.timing.resumed_from_epoch >= 1  # restarted from a checkpoint
     if workers == 1:
         # Same seed, restored weights, optimizer and RNG: bit-identical to the clean run.
-        assert (faulty["timing"]["ranks"][0]["final_weights_sha256"]
-                == clean["timing"]["ranks"][0]["final_weights_sha256"])
-        assert faulty["metrics_test"] == clean["metrics_test"]
+        assert (faulty.timing.ranks[0].final_weights_sha256
+                == clean.timing.ranks[0].final_weights_sha256)
+        assert faulty.metrics_test == clean.metrics_test
     else:
-        assert faulty["metrics_test"]["mse"] == pytest.approx(clean["metrics_test"]["mse"],
-                                                              rel=1e-3)
+        assert faulty.metrics_test["mse"] == pytest.approx(clean.metrics_test["mse"], rel=1e-3)
 
 
 def _start(args, cwd):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from raybench import data
+from raybench.data import __main__ as data_cli
 from raybench.errors import UserError
 from tests.conftest import write_npz
 
@@ -144,6 +145,6 @@ def test_sp500_source_is_real_and_offline(tmp_path):
 
 
 def test_data_cli(tmp_path, capsys):
-    assert data.main(["prepare", "--source", "synthetic", "--samples", "500", "--task",
+    assert data_cli.main(["prepare", "--source", "synthetic", "--samples", "500", "--task",
                       "classification", "--window", "10", "--out", str(tmp_path / "s.npz")]) == 0
     assert "X_train (400, 10, 1)" in capsys.readouterr().out

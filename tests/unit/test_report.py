@@ -5,40 +5,34 @@ import json
 import pytest
 import yaml
 
-from raybench import artifacts, plots, report, scaling_report
-from raybench.config import Config
+from raybench import artifacts, data, plots, report, scaling_report
+from raybench.backends.raw import run_raw
+from raybench.config import Config, resolve
 from raybench.errors import UserError
+from raybench.results import write_doc
+from raybench.run import write_run
 from tests.unit.test_scaling_report import RUNS
 
 
 @pytest.fixture
-def dirs(tmp_path):
+def dirs(tmp_path, cls_npz):
+    """A real run directory from a real (raw) run, a scaling report and a sweep."""
     run = tmp_path / "run_1"
     run.mkdir()
-    cfg = Config()
-    cfg.data.task = "classification"
-    artifacts.write_yaml(run / "config.yaml", cfg.to_dict())
-    metrics = {"accuracy": 0.55, "auc": 0.57, "f1": 0.6, "baseline_majority": {"accuracy": 0.53,
-                                                                              "auc": 0.5,
-                                                                              "f1": 0.69}}
-    artifacts.write_json(run / "metrics_valid.json", metrics)
-    artifacts.write_json(run / "metrics_test.json", metrics)
-    artifacts.write_json(run / "timing.json", {"num_workers": 2, "total_epochs": 3,
-                                               "best_epoch": 2, "samples_per_sec": 12345.0})
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.5 + e / 100}
-               for e in (1, 2, 3)]
-    plots.curves_png(history, "auc", 2, run / "curves.png")
-    plots.confusion_matrix_png([[5, 3], [2, 7]], run / "confusion_matrix_test.png", "test")
+    ds = data.build_dataset(data.load_npz(cls_npz), None, 0.1, "zscore")
+    cfg = resolve(Config(), npz_path=cls_npz, task=ds.task)
+    cfg.train.epochs = 3
+    result = run_raw(cfg, ds)
+    write_run(run, cfg, ds.norm_stats, result)
     scale = tmp_path / "scale"
-    scaling_report.write_report(scale, environment={}, config={}, runs=RUNS)
+    scaling_report.write_report(scale, environment={}, config={}, runs=RUNS, mode="strong")
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     trials = [{"trial_id": "a", "status": "completed", "epochs_run": 4, "best": 0.56,
                "config": {"train.lr": 0.01}, "history": [0.5, 0.52, 0.55, 0.56]},
               {"trial_id": "b", "status": "stopped_early", "epochs_run": 1, "best": 0.5,
                "config": {"train.lr": 1e-5}, "history": [0.5]}]
-    artifacts.write_json(sweep / "trials.json", {"metric": "auc", "mode": "max",
-                                                 "trials": trials})
+    write_doc(sweep / "trials.json", {"metric": "auc", "mode": "max", "trials": trials})
     plots.trials_png(trials, "auc", sweep / "trials.png")
     return run, scale, sweep
 
@@ -48,14 +42,19 @@ def test_report_is_self_contained_with_every_section(dirs, tmp_path, suffix):
     out = tmp_path / f"report{suffix}"
     assert report.main([*map(str, dirs), "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.count("data:image/png;base64,") == 4  # curves, confusion, scaling, trials
-    for needle in ("run_1", "12,345", "Scaling: scale", "Sweep: sweep", "stopped early",
-                   "raybench"):
+    # curves, two confusion matrices, scaling, trials
+    assert text.count("data:image/png;base64,") == 5
+    rate = json.loads((dirs[0] / "timing.json").read_text())["samples_per_sec"]
+    for needle in ("run_1", f"{rate:,.0f}", "Scaling: scale", "Sweep: sweep", "stopped early",
+                   "raybench", "[95% CI]"):
         assert needle in text, needle
 
 
 def test_report_rejects_unknown_dirs_and_formats(tmp_path):
     with pytest.raises(UserError, match="not a raybench run"):
+        report.main([str(tmp_path), "--out", str(tmp_path / "r.html")])
+    write_doc(tmp_path / "status.json", {"status": "failed", "error": "boom"})
+    with pytest.raises(UserError, match=r"did not complete \(status failed: boom\)"):
         report.main([str(tmp_path), "--out", str(tmp_path / "r.html")])
     with pytest.raises(UserError, match="expected a .html or .md"):
         report.main([str(tmp_path), "--out", str(tmp_path / "r.pdf")])

@@ -1,0 +1,28 @@
+"""Launchers of the per-worker loop, one module each, behind `base.Backend`:
+
+  raybench  ray_train.py  Ray Train TorchTrainer, N workers on any Ray cluster
+  ddp       ddp.py        plain torch DistributedDataParallel, N local processes, no Ray
+  raw       raw.py        the loop in this process: the ceiling one worker can reach
+
+A new launcher is a module here and one line in MODULES. Connecting to Ray is ray_cluster.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from raybench.backends.base import Backend, LaunchContext
+
+# Backend name -> module defining it (imported on use: the raw launcher needs no Ray).
+MODULES = {"raybench": "ray_train", "ddp": "ddp", "raw": "raw"}
+NAMES = tuple(MODULES)
+# Launchers that run one worker only.
+SINGLE_WORKER = ("raw",)
+
+
+def backend_class(name: str) -> type[Backend]:
+    module = importlib.import_module(f"raybench.backends.{MODULES[name]}")
+    return module.BACKEND
+
+
+__all__ = ["NAMES", "SINGLE_WORKER", "Backend", "LaunchContext", "backend_class"]

@@ -1,0 +1,133 @@
+"""`ddp`: the loop under plain torch DistributedDataParallel, N processes started with
+torch.multiprocessing on this machine, gloo on CPU (nccl on GPU), no Ray: the peer a user would
+otherwise pick. Its ranks also time an all-reduce of the gradient's size."""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import socket
+import sys
+import traceback
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from raybench.backends.base import LaunchContext
+from raybench.backends.local import LocalSession, wants_gpu
+from raybench.config import Config
+from raybench.data.dataset import Dataset, save_dataset
+from raybench.loop import LoopOptions
+from raybench.results import RunResult
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, data_dir: str,
+               options: LoopOptions, results: Any, allreduce_iters: int) -> None:
+    """One DDP process: join the group, train, put rank 0's result on the queue."""
+    from raybench.config import from_dict
+    from raybench.data.dataset import load_dataset
+    from raybench.data.ingest import open_ingest
+    from raybench.loop import train_worker
+    from raybench.probes import allreduce_latency
+
+    code = 1
+    try:
+        cfg = from_dict(cfg_dict)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        gpu = wants_gpu(cfg)
+        device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+        if gpu:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+        try:
+            ingest = open_ingest(cfg, load_dataset(data_dir), rank, world, device)
+            result = train_worker(cfg, ingest, LocalSession(device, rank, world), options)
+            numel = result.num_parameters if result else 0
+            numel = _broadcast_int(numel, device)
+            comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
+            if rank == 0:
+                assert result is not None
+                result.allreduce = comm
+                results.put(result)
+                results.close()
+                results.join_thread()  # flush the queue's feeder thread before os._exit
+            code = 0
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: gloo's threads sometimes abort it ("terminate called
+        # without an active exception") after the work is done and the result delivered.
+        os._exit(code)
+
+
+def _broadcast_int(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+class DdpBackend:
+    name = "ddp"
+
+    def __init__(self, data: Dataset, context: LaunchContext) -> None:
+        # Memory-mapped .npy files: the processes share the pages through the page cache.
+        self.data_dir = str(save_dataset(data, context.scratch_dir / "ddp_data"))
+        self.context = context
+
+    def run(self, cfg: Config, options: LoopOptions, run_name: str = "ddp") -> RunResult:
+        import torch.multiprocessing as mp
+
+        world = cfg.scaling.workers
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        port = _free_port()
+        procs = [ctx.Process(target=_rank_main, daemon=True,
+                             args=(rank, world, port, cfg.to_dict(), self.data_dir, options,
+                                   results, self.context.allreduce_iters))
+                 for rank in range(world)]
+        for proc in procs:
+            proc.start()
+        try:
+            result = _collect(results, procs)
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+        failed = [p.exitcode for p in procs if p.exitcode != 0]
+        if failed or result is None:
+            raise RuntimeError(f"DDP baseline with {world} processes failed (exit codes "
+                               f"{failed})")
+        return result
+
+    def close(self) -> None:
+        pass
+
+
+def _collect(results: Any, procs: list) -> RunResult | None:
+    """Read rank 0's result while the processes run (a large result blocks its writer until it
+    is read), then let them exit."""
+    result = None
+    while result is None:
+        try:
+            result = results.get(timeout=1.0)
+        except queue_mod.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs) or all(
+                    p.exitcode is not None for p in procs):
+                break
+    for proc in procs:
+        proc.join(timeout=60)
+    return result
+
+
+BACKEND = DdpBackend

@@ -1,0 +1,36 @@
+"""The seam between the per-worker loop and whatever launched it. The loop sees only this
+protocol: it never imports Ray, Tune or a launcher."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class Session(Protocol):
+    """What a launcher provides to the loop on every rank."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move the model to the device and wrap it for data parallelism (DDP) if world > 1."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """End of an epoch on every rank (a barrier under Ray Train); rank 0 may attach the
+        directory of a checkpoint to persist."""
+
+    def get_checkpoint_dir(self) -> str | None:
+        """A local directory holding the checkpoint to resume from, or None."""
+
+    def step_progress(self, info: dict[str, Any]) -> None:
+        """Rank 0, within long epochs: how far the epoch is (for a progress bar)."""
+
+    def node(self) -> dict[str, str]:
+        """{"ip": ..., "id": ...} of the machine this rank runs on."""
+
+    def dataset_shard(self, name: str) -> Any:
+        """This rank's shard of a streamed dataset (Ray Data ingest only)."""
