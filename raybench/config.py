@@ -282,9 +282,9 @@ def load_config(path: str | Path | None) -> Config:
     return from_dict(load_yaml(path), str(path)) if path else Config()
 
 
-# Flags of both seed CLIs plus raybench's own, each mapped to one config key and shown only by
-# the commands that honour it. Both spellings (snake_case from the seed CLIs, kebab-case as is
-# usual) are accepted.
+# Every override flag, each mapped to one config key and shown only by the commands that honour
+# it. The snake_case names (--npz_path, --hidden_dim, --valid_ratio, ...) are the original
+# training CLIs' and stay; each also has its kebab-case spelling.
 ALL = frozenset({"run", "scale", "tune"})
 RUN = frozenset({"run"})
 NOT_TUNE = frozenset({"run", "scale"})

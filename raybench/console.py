@@ -1,4 +1,5 @@
-"""Timestamped console lines in the seed notes' style; --quiet keeps only the summary."""
+"""Timestamped progress lines (`[YYYY-MM-DD HH:MM:SS] message`), one per event, the run's
+summary always; --quiet keeps only the summary."""
 
 from __future__ import annotations
 

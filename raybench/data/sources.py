@@ -141,7 +141,8 @@ def default_npz(task: str, window: int) -> tuple[Path, bool]:
 def resolve_npz(npz_path: str | None, task: str | None, model_kind: str,
                 window: int) -> tuple[Path, str | None]:
     """The NPZ to train on and, when it was just prepared, a note saying where it went.
-    Without a path, the seeds' pairing decides the task: the MLP regresses, the others classify."""
+    Without a path the model decides the task: the MLP regresses the next close, the recurrent
+    and Transformer models classify the next day's direction."""
     if npz_path:
         return Path(npz_path), None
     task = task or ("regression" if model_kind == "mlp" else "classification")

@@ -124,3 +124,61 @@ def test_the_seed_notes_config_file_loads_verbatim(tmp_path):
         "gru", 128, 2, 0.2)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (50, 128, 0.0005)
     assert cfg.train.early_stop_patience == 10 and cfg.data.npz_path == "/path/to/data.npz"
+
+
+def _flags(parser):
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def test_each_command_shows_only_the_flags_it_honours():
+    from raybench import run, scale, tune
+
+    run_flags = _flags(run.build_parser())
+    scale_flags = _flags(scale.build_parser())
+    tune_flags = _flags(tune.build_parser())
+    assert {"--patience", "--save_dir", "--run_name", "--workers", "--max_failures"} <= run_flags
+    # scale runs without early stopping, writes to --out and takes a list of worker counts
+    for flag in ("--patience", "--save_dir", "--run_name", "--early_stop_metric",
+                 "--storage_path", "--warmup_epochs"):
+        assert flag not in scale_flags, flag
+    assert {"--global-batch-size", "--min-steps", "--min-seconds", "--batch_size"} <= scale_flags
+    # tune: ASHA decides when a trial stops, max_t its epochs, --out where it writes
+    for flag in ("--patience", "--epochs", "--save_dir", "--run_name", "--workers"):
+        assert flag not in tune_flags, flag
+    assert {"--workers-per-trial", "--max-t", "--placement_strategy"} <= tune_flags
+
+
+def test_resolve_is_pure_and_fills_what_the_data_decides():
+    cfg = config.Config()
+    out = config.resolve(cfg, npz_path="/d/x.npz", task="classification")
+    assert (out.data.npz_path, out.data.task, out.train.early_stop_metric) == (
+        "/d/x.npz", "classification", "auc")
+    assert cfg.data.npz_path is None and cfg.data.task is None  # the input is untouched
+    assert cfg.train.early_stop_metric is None
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train: {lr: .nan}", "train.lr: must be a finite number"),
+    ("train: {lr: .inf}", "train.lr: must be a finite number"),
+    ("train: {lr: 0.1}\ntrain: {epochs: 2}", "key 'train' given twice"),
+    ("train: {lr: 0.1, lr: 0.2}", "key 'lr' given twice"),
+    ("io: {run_name: a/b}", "io.run_name: 'a/b' must be a plain directory name"),
+])
+def test_non_finite_duplicates_and_path_names_are_refused(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(UserError, match=message):
+        config.load_config(path)
+
+
+def test_unreadable_config_paths_say_what_is_wrong(tmp_path):
+    with pytest.raises(UserError, match="is a directory, not a YAML file"):
+        config.load_config(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"\xff\xfe\x00train")
+    with pytest.raises(UserError, match="not a UTF-8 text file"):
+        config.load_config(binary)
+    with pytest.raises(UserError, match=r"--set train.lr=\[1: cannot read the value"):
+        parse("--set", "train.lr=[1")
+    with pytest.raises(UserError, match="train.lr: must be a finite number"):
+        parse("--lr", "nan")
