@@ -86,3 +86,34 @@ def loss_fn(task: str) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _lstm_flops(lstm: nn.LSTM, window: int) -> float:
+    """Forward FLOPs of an nn.LSTM per sample: 4 gates, each a (input + hidden) x hidden
+    multiply-add, every time step and layer (FlopCounterMode sees the fused op as one)."""
+    total, size_in = 0.0, lstm.input_size
+    for _ in range(lstm.num_layers):
+        total += 2 * 4 * lstm.hidden_size * (size_in + lstm.hidden_size) * window
+        size_in = lstm.hidden_size
+    return total
+
+
+def flops_per_sample(model: nn.Module, n_features: int, window: int, batch: int = 4) -> float:
+    """Model FLOPs of one training sample (forward and backward), counted by torch's
+    FlopCounterMode on a copy of the model; fused LSTMs, which it cannot see into, are counted
+    analytically (backward = 2 x forward)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).cpu().train()
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        probe(torch.zeros(batch, window, n_features)).sum().backward()
+    counted = counter.get_total_flops() / batch
+    by_module = counter.get_flop_counts()
+    for name, module in probe.named_modules():
+        if isinstance(module, nn.LSTM):
+            seen = sum(by_module.get(f"{type(probe).__name__}.{name}", {}).values())
+            if seen == 0:
+                counted += 3 * _lstm_flops(module, window)
+    return float(counted)

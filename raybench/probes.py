@@ -49,3 +49,47 @@ def allreduce_latency(numel: int, device, iters: int = 200, warmup: int = 20) ->
     return {"numel": numel, "bytes": numel * 4, "iters": iters,
             "allreduce_ms_p50": float(np.percentile(ms, 50)),
             "allreduce_ms_p90": float(np.percentile(ms, 90))}
+
+
+# Dense peak TFLOP/s per GPU (no sparsity) from NVIDIA's data sheets, by the name torch reports:
+# (bf16/fp16 tensor core, fp32 without TF32). MFU divides achieved model FLOP/s by these.
+GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "H200": (989.0, 67.0),
+    "H100 SXM": (989.0, 67.0),  # "NVIDIA H100 80GB HBM3"
+    "H100 80GB HBM3": (989.0, 67.0),
+    "H100 PCIe": (756.0, 51.0),
+    "H100 NVL": (835.0, 60.0),
+    "A100": (312.0, 19.5),
+    "L40S": (362.0, 91.6),
+    "L4": (121.0, 30.3),
+    "A10G": (70.0, 31.2),
+    "A10": (125.0, 31.2),
+    "V100": (125.0, 15.7),  # fp16 tensor core; V100 has no bf16
+    "T4": (65.0, 8.1),
+}
+
+
+def peak_tflops(device_name: str | None, precision: str) -> float | None:
+    """The dense peak of a GPU for the run's precision (bf16 or fp32), or None if unknown
+    (CPUs, GPUs not in the table): MFU is then not reported rather than guessed."""
+    if not device_name:
+        return None
+    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):  # most specific name first
+        if key in device_name:
+            bf16, fp32 = GPU_PEAK_TFLOPS[key]
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
+def annotate_flops(timing, flops_per_sample: float | None, precision: str) -> None:
+    """Add achieved model TFLOP/s over all workers to a Timing and, on GPUs with a known peak,
+    MFU. Done on the driver after the run, so counting FLOPs never delays a start-up."""
+    if not flops_per_sample:
+        return
+    timing.model_flops_per_sample = flops_per_sample
+    if timing.samples_per_sec:
+        timing.achieved_tflops = flops_per_sample * timing.samples_per_sec / 1e12
+    peaks = [peak_tflops(r.device_name, precision) for r in timing.ranks]
+    if timing.achieved_tflops and peaks and all(peaks):
+        timing.peak_tflops = sum(peaks)
+        timing.mfu = timing.achieved_tflops / timing.peak_tflops

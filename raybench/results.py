@@ -66,8 +66,6 @@ class StepBreakdown:
     # free); adjacent steps are correlated, so read it as a lower bound on the uncertainty.
     step_time_ms_p50_ci: Interval | None = None
     steps: int = 0
-    # GPU runs: step time from CUDA events, synchronised once per measured window.
-    device_step_time_ms_p50: float | None = None
 
 
 @dataclass
@@ -91,6 +89,7 @@ class RankFacts:
     pid: int
     threads: int
     device: str
+    device_name: str | None  # the GPU's name as torch reports it (None on CPU)
     samples_per_sec: float | None
     peak_rss_mib: float
     # PSS splits shared pages (the object store's copy of the data) among the processes that
@@ -159,6 +158,10 @@ class Timing:
     step_breakdown: StepBreakdown
     ranks: list[RankFacts]
     wall_time_s: float | None = None  # interpreter start until the results were saved
+    model_flops_per_sample: float | None = None  # forward + backward (FlopCounterMode)
+    achieved_tflops: float | None = None  # model FLOPs x samples/s, all workers
+    peak_tflops: float | None = None  # the GPUs' dense peak for the precision, all workers
+    mfu: float | None = None  # achieved / peak (GPUs in probes.GPU_PEAK_TFLOPS only)
 
 
 @dataclass
@@ -222,6 +225,8 @@ class RunRecord:
     # The same, counting only what each worker's PSS grew by after it started.
     pss_growth_over_dataset: float | None
     wall_time_s: float
+    achieved_tflops: float | None = None
+    mfu: float | None = None
     speedup: float | None = None
     efficiency: float | None = None
 
@@ -268,6 +273,8 @@ class PointSummary:
     peak_gpu_mem_mib_max: float | None
     allreduce_ms_p50: float | None
     pss_over_dataset: float | None
+    achieved_tflops: float | None
+    mfu: float | None
     # raybench only: its throughput over raw's (1 worker) and ddp's (same N) as the ratio of
     # medians, and as the mean of per-repeat ratios with its 95% interval (repeats pair up:
     # backends are interleaved within each repeat).

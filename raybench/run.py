@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import raybench
-from raybench import artifacts, environment, plots
+from raybench import artifacts, environment, plots, probes
 from raybench.backends import LaunchContext
 from raybench.backends.local import wants_gpu
 from raybench.backends.ray_cluster import RayHandle, check_resources, connect
@@ -28,7 +28,7 @@ from raybench.console import Console, EpochProgress
 from raybench.data import Dataset, check_batches, load_configured
 from raybench.errors import UserError, run_cli
 from raybench.loop import LoopOptions, worker_threads
-from raybench.models import build_model, count_parameters
+from raybench.models import build_model, count_parameters, flops_per_sample
 from raybench.results import RunResult, write_doc
 
 EXAMPLE = """examples:
@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if resume_dir is None:
         artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
     write_doc(run_dir / "status.json", {"status": "running"})
+    shape = (data.n_features, data.window)
     result = train(cfg, data, run_dir, handle, out, resumed=resume_dir is not None)
+    probes.annotate_flops(result.timing, flops_per_sample(build_model(cfg.model, *shape), *shape),
+                          cfg.train.precision)
     write_run(run_dir, cfg, data.norm_stats, result)
     if cfg.io.storage_path:
         where = artifacts.upload_dir(run_dir, cfg.io.storage_path, run_dir.name)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from raybench import environment, scaling_report
+from raybench import environment, probes, scaling_report
 from raybench.backends import NAMES, SINGLE_WORKER, Backend, LaunchContext, backend_class
 from raybench.backends.ray_cluster import check_resources, connect
 from raybench.backends.ray_train import startup_floor
@@ -24,6 +24,7 @@ from raybench.console import Console
 from raybench.data import Dataset, build_dataset, check_batches, load_configured, synthetic
 from raybench.errors import UserError, run_cli
 from raybench.loop import LoopOptions, Window
+from raybench.models import build_model, flops_per_sample
 from raybench.results import RunRecord, StartupPoint
 
 EXAMPLE = """examples:
@@ -183,8 +184,10 @@ def run_sweep(args: argparse.Namespace) -> dict:
                                                                   .resolve()),
                             ray=handle, allreduce_iters=args.allreduce_iters)
     backends = {name: backend_class(name)(data, context) for name in args.backends}
+    flops = flops_per_sample(build_model(base.model, data.n_features, data.window),
+                             data.n_features, data.window)
     try:
-        runs, startup = execute(args, points, backends, context, out)
+        runs, startup = execute(args, points, backends, context, flops, out)
     finally:
         for backend in backends.values():
             backend.close()
@@ -199,7 +202,7 @@ def window_options(args: argparse.Namespace) -> LoopOptions:
 
 
 def execute(args: argparse.Namespace, points: list[tuple[int, Config]],
-            backends: dict[str, Backend], context: LaunchContext,
+            backends: dict[str, Backend], context: LaunchContext, flops: float,
             out: Console) -> tuple[list[RunRecord], list[dict]]:
     """Every (repeat, point, backend) run. Backends and sizes are interleaved within each
     repeat so drift on a shared machine spreads over all points instead of biasing one."""
@@ -219,6 +222,7 @@ def execute(args: argparse.Namespace, points: list[tuple[int, Config]],
                 t0 = time.time()
                 result = backend.run(cfg, dataclasses.replace(options, launch_time=t0),
                                      f"n{n}_r{repeat}_{int(t0)}")
+                probes.annotate_flops(result.timing, flops, cfg.train.precision)
                 record = scaling_report.run_record(name, args.mode, repeat, result,
                                                    time.time() - t0)
                 runs.append(record)

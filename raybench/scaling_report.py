@@ -30,8 +30,8 @@ CSV_COLUMNS = ["backend", "mode", "workers", "repeat", "samples_per_sec",
                "step_time_ms_p90", "data_share", "compute_share", "sync_share", "optimizer_share",
                "batch_size_per_worker", "global_batch_size", "threads_per_worker",
                "measured_steps", "epoch_time_s", "time_to_first_step_s", "peak_rss_mib_max",
-               "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "nodes",
-               "wall_time_s"]
+               "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "achieved_tflops",
+               "mfu", "nodes", "wall_time_s"]
 PHASES = ("data", "compute", "sync", "optimizer")
 
 
@@ -66,7 +66,7 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         pss_over_dataset=sum(pss) / t.dataset_mib if pss and t.dataset_mib else None,
         pss_growth_over_dataset=(sum(pss_data) / t.dataset_mib
                                  if pss_data and t.dataset_mib else None),
-        wall_time_s=wall_time)
+        wall_time_s=wall_time, achieved_tflops=t.achieved_tflops, mfu=t.mfu)
 
 
 def _median(rows: list[RunRecord], key: str) -> float | None:
@@ -111,7 +111,8 @@ def _point(backend: str, workers: int, rs: list[RunRecord],
     medians = {k: _median(rs, k) for k in (
         "step_time_ms_p50", "step_time_ms_p90", "data_share", "compute_share", "sync_share",
         "optimizer_share", "epoch_time_s", "time_to_first_step_s", "peak_rss_mib_max",
-        "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset")}
+        "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "achieved_tflops",
+        "mfu")}
     return PointSummary(
         backend=backend, workers=workers, mode=rs[0].mode, repeats=len(rs),
         samples_per_sec=stats.spread(rates), samples_per_sec_per_worker=sps / workers,

@@ -8,16 +8,33 @@ import statistics
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from raybench.results import Interval, Spread
 
 
 def t95(df: int) -> float:
     """Two-sided 95% Student-t quantile for df degrees of freedom (exact, any df)."""
+    # scipy is imported here, on the driver, not at module import: Ray Train workers import
+    # this module, and scipy.stats costs them 0.5 s of CPU each at start-up.
+    from scipy import stats as sps
+
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     return float(sps.t.ppf(0.975, df))
+
+
+def binomial_lower_quantile(n: int, q: float = 0.025) -> int:
+    """The smallest k with P(Binomial(n, 1/2) <= k) >= q: exact for n <= 1000, the normal
+    approximation with continuity correction beyond (off by at most one rank there)."""
+    if n <= 1000:
+        total, cdf = 2.0**n, 0.0
+        for k in range(n + 1):
+            cdf += math.comb(n, k) / total
+            if cdf >= q:
+                return k
+        return n
+    z = statistics.NormalDist().inv_cdf(q)
+    return max(0, math.ceil(n / 2 + z * math.sqrt(n) / 2 - 0.5))
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
@@ -44,7 +61,7 @@ def median_interval(samples: np.ndarray) -> Interval:
     median = float(np.median(x))
     if n < 6:  # no pair of order statistics covers 95% below six samples
         return Interval(median, None, None, n)
-    lo = int(sps.binom.ppf(0.025, n, 0.5))  # 0-based index of the lower order statistic
+    lo = binomial_lower_quantile(n)  # the lower order statistic is x[lo - 1] (0-based)
     hi = n - 1 - lo
     return Interval(median, float(x[max(lo - 1, 0)]), float(x[min(hi + 1, n - 1)]), n)
 

@@ -106,7 +106,7 @@ class MetricsCollector:
         self._pending: list[tuple] = []  # this epoch's counted steps, timestamps unresolved
         self._phases = np.empty((0, len(PHASES)))  # resolved durations (s), one row per step
         self._counted = 0
-        self._probe_start = 0.0
+        self._window_start = 0.0
         self._target: float | None = None  # agreed window length in steps
         self.window_complete = False
 
@@ -129,17 +129,23 @@ class MetricsCollector:
         return self.window is not None and self._window_check()
 
     def _window_check(self) -> bool:
-        """The window's length in steps is fixed after a short probe and agreed by all ranks
-        (an all-reduce of the maximum), so every rank stops after the same step: a rank that
-        stopped on its own clock would leave the others waiting in their next all-reduce."""
+        """The window's length in steps is agreed by all ranks (an all-reduce of the maximum)
+        after a short probe, and extended the same way if the agreed steps took less than
+        min_seconds: a rank that stopped on its own clock would leave the others waiting in
+        their next all-reduce."""
         w, counted = self.window, self._counted
         if counted == 1:
-            self._probe_start = time.perf_counter()
-        if self._target is None and counted >= min(PROBE_STEPS, max(w.min_steps, 1)):
-            per_step = (time.perf_counter() - self._probe_start) / max(counted - 1, 1)
-            needed = max(w.min_steps, math.ceil(w.min_seconds / per_step) if per_step else 0)
+            self._window_start = time.perf_counter()
+        due = counted >= self._target if self._target else counted >= min(PROBE_STEPS,
+                                                                          max(w.min_steps, 1))
+        if due and not self.window_complete:
+            elapsed = time.perf_counter() - self._window_start
+            per_step = elapsed / max(counted - 1, 1)
+            short = w.min_seconds - elapsed
+            needed = max(w.min_steps, counted + (math.ceil(short / per_step) if short > 0 and
+                                                 per_step > 0 else 0))
             self._target = min(agree_max(needed, self.device), w.max_steps or math.inf)
-        self.window_complete = self._target is not None and counted >= self._target
+            self.window_complete = counted >= self._target
         return self.window_complete
 
     def end_epoch(self) -> None:
@@ -174,6 +180,7 @@ class MetricsCollector:
         return RankFacts(
             rank=rank, node=node["ip"], node_id=node["id"], hostname=socket.gethostname(),
             pid=os.getpid(), threads=torch.get_num_threads(), device=str(self.device),
+            device_name=torch.cuda.get_device_name(self.device) if on_gpu else None,
             samples_per_sec=self.samples_per_sec(), peak_rss_mib=probes.peak_rss_mib(),
             pss_mib=probes.pss_mib(), pss_start_mib=self.pss_start,
             peak_gpu_mem_mib=(torch.cuda.max_memory_allocated(self.device) / 2**20

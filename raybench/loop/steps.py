@@ -380,3 +380,4 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
         global_batch_size=batch * world, steps_per_epoch=state.steps_per_epoch,
         stopped_early=state.stopper.should_stop, resumed_from_epoch=state.resumed_from_epoch,
         step_breakdown=mean_breakdown([r.step_breakdown for r in ranks]), ranks=ranks)
+

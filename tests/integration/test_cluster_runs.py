@@ -75,10 +75,11 @@ def head_node(tmp_path):
 
 def test_ray_job_submit_runs_on_the_existing_cluster(head_node, reg_npz, tmp_path):
     url, env = head_node
-    save_dir = tmp_path / "runs"
+    # A relative --save_dir, as users type it: inside a job it lands in Ray's copy of the
+    # working directory, so raybench warns and prints the absolute run directory.
     command = ["ray", "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
                "python", "-m", "raybench.run", "--workers", "2", "--npz_path", str(reg_npz),
-               "--epochs", "2", "--save_dir", str(save_dir), "--run_name", "job"]
+               "--epochs", "2", "--save_dir", "runs", "--run_name", "job"]
     deadline = time.monotonic() + 120
     while True:
         submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
@@ -90,8 +91,12 @@ def test_ray_job_submit_runs_on_the_existing_cluster(head_node, reg_npz, tmp_pat
     assert submit.returncode == 0, out
     assert "succeeded" in out.lower(), out
     assert "local Ray on 127.0.0.1" not in out  # it joined the cluster, it did not start one
-    assert f"Saved → {save_dir / 'job'}" in out
-    run_dir = save_dir / "job"
+    assert "inside Ray's copy of the job's working directory" in out
+    # worker output reaches `ray job logs` on a cluster (log_to_driver stays on)
+    assert "(RayTrainWorker pid=" in out, out
+    saved = [line for line in out.splitlines() if line.startswith("Saved → ")]
+    run_dir = Path(saved[-1].removeprefix("Saved → ").strip())
+    assert run_dir.is_absolute() and run_dir.name == "job" and "runtime_resources" in str(run_dir)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     timing = json.loads((run_dir / "timing.json").read_text())
     assert timing["num_workers"] == 2 and (run_dir / "metrics_test.json").is_file()

@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from raybench import scaling_report as sr
@@ -120,3 +121,22 @@ def test_strong_and_weak_batches():
 def test_table_lists_every_point():
     text = sr.table(sr.summarize(RUNS))
     assert len(text.splitlines()) == 2 + 5
+
+
+def test_exact_quantiles_against_scipy():
+    from scipy import stats as sps
+
+    for df in (1, 2, 11, 17, 29, 45, 200):  # the old table skipped 11-29 and rounded beyond 30
+        assert stats.t95(df) == pytest.approx(sps.t.ppf(0.975, df), rel=1e-12)
+    for n in (6, 7, 50, 333, 1000):
+        assert stats.binomial_lower_quantile(n) == int(sps.binom.ppf(0.025, n, 0.5))
+    for n in (1001, 5000, 20000):
+        assert abs(stats.binomial_lower_quantile(n) - sps.binom.ppf(0.025, n, 0.5)) <= 1
+
+
+def test_median_interval_covers_the_median_with_order_statistics():
+    x = np.arange(1.0, 101.0)  # 1..100
+    ci = stats.median_interval(x)
+    lo = int(__import__("scipy").stats.binom.ppf(0.025, 100, 0.5))
+    assert ci.value == 50.5 and (ci.low, ci.high) == (float(lo), float(100 - lo + 1))
+    assert stats.median_interval(x[:5]).low is None  # too few samples for 95%

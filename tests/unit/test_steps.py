@@ -129,3 +129,42 @@ def test_breakdown_percentiles_and_p50_interval():
     assert b.step_time_ms_p50 == pytest.approx(10.0)
     assert b.step_time_ms_p50_ci.low == pytest.approx(10.0)
     assert b.step_time_ms_p50_ci.high == pytest.approx(10.0)
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event (no GPU here): a recorded timestamp in ms that is only
+    readable after the device was synchronised, as with CUDA events."""
+
+    synced = False
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def elapsed_time(self, other):
+        assert FakeEvent.synced, "an event was read before the window's synchronisation"
+        return other.ms - self.ms
+
+
+def test_gpu_steps_are_timed_by_events_read_once_per_epoch(monkeypatch):
+    syncs = []
+
+    def synchronize(device=None):
+        syncs.append(device)
+        FakeEvent.synced = True
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    collector = MetricsCollector(torch.device("cpu"))
+    collector.clock.cuda = True  # the GPU code path, with events it can resolve here
+    collector.start_epoch(1)
+    FakeEvent.synced = False
+    for i in range(50):
+        base = 10.0 * i
+        events = [FakeEvent(base + dt) for dt in (0.0, 1.0, 7.0, 8.0, 10.0)]
+        collector.record(64, *events)
+    assert syncs == []  # no step synchronised the device
+    collector.end_epoch()
+    assert len(syncs) == 1
+    b = collector.breakdown()
+    assert b.steps == 50 and b.step_time_ms_p50 == pytest.approx(10.0)
+    assert (b.data_s, b.compute_s, b.sync_s, b.optimizer_s) == pytest.approx(
+        (0.001, 0.006, 0.001, 0.002))
