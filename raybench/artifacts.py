@@ -110,17 +110,67 @@ def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
-def upload_dir(local: str | Path, destination: str, name: str) -> str:
-    """Copy a directory to `<destination>/<name>`: a local/NFS path or any URI pyarrow's
-    filesystem layer understands (s3://, gs://, hdfs://)."""
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _filesystem(uri: str):
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    if "://" in destination:
-        try:
-            fs, root = pafs.FileSystem.from_uri(destination)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"storage path {destination}: {exc}") from None
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{uri}: {exc}") from None
+
+
+def uri_has(uri: str, name: str) -> bool:
+    """Whether `<uri>/<name>` exists (local paths and any URI pyarrow understands)."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(uri):
+        return (Path(uri) / name).exists()
+    fs, root = _filesystem(uri)
+    return fs.get_file_info(f"{root.rstrip('/')}/{name}").type != pafs.FileType.NotFound
+
+
+class Output:
+    """Where a command writes its results: a local directory, or a URI (s3://, gs://,
+    file://) the files are staged for and uploaded to at the end."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where.rstrip("/")
+        self.uri = is_uri(where)
+        self.local = (Path(tempfile.mkdtemp(prefix="raybench-out-")) if self.uri
+                      else Path(where))
+
+    @property
+    def root(self) -> str:
+        """The output itself as Ray's storage_path: the URI, or the absolute local path."""
+        return self.where if self.uri else str(self.local.resolve())
+
+    def storage(self, name: str) -> str:
+        """A path or URI for a subdirectory Ray writes itself (Ray Train / Tune storage)."""
+        return f"{self.where}/{name}" if self.uri else str((self.local / name).resolve())
+
+    def has(self, name: str) -> bool:
+        return uri_has(self.where, name)
+
+    def publish(self) -> str:
+        """Upload the staged files to the URI; the local path or the URI, for printing."""
+        if not self.uri:
+            return str(self.local.resolve())
+        parent, _, name = self.where.rpartition("/")
+        return upload_dir(self.local, parent, name)
+
+
+def upload_dir(local: str | Path, destination: str, name: str) -> str:
+    """Copy a directory to `<destination>/<name>`: a local/NFS path or any URI pyarrow's
+    filesystem layer understands (s3://, gs://, hdfs://)."""
+    import pyarrow.fs as pafs
+
+    if is_uri(destination):
+        fs, root = _filesystem(destination)
     else:
         fs, root = pafs.LocalFileSystem(), str(Path(destination).resolve())
     target = f"{root.rstrip('/')}/{name}"

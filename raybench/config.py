@@ -9,6 +9,7 @@ import argparse
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import yaml
 from raybench.errors import UserError
 
 TASKS = ("regression", "classification")
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:callable
 MODELS = ("mlp", "lstm", "gru", "transformer")
 # Metric to early-stop on, and whether larger is better.
 METRIC_MODES = {"val_loss": "min", "mse": "min", "mae": "min", "r2": "max", "auc": "max",
@@ -44,11 +46,21 @@ class DataConfig:
     valid_from_train: float = field(default=0.1, metadata={"min": 0, "max": 1, "strict": True})
     shuffle_train: bool = False
     norm: str = field(default="zscore", metadata=_choice("zscore", "none"))
+    # A Parquet dataset directory (python -m raybench.data prepare --format parquet) instead of
+    # an NPZ; its window, splits and normalisation were fixed when it was prepared.
+    parquet_dir: str | None = None
+    # memory: the data in memory, sliced per rank; ray_data: a Parquet dataset streamed by Ray
+    # Data into each worker.
+    ingest: str = field(default="memory", metadata=_choice("memory", "ray_data"))
+    prefetch_batches: int = field(default=2, metadata={"min": 0})  # Ray Data, per worker
 
 
 @dataclass
 class ModelConfig:
-    kind: str = field(default="mlp", metadata=_choice(*MODELS))
+    # A built-in model, or your own: "package.module:factory", called as
+    # factory(n_features=F, window=T, task=..., **params) -> nn.Module mapping (B, T, F) to (B,).
+    kind: str = field(default="mlp", metadata={"choices": MODELS, "or_factory": True})
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for a factory
     input_dim: int | None = None  # None: taken from the data (F)
     hidden: int = field(default=64, metadata=_positive())
     layers: int = field(default=1, metadata=_positive())
@@ -84,11 +96,19 @@ class IOConfig:
     # Where Ray Train keeps checkpoints and where the driver copies the run's artifacts: a path
     # every node can reach (NFS) or a URI pyarrow understands (s3://, gs://). None: the run dir.
     storage_path: str | None = None
+    tensorboard: bool = True  # rank 0 writes TensorBoard event files into <run dir>/tensorboard
+    mlflow_uri: str | None = None  # also log metrics, params and the best weights to MLflow
+    mlflow_experiment: str = "raybench"
 
 
 @dataclass
 class ScalingConfig:
-    workers: int = field(default=1, metadata=_positive())
+    # Ray Train workers; `MIN-MAX` (CLI) or [min, max] (YAML) runs elastically: the run goes on
+    # with as few as min_workers when nodes are lost and grows back to `workers` when they return.
+    workers: int = field(default=1, metadata={**_positive(), "range_of": "min_workers"})
+    min_workers: int | None = field(default=None, metadata=_positive())
+    # How often a healthy elastic run looks for room to grow (Ray's default: 60 s).
+    elastic_resize_interval_s: float = field(default=60.0, metadata=_positive())
     use_gpu: bool = False
     cpus_per_worker: float = field(default=1.0, metadata=_positive())
     threads_per_worker: int | None = field(default=None, metadata=_positive())  # None: CPU share
@@ -96,6 +116,12 @@ class ScalingConfig:
     placement_strategy: str = field(default="PACK", metadata=_choice(
         "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     max_failures: int = field(default=0, metadata={"min": -1})  # worker-group restarts; -1: inf
+    # A local Ray's object store, MiB (None: Ray's default, 30% of memory); cap it to test data
+    # larger than memory, which Ray Data then streams and spills.
+    object_store_mib: int | None = field(default=None, metadata=_positive())
+    # On an autoscaling cluster: how long to wait for nodes to place the workers before giving
+    # up (None: the cluster as it is must hold them; checked at once).
+    wait_for_workers_s: float | None = field(default=None, metadata={"min": 0})
 
 
 @dataclass
@@ -190,6 +216,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise UserError(f"{key}: expected a string, got {value!r}")
         return str(value)
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
     raise TypeError(f"unsupported config type {annotation} for {key}")
 
 
@@ -199,6 +229,8 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
     if meta.get("plain_name") and (not value.strip() or "/" in value or "\\" in value
                                    or value in (".", "..")):
         raise UserError(f"{key}: {value!r} must be a plain directory name (no slashes)")
+    if meta.get("or_factory") and FACTORY.match(str(value)):
+        return
     if "choices" in meta and value not in meta["choices"]:
         raise UserError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
     if "min" in meta:
@@ -217,12 +249,48 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
         raise UserError(f"unknown config key {dotted!r} (sections: {', '.join(SECTIONS)})")
     section = getattr(cfg, section_name)
     fields = {f.name: f for f in dataclasses.fields(section)}
+    name, _, inner = key.partition(".")
+    if inner and name in fields and typing.get_origin(_field_types(type(section))[name]) is dict:
+        getattr(section, name)[inner] = value  # model.params.depth=3
+        return
     if key not in fields:
         raise UserError(f"unknown config key {dotted!r} (known in {section_name}: "
                         f"{', '.join(fields)})")
+    meta = dict(fields[key].metadata)
+    low = None
+    if "range_of" in meta:  # a count, or a range whose low end goes to another key
+        low, value = _worker_range(dotted, value)
+        setattr(section, meta["range_of"], None)
     coerced = _coerce(dotted, value, _field_types(type(section))[key])
-    _check_range(dotted, coerced, dict(fields[key].metadata))
+    _check_range(dotted, coerced, meta)
     setattr(section, key, coerced)
+    if low is not None:
+        set_value(cfg, f"{section_name}.{meta['range_of']}", low)
+    if section_name == "scaling" and key in ("workers", "min_workers"):
+        _check_workers(cfg.scaling)
+
+
+def _worker_range(key: str, value: Any) -> tuple[Any, Any]:
+    """'2-4' or [2, 4] -> (2, 4); anything else is a plain count -> (None, value)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise UserError(f"{key}: expected [min, max], got {value!r}")
+        return value[0], value[1]
+    if isinstance(value, str) and "-" in value.strip().lstrip("-"):
+        low, _, high = value.strip().partition("-")
+        return low, high
+    return None, value
+
+
+def _check_workers(s: ScalingConfig) -> None:
+    if s.min_workers is not None and s.min_workers > s.workers:
+        raise UserError(f"scaling.workers: the minimum {s.min_workers} exceeds the maximum "
+                        f"{s.workers}")
+
+
+def elastic(cfg: Config) -> bool:
+    """Whether the run may shrink and grow (scaling.min_workers below scaling.workers)."""
+    return cfg.scaling.min_workers is not None and cfg.scaling.min_workers < cfg.scaling.workers
 
 
 def from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
@@ -296,8 +364,13 @@ FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
      ALL),
     ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS, ALL),
     ("norm", "data.norm", "zscore|none", ALL),
+    ("parquet_dir", "data.parquet_dir", "Parquet dataset directory (raybench.data prepare "
+     "--format parquet)", ALL),
+    ("ingest", "data.ingest", "memory|ray_data (ray_data streams --parquet_dir)", NOT_SCALE),
+    ("prefetch_batches", "data.prefetch_batches", "Ray Data batches each worker prefetches", ALL),
     ("window", "data.window", "window length of the auto-prepared / synthetic data", ALL),
-    ("model", "model.kind", "mlp|lstm|gru|transformer", ALL),
+    ("model", "model.kind", "mlp|lstm|gru|transformer, or your own package.module:factory",
+     ALL),
     ("hidden_dim", "model.hidden", "hidden size", ALL),
     ("hidden", "model.hidden", argparse.SUPPRESS, ALL),
     ("layers", "model.layers", "recurrent/encoder layers", ALL),
@@ -314,7 +387,7 @@ FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
     ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)", ALL),
     ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/", RUN),
     ("run_name", "io.run_name", "run directory name instead of the timestamp", RUN),
-    ("workers", "scaling.workers", "number of Ray Train workers", RUN),
+    ("workers", "scaling.workers", "Ray Train workers; MIN-MAX runs elastically", RUN),
     ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker", ALL),
     ("threads_per_worker", "scaling.threads_per_worker", "torch intra-op threads (default: "
      "the worker's CPU share)", ALL),
@@ -323,13 +396,20 @@ FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
      ALL),
     ("max_failures", "scaling.max_failures", "worker-group restarts from the last checkpoint "
      "(-1: unlimited)", NOT_SCALE),
+    ("object_store_mib", "scaling.object_store_mib", "object store of a local Ray in MiB "
+     "(default: Ray's)", ALL),
+    ("wait_for_workers", "scaling.wait_for_workers_s", "seconds an autoscaling cluster gets to "
+     "add nodes for the workers (default: place them now or fail)", ALL),
     ("storage_path", "io.storage_path", "shared directory or URI (s3://, gs://) for "
      "checkpoints and a copy of the run's artifacts", RUN),
+    ("mlflow", "io.mlflow_uri", "MLflow tracking URI: metrics, params and the best weights "
+     "(pip install 'raybench[mlflow]')", RUN),
 ]
-BOOL_FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
-    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch", ALL),
-    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)", ALL),
-    ("compile", "train.compile", "torch.compile the model", ALL),
+BOOL_FLAGS: list[tuple[str, str, str, frozenset[str], bool]] = [
+    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch", ALL, True),
+    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)", ALL, True),
+    ("compile", "train.compile", "torch.compile the model", ALL, True),
+    ("no_tensorboard", "io.tensorboard", "write no TensorBoard event files", RUN, False),
 ]
 
 
@@ -354,12 +434,12 @@ def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
             help_text = f"{help_text} [{key}, default {default}]"
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
                            help=help_text, metavar=field_name.upper())
-    for name, key, help_text, commands in BOOL_FLAGS:
+    for name, key, help_text, commands, const in BOOL_FLAGS:
         if command not in commands:
             continue
         spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",
-                           const=True, default=None, help=help_text)
+                           const=const, default=None, help=help_text)
 
 
 def flag_given(args: argparse.Namespace, key: str) -> bool:

@@ -100,6 +100,11 @@ class RankFacts:
     startup_epoch_s: dict[str, float | None]  # wall-clock (epoch seconds) of each start mark
     final_weights_sha256: str
     step_breakdown: StepBreakdown
+    ingest: str = "memory"
+    first_batch_s: float | None = None  # streamed ingest: asking for the first batch to having it
+    # This rank's own view of early stopping: identical on every rank, or the ranks disagreed.
+    epochs_run: int = 0
+    best_epoch: int = 0
 
 
 @dataclass
@@ -111,6 +116,9 @@ class EpochRow:
     train_loss: float
     train_time_s: float
     epoch_time_s: float = 0.0
+    eval_time_s: float = 0.0  # the validation pass at the end of the epoch
+    checkpoint_save_s: float = 0.0  # writing the checkpoint's files (rank 0)
+    report_s: float = 0.0  # ray.train.report: the barrier and persisting the checkpoint
     val_loss: float | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
     new_best: bool = False
@@ -125,6 +133,32 @@ class EpochRow:
     def value(self, metric: str) -> float | None:
         key = metric_key(metric)
         return self.val_loss if key == "val_loss" else self.val_metrics.get(key)
+
+
+@dataclass
+class Restore:
+    """One restart of the worker group from a checkpoint (a failure, or an elastic resize)."""
+
+    from_epoch: int  # the checkpoint's epoch
+    world_size: int  # workers after the restart
+    restore_s: float  # loading the checkpoint
+    first_step_epoch_s: float | None = None  # wall clock of the first step after it
+    failure_epoch_s: float | None = None  # when the failure was seen (controller or chaos)
+    recovery_s: float | None = None  # failure -> first training step after the restart
+
+
+@dataclass
+class TargetResult:
+    """How a run did against a target quality (raybench.scale --target)."""
+
+    target: str  # e.g. val_r2>=0.9
+    reached: bool
+    epochs: int | None = None  # epochs trained when the target was met
+    samples: int | None = None  # training samples processed by then, all workers
+    time_from_first_step_s: float | None = None  # first step to the validation that met it
+    time_from_start_s: float | None = None  # the command's start (launch) to the same point
+    eval_time_s: float | None = None  # validation time in those, kept on the clock
+    value: float | None = None  # the metric's value when it was met (best seen otherwise)
 
 
 @dataclass
@@ -146,7 +180,8 @@ class Timing:
     samples_per_sec: float | None  # global, warm-up excluded; None: nothing was measured
     samples_per_sec_per_worker: float | None
     measured_steps: int
-    time_to_first_step_s: float | None  # from the interpreter's start (see timing.start_time)
+    time_to_first_step_s: float | None  # command start (raybench import) to the slowest rank's
+    # first step; a run Ray restarted keeps its first incarnation's
     startup_s: StartupMarks
     threads_per_worker: int
     dataset_mib: float
@@ -158,6 +193,15 @@ class Timing:
     step_breakdown: StepBreakdown
     ranks: list[RankFacts]
     wall_time_s: float | None = None  # interpreter start until the results were saved
+    ingest: str = "memory"  # data.ingest: memory or ray_data
+    target: TargetResult | None = None
+    # The cost of fault tolerance: per epoch (rank 0) and in total, and every restart.
+    checkpoint_save_s_total: float = 0.0
+    report_s_total: float = 0.0
+    restores: list[Restore] = field(default_factory=list)
+    failures: int = 0  # failures the run survived (seen by Ray Train's controller)
+    object_store_peak_mib: float | None = None  # Ray's object store, summed over nodes
+    spilled_mib: float | None = None  # bytes the object store spilled to disk during the run
     model_flops_per_sample: float | None = None  # forward + backward (FlopCounterMode)
     achieved_tflops: float | None = None  # model FLOPs x samples/s, all workers
     peak_tflops: float | None = None  # the GPUs' dense peak for the precision, all workers
@@ -227,8 +271,33 @@ class RunRecord:
     wall_time_s: float
     achieved_tflops: float | None = None
     mfu: float | None = None
+    ingest: str = "memory"  # data.ingest of the run
+    ingest_only: bool = False  # batches fetched without training: the ingest's ceiling
+    lr: float | None = None  # the learning rate the run used (after --lr-scaling)
+    target: TargetResult | None = None
+    chaos: str | None = None  # the kill schedule the run trained under
+    epochs: int = 0  # epochs completed (each counted once, however often restarted)
+    goodput_samples_per_sec: float | None = None  # epochs x samples per epoch / wall time
+    failures: int = 0
+    recovery_s: list[float] = field(default_factory=list)  # per restart: failure -> next step
+    restore_s_total: float = 0.0
+    checkpoint_save_s_total: float = 0.0
+    report_s_total: float = 0.0
+    # Per rank, so that a straggler shows: throughput, exposed data wait, first batch.
+    samples_per_sec_per_rank: list[float | None] = field(default_factory=list)
+    data_share_per_rank: list[float] = field(default_factory=list)
+    first_batch_s_max: float | None = None
+    object_store_peak_mib: float | None = None
+    spilled_mib: float | None = None
     speedup: float | None = None
     efficiency: float | None = None
+
+    @property
+    def label(self) -> str:
+        """What a point measures: the launcher, its ingest when not in memory, ingest-only,
+        under chaos."""
+        return (self.backend + ("" if self.ingest == "memory" else f"+{self.ingest}")
+                + (" ingest-only" if self.ingest_only else "") + (" chaos" if self.chaos else ""))
 
 
 @dataclass
@@ -246,14 +315,15 @@ class Spread:
 
 @dataclass
 class PointSummary:
-    """One (backend, workers) point of a scaling report, over its repeats."""
+    """One (label, workers) point of a scaling report, over its repeats (see RunRecord.label)."""
 
     backend: str
+    label: str
     workers: int
     mode: str
     repeats: int
-    samples_per_sec: Spread
-    samples_per_sec_per_worker: float
+    samples_per_sec: Spread | None  # None: no run measured any step (all warm-up)
+    samples_per_sec_per_worker: float | None
     speedup: float | None
     efficiency: float | None
     batch_size_per_worker: int
@@ -282,6 +352,27 @@ class PointSummary:
     vs_ddp: float | None = None
     vs_raw_ci: Interval | None = None
     vs_ddp_ci: Interval | None = None
+    # A streamed ingest against the same launcher with the data in memory, same N.
+    vs_memory: float | None = None
+    vs_memory_ci: Interval | None = None
+    ingest: str = "memory"
+    ingest_only: bool = False
+    target: TargetSummary | None = None
+    chaos: str | None = None
+    goodput_samples_per_sec: float | None = None  # median over repeats
+    goodput_vs_clean: Interval | None = None  # against the same point without faults
+    failures: float | None = None  # medians over repeats
+    recovery_s: float | None = None
+    restore_s_total: float | None = None
+    checkpoint_save_s_total: float | None = None
+    report_s_total: float | None = None
+    predicted_samples_per_sec: float | None = None  # the scaling model (no N >= 2 input)
+    prediction_error: float | None = None  # (predicted - measured) / measured
+    data_share_min: float | None = None  # the least and most data-bound rank (medians)
+    data_share_max: float | None = None
+    first_batch_s: float | None = None
+    object_store_peak_mib: float | None = None
+    spilled_mib: float | None = None
 
 
 @dataclass
@@ -293,6 +384,55 @@ class StartupPoint:
     raybench_first_step_s: float | None
     ratio: float | None
     raybench_marks_s: dict[str, float]
+
+
+@dataclass
+class Prediction:
+    """The model's step time and throughput at one N; `forecast` marks a worker count that
+    was not run (on the assumed hardware), as opposed to a prediction of a measured point."""
+
+    backend: str
+    workers: int
+    batch_size_per_worker: int
+    step_s: float | None
+    samples_per_sec: float | None
+    sync_share: float | None
+    slowdown: float
+    forecast: bool
+    measured_samples_per_sec: float | None = None
+    error: float | None = None  # (predicted - measured) / measured
+    min_batch_sync_under_20pct: int | None = None
+
+
+@dataclass
+class ScalingModelReport:
+    """The scaling model of a sweep: what it was fitted on and what it predicts."""
+
+    cores: int  # CPUs per node the slowdown assumed
+    threads: int
+    gradient_bytes: int
+    alpha_s: float | None  # all-reduce latency per ring hop
+    beta_s_per_byte: float | None  # all-reduce seconds per byte (1 / bandwidth)
+    fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
+    allreduce: list[dict]  # measured: workers, bytes, seconds (p50)
+    profile: dict  # one-worker phase times per per-worker batch (raw loop)
+    predictions: list[Prediction]
+
+
+@dataclass
+class TargetSummary:
+    """Time to target of one point over its repeats, scored as MLPerf does."""
+
+    target: str
+    runs: int
+    reached: int
+    valid: bool
+    score_s: float | None  # mean after dropping the fastest and the slowest
+    times_s: list[float | None]  # per repeat, from the first step (None: not reached)
+    epochs_median: float | None
+    samples_median: float | None
+    eval_share: float | None  # validation's share of the time to target (median)
+    note: str = ""
 
 
 @dataclass
@@ -313,6 +453,11 @@ class ScalingDoc:
     startup_summary: list[StartupPoint] | None = None
     merged_from: list[str] | None = None
     configs: list[dict] | None = None
+    target: str | None = None
+    lr_scaling: str | None = None
+    chaos: str | None = None
+    model: ScalingModelReport | None = None
+    verdict: list[str] | None = None  # one sentence per backend: which N was fastest and why
 
 
 # ------------------------------------------------------------------ (de)serialisation
