@@ -4,10 +4,12 @@ only, the naive baselines, and memory-mapped copies other processes can share.""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from raybench.data.npz import infer_task
 from raybench.errors import UserError
@@ -143,3 +145,12 @@ def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory. Arrays from Ray's object store (and Arrow) are
+    read-only views; we never write to them, so share instead of copying and silence torch's
+    non-writable warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)

@@ -4,6 +4,7 @@ Brownian motion, a user's CSV/Parquet price column; windowing and the chronologi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,51 +80,102 @@ def file_prices(path: str | Path, column: str) -> np.ndarray:
     return values
 
 
-def synthetic(samples: int, window: int, task: str, seed: int,
-              test_ratio: float) -> dict[str, np.ndarray]:
-    """Windows of independent geometric-Brownian-motion paths, written straight into the output
-    arrays one path at a time so peak memory stays near the output size."""
+def synthetic_lengths(samples: int, window: int) -> list[int]:
+    """Lengths of the GBM paths that give `samples` windows: full paths of SYNTH_PATH_DAYS
+    windows, the last one shorter."""
     if samples < 2:
         raise UserError(f"--samples must be at least 2, got {samples}")
+    full, rest = divmod(samples, SYNTH_PATH_DAYS)
+    return [SYNTH_PATH_DAYS + window] * full + ([rest + window] if rest else [])
+
+
+def synthetic_series(samples: int, window: int, seed: int) -> Iterator[np.ndarray]:
+    """Independent geometric-Brownian-motion price paths, one at a time, with equity-like drift
+    and volatility per day."""
     rng = np.random.default_rng(seed)
-    per_path = SYNTH_PATH_DAYS
+    mu, sigma = 0.07 / 252, 0.18 / np.sqrt(252)
+    for length in synthetic_lengths(samples, window):
+        yield 100.0 * np.exp(np.cumsum(rng.normal(mu - sigma**2 / 2, sigma, size=length)))
+
+
+def synthetic(samples: int, window: int, task: str, seed: int,
+              test_ratio: float) -> dict[str, np.ndarray]:
+    """Windows of independent GBM paths, written straight into the output arrays one path at
+    a time so peak memory stays near the output size."""
     X = np.empty((samples, window, 1), dtype=np.float32)
     y = np.empty(samples, dtype=np.float32 if task == "regression" else np.int64)
-    mu, sigma = 0.07 / 252, 0.18 / np.sqrt(252)  # equity-like drift and volatility per day
     filled = 0
-    while filled < samples:
-        take = min(per_path, samples - filled)
-        steps = rng.normal(mu - sigma**2 / 2, sigma, size=take + window)
-        prices = 100.0 * np.exp(np.cumsum(steps))
+    for prices in synthetic_series(samples, window, seed):
         Xp, yp = window_series(prices, window, task)
-        X[filled:filled + take] = Xp[:take]
-        y[filled:filled + take] = yp[:take]
-        filled += take
+        X[filled:filled + len(Xp)] = Xp
+        y[filled:filled + len(yp)] = yp
+        filled += len(Xp)
     return split_test(X, y, test_ratio)
+
+
+def source_series(source: str, *, samples: int | None, window: int, seed: int,
+                  path: str | None, column: str) -> tuple[Iterator[np.ndarray], list[int], str]:
+    """A price source as series produced one at a time, their lengths, and a label."""
+    if source == "synthetic":
+        if samples is None:
+            raise UserError("--source synthetic needs --samples N")
+        return (synthetic_series(samples, window, seed), synthetic_lengths(samples, window),
+                f"synthetic:{samples}:seed{seed}")
+    if source == "sp500":
+        prices, label = sp500_prices(), "sp500"
+    elif source == "csv":
+        if not path:
+            raise UserError("--source csv needs --path FILE (.csv or .parquet)")
+        prices, label = file_prices(path, column), f"file:{path}:{column}"
+    else:
+        raise UserError(f"unknown --source {source!r} (sp500, synthetic, csv)")
+    return iter([prices]), [len(prices)], label
 
 
 def prepare(source: str, task: str, window: int, test_ratio: float, out: str | Path, *,
             samples: int | None = None, seed: int = 0, path: str | None = None,
             column: str = "Close") -> Path:
-    if task not in ("regression", "classification"):
-        raise UserError(f"--task must be regression or classification, got {task!r}")
-    if window < 1:
-        raise UserError(f"--window must be positive, got {window}")
+    """Write an NPZ of windows from a price source."""
+    _check_prepare(task, window, test_ratio)
     if source == "synthetic":
         if samples is None:
             raise UserError("--source synthetic needs --samples N")
         arrays = synthetic(samples, window, task, seed, test_ratio)
     else:
-        if source == "sp500":
-            prices = sp500_prices()
-        elif source == "csv":
-            if not path:
-                raise UserError("--source csv needs --path FILE (.csv or .parquet)")
-            prices = file_prices(path, column)
-        else:
-            raise UserError(f"unknown --source {source!r} (sp500, synthetic, csv)")
-        arrays = split_test(*window_series(prices, window, task), test_ratio)
+        series, _, _ = source_series(source, samples=samples, window=window, seed=seed,
+                                     path=path, column=column)
+        arrays = split_test(*window_series(next(series), window, task), test_ratio)
     return save_npz(arrays, out)
+
+
+def prepare_parquet(source: str, task: str, window: int, test_ratio: float, out: str | Path, *,
+                    shards: int, chunk_windows: int, valid_ratio: float,
+                    samples: int | None = None, seed: int = 0, path: str | None = None,
+                    column: str = "Close"):
+    """Write a chunked Parquet dataset (data/parquet.py) from a price source, one series at a
+    time."""
+    from raybench.data.parquet import write_dataset
+
+    _check_prepare(task, window, test_ratio)
+    if shards < 1 or chunk_windows < 1:
+        raise UserError(f"--shards and --chunk-windows must be positive, got {shards} and "
+                        f"{chunk_windows}")
+    if not 0 < valid_ratio < 1:
+        raise UserError(f"--valid-ratio must be in (0, 1), got {valid_ratio}")
+    series, lengths, label = source_series(source, samples=samples, window=window, seed=seed,
+                                           path=path, column=column)
+    return write_dataset(series, lengths, task=task, window=window, out=out, shards=shards,
+                         chunk=chunk_windows, valid_ratio=valid_ratio, test_ratio=test_ratio,
+                         source=label)
+
+
+def _check_prepare(task: str, window: int, test_ratio: float) -> None:
+    if task not in ("regression", "classification"):
+        raise UserError(f"--task must be regression or classification, got {task!r}")
+    if window < 1:
+        raise UserError(f"--window must be positive, got {window}")
+    if not 0 < test_ratio < 1:
+        raise UserError(f"--test-ratio must be in (0, 1), got {test_ratio}")
 
 
 def cache_dir() -> Path:
@@ -138,6 +190,12 @@ def default_npz(task: str, window: int) -> tuple[Path, bool]:
     return prepare("sp500", task, window, 0.2, path), True
 
 
+def default_task(model_kind: str) -> str:
+    """Without data or a task: the recurrent and Transformer models classify the next day's
+    direction, the MLP (and a user's model) regresses the next close."""
+    return "classification" if model_kind in ("lstm", "gru", "transformer") else "regression"
+
+
 def resolve_npz(npz_path: str | None, task: str | None, model_kind: str,
                 window: int) -> tuple[Path, str | None]:
     """The NPZ to train on and, when it was just prepared, a note saying where it went.
@@ -145,7 +203,7 @@ def resolve_npz(npz_path: str | None, task: str | None, model_kind: str,
     and Transformer models classify the next day's direction."""
     if npz_path:
         return Path(npz_path), None
-    task = task or ("regression" if model_kind == "mlp" else "classification")
+    task = task or default_task(model_kind)
     path, made = default_npz(task, window)
     verb = "prepared" if made else "using cached"
     return path, f"{verb} S&P 500 {task} data (arch, 1999-2018, window {window}) at {path}"

@@ -1,0 +1,80 @@
+"""Ray Data ingest of a Parquet dataset on real Ray Train workers, next to the memory path."""
+
+import json
+
+import pytest
+
+from raybench import run, scale
+from raybench.data.__main__ import main as data_main
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pq") / "synth"
+    data_main(["prepare", "--source", "synthetic", "--samples", "6000", "--window", "20",
+               "--format", "parquet", "--shards", "4", "--chunk-windows", "32", "--seed", "3",
+               "--out", str(out)])
+    return out
+
+
+def timing_of(save_dir, name):
+    return json.loads((save_dir / name / "timing.json").read_text())
+
+
+def check_streamed(save_dir, name, parquet_dir, workers, batch):
+    t = timing_of(save_dir, name)
+    assert t["ingest"] == "ray_data" and t["num_workers"] == workers
+    meta = json.loads((parquet_dir / "raybench_dataset.json").read_text())
+    share = meta["splits"]["train"]["chunks"] // workers * 32
+    assert t["steps_per_epoch"] == -(-share // batch)  # every rank: the same steps
+    ranks = t["ranks"]
+    assert len({(r["epochs_run"], r["best_epoch"]) for r in ranks}) == 1  # the same decisions
+    assert len({r["final_weights_sha256"] for r in ranks}) == 1
+    for r in ranks:  # the per-rank ingest figures
+        assert r["ingest"] == "ray_data" and r["first_batch_s"] > 0
+        assert 0 < r["step_breakdown"]["data_share"] < 1
+    assert t["object_store_peak_mib"] is not None and t["spilled_mib"] == 0
+    return t
+
+
+def test_one_worker_streams_the_same_windows_as_memory(ray_cluster, parquet_dir, tmp_path):
+    common = ["--parquet_dir", str(parquet_dir), "--workers", "1", "--epochs", "2",
+              "--patience", "1", "--lr", "0.05", "--batch_size", "64", "--save_dir",
+              str(tmp_path), "--quiet"]
+    assert run.main([*common, "--ingest", "memory", "--run_name", "mem"]) == 0
+    assert run.main([*common, "--ingest", "ray_data", "--run_name", "rd"]) == 0
+    rd = check_streamed(tmp_path, "rd", parquet_dir, 1, 64)
+    assert timing_of(tmp_path, "mem")["steps_per_epoch"] == rd["steps_per_epoch"]
+    # same windows, same order, same normalisation: the same test metrics
+    m1 = json.loads((tmp_path / "mem" / "metrics_test.json").read_text())
+    m2 = json.loads((tmp_path / "rd" / "metrics_test.json").read_text())
+    assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-5)
+    assert m1["baseline_persistence"]["mse"] == pytest.approx(
+        m2["baseline_persistence"]["mse"], rel=1e-6)
+
+
+def test_two_workers_stream_equal_shares_and_decide_alike(ray_cluster, parquet_dir, tmp_path):
+    assert run.main(["--parquet_dir", str(parquet_dir), "--ingest", "ray_data", "--workers",
+                     "2", "--epochs", "3", "--patience", "1", "--lr", "0.05", "--batch_size",
+                     "32", "--save_dir", str(tmp_path), "--run_name", "rd2", "--quiet"]) == 0
+    check_streamed(tmp_path, "rd2", parquet_dir, 2, 32)
+
+
+def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp_path):
+    doc = scale.run_sweep(scale.build_parser().parse_args([
+        "--workers", "2", "--repeats", "1", "--parquet_dir", str(parquet_dir), "--backends",
+        "raybench", "--ingest", "memory,ray_data", "--ingest-ceiling", "--batch_size", "32",
+        "--mode", "weak", "--warmup-steps", "5", "--min-steps", "20", "--min-seconds", "0",
+        "--out", str(tmp_path / "s"), "--quiet"]))
+    labels = {(r.label, r.workers) for r in doc.summary}
+    assert labels == {(label, 2) for label in (
+        "raybench", "raybench+ray_data", "raybench ingest-only",
+        "raybench+ray_data ingest-only")}
+    rd2 = next(r for r in doc.summary if r.label == "raybench+ray_data" and r.workers == 2)
+    assert rd2.vs_memory > 0 and rd2.vs_memory_ci.n == 1
+    assert rd2.data_share_min <= rd2.data_share_max and rd2.first_batch_s > 0
+    ceiling = next(r for r in doc.summary if r.label == "raybench+ray_data ingest-only"
+                   and r.workers == 2)
+    assert ceiling.compute_share == 0 and ceiling.samples_per_sec.median > 0
+    run2 = [r for r in doc.runs if r.label == "raybench+ray_data" and r.workers == 2][0]
+    assert len(run2.data_share_per_rank) == 2 and len(run2.samples_per_sec_per_rank) == 2
