@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from raybench import artifacts
+from raybench import artifacts, scaling_report
 from raybench.errors import UserError, run_cli
 from raybench.results import ScalingDoc, Timing, read_doc, read_json
 from raybench.scaling_report import fmt_interval
@@ -19,7 +19,9 @@ from raybench.scaling_report import fmt_interval
 EXAMPLE = """examples:
   python -m raybench.report outputs/run_20251105_143015 results/scale_x results/tune_y \\
       --out report.html
-  python -m raybench.report outputs/run_* --out runs.md"""
+  python -m raybench.report outputs/run_* --out runs.md
+  python -m raybench.report --compare results/before results/after --fail-if 'vs_ddp<0.95' \\
+      --fail-if 'change_high<1'"""
 
 
 def kind_of(path: Path) -> str:
@@ -71,6 +73,8 @@ def scaling_section(path: Path) -> dict:
     doc: ScalingDoc = read_doc(path / "scaling.json", ScalingDoc)
     rows = []
     for s in doc.summary:
+        if s.samples_per_sec is None:
+            continue
         rows.append({"backend": s.backend, "workers": s.workers, "mode": s.mode,
                      "samples/s": s.samples_per_sec.median, "min": s.samples_per_sec.min,
                      "max": s.samples_per_sec.max, "speed-up": s.speedup,
@@ -168,10 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raybench.report", description=__doc__,
                                      epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="run, scaling (scale --out) or sweep "
+    parser.add_argument("paths", nargs="*", help="run, scaling (scale --out) or sweep "
                         "(tune --out) directories")
-    parser.add_argument("--out", required=True, help="report.html or report.md (plots embedded)")
+    parser.add_argument("--out", help="report.html or report.md (plots embedded)")
+    parser.add_argument("--compare", nargs=2, metavar=("BASE", "NEW"),
+                        help="two scaling reports: what changed point by point beyond the noise")
+    parser.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
+                        help="with --compare: exit 1 when a point of NEW meets it, e.g. "
+                        "'vs_ddp<0.95' or 'change_high<1' (repeatable)")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_command(args)
+    if not args.paths or not args.out:
+        parser.error("give run/scaling/sweep directories and --out, or --compare BASE NEW")
     out = Path(args.out)
     fmt = {".html": "html", ".htm": "html", ".md": "md"}.get(out.suffix.lower())
     if fmt is None:
@@ -180,6 +193,27 @@ def main(argv: list[str] | None = None) -> int:
     artifacts.write_bytes(out, build(args.paths, fmt).encode())
     print(f"Saved → {out}")
     return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """The regression gate: a table of changes, then exit 1 if any --fail-if holds."""
+    from raybench import compare
+
+    if args.paths:
+        raise UserError("--compare takes exactly two scaling reports; drop the other paths")
+    conditions = [compare.parse_condition(c) for c in args.fail_if]
+    base, new = (scaling_report.load_docs([p])[0] for p in args.compare)
+    changes = compare.compare(base, new)
+    print(compare.table(changes))
+    failed = compare.failures(changes, conditions)
+    for line in failed:
+        print(line)
+    if args.out:
+        artifacts.write_bytes(Path(args.out), (compare.table(changes) + "\n" +
+                                               "\n".join(failed) + "\n").encode())
+    print(f"{len(failed)} condition(s) failed" if failed else
+          f"passed: {len(conditions)} condition(s) over {len(changes)} point(s)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

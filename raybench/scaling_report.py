@@ -20,10 +20,13 @@ from raybench.results import (
     RunRecord,
     RunResult,
     ScalingDoc,
+    ScalingModelReport,
     StartupPoint,
+    TargetSummary,
     read_doc,
     write_doc,
 )
+from raybench.targets import mlperf_score
 
 CSV_COLUMNS = ["backend", "mode", "workers", "repeat", "samples_per_sec",
                "samples_per_sec_per_worker", "speedup", "efficiency", "step_time_ms_p50",
@@ -36,7 +39,8 @@ PHASES = ("data", "compute", "sync", "optimizer")
 
 
 def run_record(backend: str, mode: str, repeat: int, result: RunResult,
-               wall_time: float) -> RunRecord:
+               wall_time: float, ingest_only: bool = False,
+               lr: float | None = None, chaos: str | None = None) -> RunRecord:
     """One measured run, flattened from the loop's result."""
     t, b = result.timing, result.timing.step_breakdown
     ranks = t.ranks
@@ -66,7 +70,19 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         pss_over_dataset=sum(pss) / t.dataset_mib if pss and t.dataset_mib else None,
         pss_growth_over_dataset=(sum(pss_data) / t.dataset_mib
                                  if pss_data and t.dataset_mib else None),
-        wall_time_s=wall_time, achieved_tflops=t.achieved_tflops, mfu=t.mfu)
+        wall_time_s=wall_time, achieved_tflops=t.achieved_tflops, mfu=t.mfu, ingest=t.ingest,
+        lr=lr, target=t.target, chaos=chaos, epochs=t.total_epochs,
+        goodput_samples_per_sec=(t.total_epochs * t.steps_per_epoch * t.global_batch_size
+                                 / wall_time if wall_time > 0 else None),
+        failures=t.failures,
+        recovery_s=[r.recovery_s for r in t.restores if r.recovery_s is not None],
+        restore_s_total=sum(r.restore_s for r in t.restores),
+        checkpoint_save_s_total=t.checkpoint_save_s_total, report_s_total=t.report_s_total,
+        ingest_only=ingest_only, samples_per_sec_per_rank=[r.samples_per_sec for r in ranks],
+        data_share_per_rank=[r.step_breakdown.data_share for r in ranks],
+        first_batch_s_max=max((r.first_batch_s for r in ranks if r.first_batch_s is not None),
+                              default=None),
+        object_store_peak_mib=t.object_store_peak_mib, spilled_mib=t.spilled_mib)
 
 
 def _median(rows: list[RunRecord], key: str) -> float | None:
@@ -85,10 +101,10 @@ def add_speedups(runs: list[RunRecord]) -> list[RunRecord]:
     ones: dict[str, dict[int, float]] = defaultdict(dict)
     for r in runs:
         if r.workers == 1 and r.samples_per_sec:
-            ones[r.backend][r.repeat] = r.samples_per_sec
+            ones[r.label][r.repeat] = r.samples_per_sec
     out = []
     for r in runs:
-        base = ones.get(r.backend, {})
+        base = ones.get(r.label, {})
         ref = base.get(r.repeat, statistics.median(base.values()) if base else None)
         speedup = r.samples_per_sec / ref if ref and r.samples_per_sec else None
         out.append(dataclasses.replace(
@@ -96,13 +112,11 @@ def add_speedups(runs: list[RunRecord]) -> list[RunRecord]:
     return out
 
 
-def _point(backend: str, workers: int, rs: list[RunRecord],
-           one: float | None) -> PointSummary | None:
+def _point(label: str, workers: int, rs: list[RunRecord],
+           one: float | None) -> PointSummary:
     rates = [r.samples_per_sec for r in rs if r.samples_per_sec]
-    if not rates:
-        return None
-    sps = statistics.median(rates)
-    speedup = sps / one if one else None
+    sps = statistics.median(rates) if rates else None
+    speedup = sps / one if one and sps else None
     p50s = [r.step_time_ms_p50 for r in rs if r.step_time_ms_p50 is not None]
     p50_ci = None
     if p50s:
@@ -112,40 +126,107 @@ def _point(backend: str, workers: int, rs: list[RunRecord],
         "step_time_ms_p50", "step_time_ms_p90", "data_share", "compute_share", "sync_share",
         "optimizer_share", "epoch_time_s", "time_to_first_step_s", "peak_rss_mib_max",
         "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "achieved_tflops",
-        "mfu")}
+        "mfu", "object_store_peak_mib", "spilled_mib")}
+    shares = [r.data_share_per_rank for r in rs if r.data_share_per_rank]
+    recoveries = [x for r in rs for x in r.recovery_s]
+    for key in ("goodput_samples_per_sec", "restore_s_total", "checkpoint_save_s_total",
+                "report_s_total", "failures"):
+        medians[key] = _median(rs, key)
+    medians["recovery_s"] = statistics.median(recoveries) if recoveries else None
     return PointSummary(
-        backend=backend, workers=workers, mode=rs[0].mode, repeats=len(rs),
-        samples_per_sec=stats.spread(rates), samples_per_sec_per_worker=sps / workers,
+        chaos=rs[0].chaos,
+        backend=rs[0].backend, label=label, workers=workers, mode=rs[0].mode, repeats=len(rs),
+        ingest=rs[0].ingest, ingest_only=rs[0].ingest_only, target=target_summary(rs),
+        data_share_min=statistics.median(min(s) for s in shares) if shares else None,
+        data_share_max=statistics.median(max(s) for s in shares) if shares else None,
+        first_batch_s=_median(rs, "first_batch_s_max"),
+        samples_per_sec=stats.spread(rates) if rates else None,
+        samples_per_sec_per_worker=sps / workers if sps else None,
         speedup=speedup, efficiency=speedup / workers if speedup is not None else None,
         batch_size_per_worker=rs[0].batch_size_per_worker,
         global_batch_size=rs[0].global_batch_size, threads_per_worker=rs[0].threads_per_worker,
         step_time_ms_p50_ci=p50_ci, **medians)
 
 
+def target_summary(rs: list[RunRecord]) -> TargetSummary | None:
+    """MLPerf's score of the repeats' times to target, in repeat order."""
+    runs = sorted((r for r in rs if r.target is not None), key=lambda r: r.repeat)
+    if not runs:
+        return None
+    times = [r.target.time_from_first_step_s if r.target.reached else None for r in runs]
+    score = mlperf_score(times)
+    reached = [r.target for r in runs if r.target.reached]
+    shares = [t.eval_time_s / t.time_from_first_step_s for t in reached
+              if t.eval_time_s is not None and t.time_from_first_step_s]
+    return TargetSummary(
+        target=runs[0].target.target, runs=score.runs, reached=score.reached, valid=score.valid,
+        score_s=score.score_s, times_s=times, note=score.note,
+        epochs_median=statistics.median(t.epochs for t in reached) if reached else None,
+        samples_median=statistics.median(t.samples for t in reached) if reached else None,
+        eval_share=statistics.median(shares) if shares else None)
+
+
 def summarize(runs: list[RunRecord]) -> list[PointSummary]:
-    """One row per (backend, workers): throughput spread, speed-up, efficiency, breakdown, and
-    raybench's ratio to raw (1 worker) and to ddp (same N)."""
+    """One row per (label, workers): throughput spread, speed-up, efficiency, breakdown, and
+    raybench's ratios to raw (1 worker), to ddp (same N) and, for a streamed ingest, to the
+    same launcher with the data in memory."""
     groups: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
     for r in runs:
-        groups[(r.backend, r.workers)].append(r)
+        groups[(r.label, r.workers)].append(r)
     order = {b: i for i, b in enumerate(NAMES)}
     rows = []
-    for (backend, workers), rs in sorted(groups.items(),
-                                         key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
-        one = groups.get((backend, 1))
+    for (label, workers), rs in sorted(groups.items(), key=lambda kv: (
+            order.get(kv[1][0].backend, 9), kv[0][0], kv[0][1])):
+        one = groups.get((label, 1))
         one_median = statistics.median(_rates(one).values()) if one and _rates(one) else None
-        row = _point(backend, workers, rs, one_median)
-        if row is None:
-            continue
-        if backend == "raybench":
-            for peer, key in (("raw", "vs_raw"), ("ddp", "vs_ddp")):
-                others = groups.get((peer, workers)) if peer == "ddp" or workers == 1 else None
-                if others and _rates(others):
-                    peer_median = statistics.median(_rates(others).values())
-                    setattr(row, key, row.samples_per_sec.median / peer_median)
-                    setattr(row, f"{key}_ci", stats.paired_ratio(_rates(rs), _rates(others)))
+        row = _point(label, workers, rs, one_median)
+        if row.chaos:
+            clean = groups.get((label.removesuffix(" chaos"), workers), [])
+            row.goodput_vs_clean = stats.paired_ratio(_goodput(rs), _goodput(clean))
+        elif row.backend == "raybench" and not row.ingest_only and row.samples_per_sec:
+            ddp = "ddp" if (("ddp", workers) in groups) else "ddp-ray"  # local, else placed by Ray
+            peers = [("raw", "vs_raw"), (ddp, "vs_ddp")]
+            if row.ingest != "memory":
+                peers.append(("raybench", "vs_memory"))
+            for peer, key in peers:
+                _ratio(row, key, rs, groups.get((peer, workers))
+                       if peer != "raw" or workers == 1 else None)
         rows.append(row)
     return rows
+
+
+def _goodput(rows: list[RunRecord]) -> dict[int, float]:
+    return {r.repeat: r.goodput_samples_per_sec for r in rows if r.goodput_samples_per_sec}
+
+
+def faults_table(summary: list[PointSummary]) -> str | None:
+    """What faults cost: goodput against the same point without them, failures survived,
+    recovery (failure -> next step), and the totals spent saving, reporting and restoring."""
+    rows = [r for r in summary if r.chaos or any(
+        s.chaos and s.label.removesuffix(" chaos") == r.label and s.workers == r.workers
+        for s in summary)]
+    if not rows:
+        return None
+    width = max(len(r.label) + 1 for r in rows)
+    head = (f"{'faults':<{width}}{'N':>3} {'goodput/s':>11} {'vs clean [95% CI]':<26} "
+            f"{'fails':>5} {'recovery':>8} {'ckpt save':>9} {'report':>7} {'restore':>7}")
+    lines = [f"chaos: {next(r.chaos for r in rows if r.chaos)}", head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.label:<{width}}{r.workers:>3} "
+                     f"{_fmt(r.goodput_samples_per_sec, ',.0f'):>11} "
+                     f"{fmt_interval(r.goodput_vs_clean):<26} {_fmt(r.failures, '.0f'):>5} "
+                     f"{_fmt(r.recovery_s, '.1f'):>7}s "
+                     f"{_fmt(r.checkpoint_save_s_total, '.2f'):>8}s "
+                     f"{_fmt(r.report_s_total, '.1f'):>6}s {_fmt(r.restore_s_total, '.2f'):>6}s")
+    return "\n".join(lines)
+
+
+def _ratio(row: PointSummary, key: str, mine: list[RunRecord],
+           peers: list[RunRecord] | None) -> None:
+    """Set row.<key> (ratio of medians) and row.<key>_ci (paired per-repeat ratios)."""
+    if peers and _rates(peers):
+        setattr(row, key, row.samples_per_sec.median / statistics.median(_rates(peers).values()))
+        setattr(row, f"{key}_ci", stats.paired_ratio(_rates(mine), _rates(peers)))
 
 
 def write_report(out_dir: str | Path, *, environment: Any, config: dict, runs: list[RunRecord],
@@ -154,8 +235,10 @@ def write_report(out_dir: str | Path, *, environment: Any, config: dict, runs: l
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = add_speedups(runs)
+    summary = summarize(runs)
+    attach_predictions(summary, extra.get("model"))
     doc = ScalingDoc(environment=environment, config=config, mode=mode, runs=runs,
-                     summary=summarize(runs), **extra)
+                     summary=summary, verdict=verdict(summary), **extra)
     artifacts.write_csv(out_dir / "scaling.csv", [dataclasses.asdict(r) for r in runs],
                         CSV_COLUMNS)
     plot(doc.summary, out_dir / "scaling.png")
@@ -168,8 +251,8 @@ def plot(summary: list[PointSummary], path: str | Path) -> Path:
 
     plt = pyplot()
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for backend in NAMES:
-        rows = [r for r in summary if r.backend == backend]
+    for label in dict.fromkeys(r.label for r in summary):
+        rows = [r for r in summary if r.label == label and r.samples_per_sec]
         if not rows:
             continue
         n = [r.workers for r in rows]
@@ -177,12 +260,12 @@ def plot(summary: list[PointSummary], path: str | Path) -> Path:
         lo = [m - r.samples_per_sec.min for m, r in zip(med, rows, strict=True)]
         hi = [r.samples_per_sec.max - m for m, r in zip(med, rows, strict=True)]
         style = "o" if len(rows) == 1 else "o-"
-        ax_t.errorbar(n, med, yerr=[lo, hi], fmt=style, capsize=3, label=backend)
-        if backend == "raybench" and 1 in n:
+        ax_t.errorbar(n, med, yerr=[lo, hi], fmt=style, capsize=3, label=label)
+        if label == "raybench" and 1 in n:
             one = med[n.index(1)]
             ax_t.plot(n, [one * k for k in n], "k--", linewidth=1, label="ideal (raybench)")
         if len(rows) > 1:
-            ax_e.plot(n, [r.efficiency for r in rows], style, label=backend)
+            ax_e.plot(n, [r.efficiency for r in rows], style, label=label)
     ax_t.set_xlabel("workers")
     ax_t.set_ylabel("samples/s (median, min-max)")
     ax_t.legend()
@@ -211,14 +294,18 @@ def fmt_interval(ci: Interval | None, spec: str = ".3f") -> str:
 
 
 def table(summary: list[PointSummary]) -> str:
-    head = (f"{'backend':<9}{'N':>3} {'samples/s':>11} {'[min-max]':>23} {'speed-up':>9} "
+    width = max([9] + [len(r.label) + 1 for r in summary])
+    head = (f"{'backend':<{width}}{'N':>3} {'samples/s':>11} {'[min-max]':>23} {'speed-up':>9} "
             f"{'eff':>5} {'step p50 ms [95% CI]':>22} {'data':>5} {'comp':>5} {'sync':>5} "
             f"{'opt':>5}  {'vs raw [95% CI]':<26} {'vs ddp [95% CI]':<26}")
     lines = [head, "-" * len(head)]
     for r in summary:
         s = r.samples_per_sec
+        if s is None:
+            lines.append(f"{r.label:<{width}}{r.workers:>3} {'-':>11}  (every step was warm-up)")
+            continue
         lines.append(
-            f"{r.backend:<9}{r.workers:>3} {s.median:>11,.0f} "
+            f"{r.label:<{width}}{r.workers:>3} {s.median:>11,.0f} "
             f"{'[' + format(s.min, ',.0f') + '-' + format(s.max, ',.0f') + ']':>23} "
             f"{_fmt(r.speedup, '.2f'):>9} {_fmt(r.efficiency, '.2f'):>5} "
             f"{fmt_interval(r.step_time_ms_p50_ci, '.3f'):>22} "
@@ -226,6 +313,119 @@ def table(summary: list[PointSummary]) -> str:
                 "data_share", "compute_share", "sync_share", "optimizer_share"))
             + f"  {fmt_interval(r.vs_raw_ci):<26} {fmt_interval(r.vs_ddp_ci):<26}")
     return "\n".join(lines)
+
+
+def ingest_table(summary: list[PointSummary]) -> str | None:
+    """Ingest figures where a run streamed its data or measured the ingest alone: exposed data
+    wait of the least and most data-bound rank, first batch, object store, spill, and the
+    streamed run against the same launcher with the data in memory."""
+    rows = [r for r in summary if (r.ingest != "memory" or r.ingest_only) and r.samples_per_sec]
+    if not rows:
+        return None
+    width = max(len(r.label) + 1 for r in rows)
+    head = (f"{'ingest':<{width}}{'N':>3} {'samples/s':>11} {'data wait [ranks]':>18} "
+            f"{'1st batch':>9} {'store peak':>10} {'spilled':>8}  {'vs memory [95% CI]':<26}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        wait = (f"{_fmt(r.data_share_min, '.1%')}-{_fmt(r.data_share_max, '.1%')}"
+                if r.data_share_min is not None else "-")
+        lines.append(
+            f"{r.label:<{width}}{r.workers:>3} {r.samples_per_sec.median:>11,.0f} {wait:>18} "
+            f"{_fmt(r.first_batch_s, '.2f'):>8}s {_fmt(r.object_store_peak_mib, ',.0f'):>7}MiB "
+            f"{_fmt(r.spilled_mib, ',.0f'):>5}MiB  {fmt_interval(r.vs_memory_ci):<26}")
+    return "\n".join(lines)
+
+
+def attach_predictions(summary: list[PointSummary], model: ScalingModelReport | None) -> None:
+    """The model's throughput beside each measured point it predicted, with the error."""
+    for p in (model.predictions if model else []):
+        if p.forecast:
+            continue
+        for row in summary:
+            if row.label == p.backend and row.workers == p.workers:
+                row.predicted_samples_per_sec = p.samples_per_sec
+                row.prediction_error = p.error
+
+
+def target_table(summary: list[PointSummary]) -> str | None:
+    rows = [r for r in summary if r.target is not None]
+    if not rows:
+        return None
+    width = max(len(r.label) + 1 for r in rows)
+    head = (f"{'time to ' + rows[0].target.target:<{width + 14}} {'score (s)':>9} "
+            f"{'reached':>8} {'epochs':>6} {'samples':>10} {'eval':>5}  per repeat (s)")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        t = r.target
+        score = _fmt(t.score_s, ".1f") if t.valid else "INVALID"
+        each = ", ".join("-" if x is None else f"{x:.1f}" for x in t.times_s)
+        note = f"  ({t.note})" if t.note else ""
+        lines.append(f"{r.label:<{width}}N={r.workers:<11} {score:>9} {t.reached:>4}/{t.runs:<3} "
+                     f"{_fmt(t.epochs_median, '.0f'):>6} {_fmt(t.samples_median, ',.0f'):>10} "
+                     f"{_fmt(t.eval_share, '.0%'):>5}  {each}{note}")
+    return "\n".join(lines)
+
+
+def model_table(model: ScalingModelReport | None) -> str | None:
+    """Predicted against measured throughput, forecasts labelled, and the smallest batch at
+    which synchronisation is under a fifth of a step."""
+    if model is None or not model.predictions:
+        return None
+    alpha = _fmt(model.alpha_s and model.alpha_s * 1e6, ".1f")
+    bw = _fmt(model.beta_s_per_byte and 1e-9 / model.beta_s_per_byte, ".2f")
+    head = (f"scaling model (fitted on N=1 steps and all-reduces only; alpha {alpha} us, "
+            f"bandwidth {bw} GB/s{' fitted' if model.fitted else ''})\n"
+            f"{'backend':<10}{'N':>4} {'batch/w':>7} {'predicted':>11} {'measured':>11} "
+            f"{'error':>7} {'sync':>5} {'batch for sync<20%':>19}")
+    lines = [head, "-" * 78]
+    for p in model.predictions:
+        kind = "forecast" if p.forecast else _fmt(p.measured_samples_per_sec, ",.0f")
+        lines.append(f"{p.backend:<10}{p.workers:>4} {p.batch_size_per_worker:>7} "
+                     f"{_fmt(p.samples_per_sec, ',.0f'):>11} {kind:>11} "
+                     f"{_fmt(p.error, '+.1%'):>7} {_fmt(p.sync_share, '.0%'):>5} "
+                     f"{_fmt(p.min_batch_sync_under_20pct, ',d'):>19}")
+    return "\n".join(lines)
+
+
+def verdict(summary: list[PointSummary]) -> list[str]:
+    """One sentence per launcher: which N was fastest (to the target, else in samples/s) and
+    the part of the step breakdown that decided it."""
+    out = []
+    for label in dict.fromkeys(r.label for r in summary if not r.ingest_only):
+        rows = [r for r in summary if r.label == label]
+        if len(rows) < 2:
+            continue
+        scored = [r for r in rows if r.target and r.target.valid and r.target.score_s]
+        if rows[0].target is not None:
+            if not scored:
+                out.append(f"{label}: no N reached {rows[0].target.target} validly.")
+                continue
+            best = min(scored, key=lambda r: r.target.score_s)
+            out.append(f"{label}: N={best.workers} was fastest to {best.target.target} "
+                       f"({best.target.score_s:.1f}s, MLPerf score) " + _why(best, rows))
+            continue
+        best = max((r for r in rows if r.samples_per_sec),
+                   key=lambda r: r.samples_per_sec.median, default=None)
+        if best is not None:
+            out.append(f"{label}: N={best.workers} had the most samples/s "
+                       f"({best.samples_per_sec.median:,.0f}) " + _why(best, rows))
+    return out
+
+
+def _why(best: PointSummary, rows: list[PointSummary]) -> str:
+    """What decided it: epochs needed, or how much of a step synchronisation took."""
+    others = [r for r in rows if r is not best]
+    parts = []
+    if best.target and best.target.epochs_median is not None:
+        epochs = [r.target.epochs_median for r in others if r.target and r.target.epochs_median]
+        if epochs:
+            parts.append(f"needing {best.target.epochs_median:.0f} epoch(s) against "
+                         f"{', '.join(f'{e:.0f}' for e in epochs)} at other N")
+    worst = max(others, key=lambda r: r.sync_share or 0)
+    if best.sync_share is not None and worst.sync_share is not None:
+        parts.append(f"sync was {best.sync_share:.0%} of its step against "
+                     f"{worst.sync_share:.0%} at N={worst.workers}")
+    return "because " + "; ".join(parts) + "." if parts else "."
 
 
 def load_docs(paths: list[str]) -> list[ScalingDoc]:

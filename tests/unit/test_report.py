@@ -64,3 +64,38 @@ def test_written_files_are_readable_by_others(tmp_path):
     path = artifacts.write_json(tmp_path / "x.json", {"a": 1})
     assert path.stat().st_mode & 0o044 == 0o044 and json.loads(path.read_text()) == {"a": 1}
     assert yaml.safe_load(artifacts.write_yaml(tmp_path / "x.yaml", {"b": 2}).read_text())
+
+
+def test_the_regression_gate_flags_what_changed_beyond_the_noise(tmp_path, capsys):
+    import dataclasses
+
+    from raybench import compare
+    from tests.unit.test_scaling_report import rec
+
+    base = [rec("raybench", n, r, v) for n, vals in ((1, (100, 102, 98)), (2, (150, 151, 149)))
+            for r, v in zip((1, 2, 3), vals, strict=True)]
+    base += [rec("ddp", 2, r, 160.0) for r in (1, 2, 3)]
+    slower = [dataclasses.replace(r, samples_per_sec=r.samples_per_sec * (
+        0.8 if (r.backend, r.workers) == ("raybench", 2) else 1.0)) for r in base]
+    scaling_report.write_report(tmp_path / "base", environment={}, config={}, runs=base,
+                                mode="strong")
+    scaling_report.write_report(tmp_path / "new", environment={}, config={}, runs=slower,
+                                mode="strong")
+    args = ["--compare", str(tmp_path / "base"), str(tmp_path / "new")]
+    assert report.main([*args, "--fail-if", "change<0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "CHANGED" in out and "passed: 1 condition(s)" in out
+    assert report.main([*args, "--fail-if", "change_high<1", "--fail-if", "vs_ddp<0.9"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL change_high<1: raybench N=2" in out and "FAIL vs_ddp<0.9: raybench N=2" in out
+    assert "raybench N=1" not in " ".join(line for line in out.splitlines() if "FAIL" in line)
+    ci = compare.ratio_interval([80.0, 81.0, 79.0], [100.0, 101.0, 99.0])
+    assert ci.value == pytest.approx(0.8) and ci.low < 0.8 < ci.high < 1
+    with pytest.raises(UserError, match="expected METRIC<VALUE"):
+        report.main([*args, "--fail-if", "vs_ddp"])
+    with pytest.raises(UserError, match="unknown metric 'speed'"):
+        report.main([*args, "--fail-if", "speed<1"])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "scaling.json").write_text('{"runs": [], "summary": []}')
+    with pytest.raises(UserError, match="schema_version 1, but this raybench reads version 2"):
+        report.main(["--compare", str(tmp_path / "old"), str(tmp_path / "new")])

@@ -1,0 +1,141 @@
+"""A regression gate over two scaling reports (`raybench.report --compare BASE NEW`): what
+changed point by point beyond the noise, and conditions that fail a CI job.
+
+Each (launcher, N) point of NEW is set against the same point of BASE: the ratio of mean
+samples/s with a 95% interval (delta method on the log ratio, Welch's degrees of freedom over
+the two sets of repeats), efficiency, the ratios to raw and ddp, time to the first step.
+`--fail-if 'vs_ddp<0.95'` fails when any point of NEW has vs_ddp below 0.95; `change` is the
+NEW/BASE throughput ratio and `change_high` the upper end of its interval, so
+`--fail-if 'change_high<1'` fails only on a slowdown beyond the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass
+
+from raybench import stats
+from raybench.errors import UserError
+from raybench.results import Interval, PointSummary, ScalingDoc
+
+_COND = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+COMPARED = ("efficiency", "vs_raw", "vs_ddp", "time_to_first_step_s", "step_time_ms_p50",
+            "sync_share")
+
+
+@dataclass
+class Condition:
+    metric: str
+    op: str
+    value: float
+    text: str
+
+    def holds(self, x: float) -> bool:
+        return {"<": x < self.value, "<=": x <= self.value, ">": x > self.value,
+                ">=": x >= self.value}[self.op]
+
+
+@dataclass
+class PointChange:
+    label: str
+    workers: int
+    base: PointSummary
+    new: PointSummary
+    change: Interval | None  # NEW / BASE samples/s
+
+    def value(self, metric: str) -> float | None:
+        if metric == "change":
+            return self.change.value if self.change else None
+        if metric in ("change_low", "change_high"):
+            return getattr(self.change, metric.removeprefix("change_"), None)
+        value = getattr(self.new, metric, None)
+        return value if isinstance(value, (int, float)) else None
+
+    @property
+    def beyond_noise(self) -> bool:
+        c = self.change
+        return bool(c and c.low is not None and (c.low > 1 or c.high < 1))
+
+
+def parse_condition(text: str) -> Condition:
+    m = _COND.match(text)
+    if not m:
+        raise UserError(f"--fail-if {text!r}: expected METRIC<VALUE (or <=, >, >=), e.g. "
+                        "'vs_ddp<0.95' or 'change_high<1'")
+    metric = m.group(1)
+    known = {"change", "change_low", "change_high"} | set(PointSummary.__dataclass_fields__)
+    if metric not in known:
+        raise UserError(f"--fail-if {text!r}: unknown metric {metric!r} (e.g. change, "
+                        "change_high, vs_ddp, vs_raw, efficiency, speedup, time_to_first_step_s)")
+    return Condition(metric, m.group(2), float(m.group(3)), " ".join(text.split()))
+
+
+def ratio_interval(new: list[float], base: list[float]) -> Interval | None:
+    """mean(new) / mean(base) with a 95% interval: the log ratio's variance by the delta
+    method, Welch-Satterthwaite degrees of freedom (None without a repeat on each side)."""
+    if not new or not base:
+        return None
+    mn, mb = statistics.fmean(new), statistics.fmean(base)
+    ratio = mn / mb
+    if len(new) < 2 or len(base) < 2:
+        return Interval(ratio, None, None, min(len(new), len(base)))
+    vn = statistics.variance(new) / (len(new) * mn**2)
+    vb = statistics.variance(base) / (len(base) * mb**2)
+    if vn + vb == 0:
+        return Interval(ratio, ratio, ratio, min(len(new), len(base)))
+    df = (vn + vb) ** 2 / (vn**2 / (len(new) - 1) + vb**2 / (len(base) - 1))
+    half = stats.t95(max(1, int(df))) * math.sqrt(vn + vb)
+    return Interval(ratio, ratio * math.exp(-half), ratio * math.exp(half),
+                    min(len(new), len(base)))
+
+
+def compare(base: ScalingDoc, new: ScalingDoc) -> list[PointChange]:
+    def rates(doc: ScalingDoc, label: str, n: int) -> list[float]:
+        return [r.samples_per_sec for r in doc.runs
+                if r.label == label and r.workers == n and r.samples_per_sec]
+
+    base_points = {(p.label, p.workers): p for p in base.summary}
+    out = []
+    for p in new.summary:
+        b = base_points.get((p.label, p.workers))
+        if b is not None:
+            out.append(PointChange(p.label, p.workers, b, p, ratio_interval(
+                rates(new, p.label, p.workers), rates(base, p.label, p.workers))))
+    if not out:
+        raise UserError("the two reports share no (backend, workers) point to compare")
+    return out
+
+
+def failures(changes: list[PointChange], conditions: list[Condition]) -> list[str]:
+    """One line per (condition, point) that holds."""
+    out = []
+    for cond in conditions:
+        for c in changes:
+            x = c.value(cond.metric)
+            if x is not None and cond.holds(x):
+                out.append(f"FAIL {cond.text}: {c.label} N={c.workers} has {cond.metric}={x:.4g}")
+    return out
+
+
+def _f(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(changes: list[PointChange]) -> str:
+    head = (f"{'point':<26} {'base/s':>11} {'new/s':>11} {'new/base [95% CI]':<24} {'noise?':<7}"
+            + "".join(f" {k[:14]:>14}" for k in COMPARED))
+    lines = [head, "-" * len(head)]
+    for c in changes:
+        ci = c.change
+        band = ("-" if ci is None else f"{ci.value:.3f}" if ci.low is None else
+                f"{ci.value:.3f} [{ci.low:.3f}-{ci.high:.3f}]")
+        verdict = "CHANGED" if c.beyond_noise else ("noise" if ci and ci.low else "n<2")
+        cells = "".join(f" {_f(getattr(c.base, k), '.3g')}->{_f(getattr(c.new, k), '.3g'):<6}"
+                        .rjust(15) for k in COMPARED)
+        b = c.base.samples_per_sec.median if c.base.samples_per_sec else None
+        n = c.new.samples_per_sec.median if c.new.samples_per_sec else None
+        lines.append(f"{c.label + ' N=' + str(c.workers):<26} {_f(b, ',.0f'):>11} "
+                     f"{_f(n, ',.0f'):>11} {band:<24} {verdict:<7}{cells}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Time-to-target scoring (MLPerf's rules) and the scaling model's arithmetic by hand."""
+
+import math
+
+import pytest
+
+from raybench import scaling_model as sm
+from raybench.errors import UserError
+from raybench.targets import mlperf_score, parse_target
+
+
+def test_targets_parse_and_refuse_in_one_line():
+    t = parse_target("val_r2>=0.90", "regression")
+    assert (t.metric, t.op, t.value, t.key) == ("r2", ">=", 0.9, "val_r2")
+    assert t.met(0.9) and not t.met(0.89) and not t.met(None) and not t.met(math.nan)
+    loss = parse_target(" val_loss <= 5e-2 ")
+    assert (loss.metric, loss.value) == ("val_loss", 0.05) and loss.met(0.01)
+    for text, message in [("r2>0.9", "expected METRIC>=VALUE"), ("val_r2 >= high", "expected"),
+                          ("val_foo>=1", "unknown metric 'val_foo'"),
+                          ("val_r2<=0.9", "val_r2 improves with >=")]:
+        with pytest.raises(UserError, match=message):
+            parse_target(text, "regression")
+    with pytest.raises(UserError, match="'auc' does not apply to regression"):
+        parse_target("val_auc>=0.6", "regression")
+
+
+def test_mlperf_drops_fastest_and_slowest_and_counts_a_miss_as_slowest():
+    s = mlperf_score([10.0, 12.0, 11.0, 30.0, 9.0])
+    assert s.valid and s.score_s == pytest.approx((10 + 11 + 12) / 3) and s.reached == 5
+    one_miss = mlperf_score([10.0, None, 12.0, 11.0])
+    assert one_miss.valid and one_miss.score_s == pytest.approx(11.5)  # drop 10 and the miss
+    assert not mlperf_score([10.0, None, None, 11.0]).valid  # more than one miss
+    assert mlperf_score([10.0, None, None, 11.0]).score_s is None
+    three = mlperf_score([3.0, 1.0, 2.0])
+    assert three.score_s == 2.0  # the median: one left after dropping two
+    assert mlperf_score([4.0, 2.0]).score_s == 3.0 and "too few" in mlperf_score([4.0, 2.0]).note
+    assert not mlperf_score([4.0, None]).valid
+
+
+def test_ring_allreduce_fit_recovers_alpha_and_beta():
+    alpha, beta = 50e-6, 1e-9  # 50 us per hop, 1 GB/s
+    measured = {(n, m): 2 * (n - 1) * alpha + 2 * (n - 1) / n * m * beta
+                for n in (2, 4) for m in (1_000, 1_000_000, 16_000_000)}
+    comm = sm.CommModel.fit(measured)
+    assert comm.alpha_s == pytest.approx(alpha) and comm.beta_s_per_byte == pytest.approx(beta)
+    # a forecast for 64 workers: 126 hops of latency plus ~2x the message at 1 GB/s
+    assert comm.allreduce(64, 4_000_000) == pytest.approx(126 * alpha + 126 / 64 * 4e6 * beta)
+    assert comm.allreduce(2, 1_000) == measured[(2, 1_000)]  # measured wins over the model
+    given = sm.CommModel.fit(measured, alpha_s=1e-3)
+    assert given.alpha_s == 1e-3 and given.beta_s_per_byte >= 0
+
+
+def test_step_prediction_and_the_smallest_batch_under_20_percent_sync():
+    # one worker: 1 ms + 1 us per sample; all-reduce of the gradient: 2 ms at N=4
+    profile = sm.StepProfile(batch=[100, 300], data_s=[0.0001, 0.0002],
+                             compute_s=[0.0009, 0.0010], optimizer_s=[0.0001, 0.0001])
+    assert profile.fit() == (pytest.approx(0.001), pytest.approx(1e-6))
+    comm = sm.CommModel(measured={(4, 800): 0.002})
+    p = sm.predict("raybench", profile, comm, workers=4, batch=100, grad_bytes=800, threads=1,
+                   cores=2)
+    assert p.slowdown == 2.0  # four single-thread workers on two cores
+    assert p.step_s == pytest.approx(2 * 0.0011 + 0.002)
+    assert p.samples_per_sec == pytest.approx(400 / p.step_s)
+    # sync < 20% of a step: 2 * (0.001 + 1e-6 b) > 4 * 0.002 -> b > 3000
+    assert p.min_batch_sync_under_20pct == 3001
+    measured = sm.with_measurement(p, p.samples_per_sec * 1.25)
+    assert measured.error == pytest.approx(1 / 1.25 - 1)
