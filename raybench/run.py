@@ -14,7 +14,7 @@ import raybench
 from raybench import artifacts, environment, plots, probes
 from raybench.backends import LaunchContext
 from raybench.backends.local import wants_gpu
-from raybench.backends.ray_cluster import RayHandle, check_resources, connect
+from raybench.backends.ray_cluster import RayHandle, connect, ingest_cpus, preflight
 from raybench.backends.ray_train import RayTrainBackend
 from raybench.config import (
     Config,
@@ -22,14 +22,23 @@ from raybench.config import (
     apply_overrides,
     config_from_args,
     load_config,
-    resolve,
 )
 from raybench.console import Console, EpochProgress
-from raybench.data import Dataset, check_batches, load_configured
-from raybench.errors import UserError, run_cli
+from raybench.data import (
+    ParquetDataset,
+    Source,
+    check_source_batches,
+    describe_source,
+    load_source,
+    train_windows,
+)
+from raybench.errors import RunFailed, UserError, install_sigterm, run_cli
 from raybench.loop import LoopOptions, worker_threads
-from raybench.models import build_model, count_parameters, flops_per_sample
+from raybench.models import build_model, check_model, count_parameters, flops_per_sample
 from raybench.results import RunResult, write_doc
+from raybench.resume import prepare_resume
+from raybench.runlock import RunLock, check_not_live
+from raybench.tracking import TENSORBOARD_DIR, TrackingOptions, flatten
 
 EXAMPLE = """examples:
   python -m raybench.run --workers 4
@@ -100,25 +109,30 @@ def _resolve_config(args: argparse.Namespace) -> tuple[Config, Path | None]:
                         "status.json)")
     if '"completed"' in status.read_text():
         raise UserError(f"--resume {run_dir}: that run already completed")
+    check_not_live(run_dir)
     if args.config:
         raise UserError("--resume takes the run's own config.yaml; drop --config")
     return apply_overrides(load_config(run_dir / "config.yaml"), args), run_dir
 
 
-def load_data(cfg: Config, out: Console) -> tuple[Dataset, Config]:
+def load_data(cfg: Config, out: Console) -> tuple[Source, Config]:
     """The data, and the config resolved against it; user mistakes fail here, before Ray."""
     t0 = time.perf_counter()
-    data, npz_path = load_configured(cfg.data, cfg.model.kind, out.log)
-    cfg = resolve(cfg, npz_path=npz_path, task=data.task)
-    check_batches(len(data.X_train), cfg.scaling.workers, cfg.train.batch_size, str(npz_path))
-    n_params = count_parameters(build_model(cfg.model, data.n_features, data.window))
-    out.log(f"Data loading took {time.perf_counter() - t0:.2f}s: train {data.X_train.shape}, "
-            f"valid {data.X_valid.shape}, test {data.X_test.shape}, task {data.task}")
-    shard = len(data.X_train) // cfg.scaling.workers
+    data, label, cfg = load_source(cfg, out.log)
+    check_source_batches(data, cfg.scaling.workers, cfg.train.batch_size, label)
+    model = build_model(cfg.model, data_features(data), cfg.data.window, cfg.data.task)
+    check_model(model, data_features(data), cfg.data.window, cfg.model.kind)
+    n_params = count_parameters(model)
+    out.log(f"Data loading took {time.perf_counter() - t0:.2f}s: {describe_source(data)}")
+    shard = train_windows(data, cfg.scaling.workers)
     out.log(f"  Train batches per worker: {-(-shard // cfg.train.batch_size)}   Input dim: "
-            f"{data.n_features}")
+            f"{data_features(data)}   Ingest: {cfg.data.ingest}")
     out.log(f"Model {cfg.model.kind}: {n_params:,} parameters")
     return data, cfg
+
+
+def data_features(data: Source) -> int:
+    return data.features if isinstance(data, ParquetDataset) else data.n_features
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,34 +143,72 @@ def main(argv: list[str] | None = None) -> int:
         artifacts.check_writable(cfg.io.save_dir)
     out.log(f"Set random seed: {cfg.train.seed}")
     data, cfg = load_data(cfg, out)
+    if cfg.io.mlflow_uri:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise UserError("--mlflow needs the MLflow client: pip install 'raybench[mlflow]'"
+                            ) from None
+    resume_from = None
+    if resume_dir is not None:
+        resume_from = prepare_resume(storage_of(resume_dir, cfg) / _train_name(resume_dir, cfg),
+                                     cfg)
 
-    handle = connect(cfg, verbose=args.verbose, dashboard=args.dashboard)
-    check_resources(cfg)
+    handle = connect(cfg, verbose=args.verbose, dashboard=args.dashboard,
+                     extra_cpus=ingest_cpus(cfg))
+    install_sigterm()  # after ray.init, which sets its own handler
+    preflight(cfg, cfg.scaling.wait_for_workers_s)
     out.log(f"Ray: {handle.description}")
-    for warning in resource_warnings(cfg, len(data.X_train) // cfg.scaling.workers, handle):
+    for warning in resource_warnings(cfg, train_windows(data, cfg.scaling.workers), handle):
         out.warn(warning)
     run_dir = resume_dir or artifacts.make_run_dir(cfg.io.save_dir, cfg.io.run_name)
-    if resume_dir is None:
-        artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
-    write_doc(run_dir / "status.json", {"status": "running"})
-    shape = (data.n_features, data.window)
-    result = train(cfg, data, run_dir, handle, out, resumed=resume_dir is not None)
-    probes.annotate_flops(result.timing, flops_per_sample(build_model(cfg.model, *shape), *shape),
-                          cfg.train.precision)
+    lock, abandoned = RunLock.acquire(run_dir)
+    try:
+        if abandoned:
+            out.log(f"Taking over {run_dir}: its driver (pid {abandoned.get('pid')} on "
+                    f"{abandoned.get('host')}) is gone")
+        if resume_dir is None:
+            artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
+        write_doc(run_dir / "status.json", {"status": "running"})
+        result = train(cfg, data, run_dir, handle, out, resume_from=resume_from,
+                       resumed=resume_dir is not None)
+        finish(run_dir, cfg, data, result, out)
+    finally:
+        lock.release()
+    return 0
+
+
+def finish(run_dir: Path, cfg: Config, data: Source, result: RunResult, out: Console) -> None:
+    """Every artifact of the finished run, then the summary a user came for."""
+    shape = (data_features(data), cfg.data.window)
+    model = build_model(cfg.model, *shape, cfg.data.task)
+    probes.annotate_flops(result.timing, flops_per_sample(model, *shape), cfg.train.precision)
     write_run(run_dir, cfg, data.norm_stats, result)
     if cfg.io.storage_path:
         where = artifacts.upload_dir(run_dir, cfg.io.storage_path, run_dir.name)
         out.log(f"Copied run artifacts to {where}")
-
     out.summary(_summary("VAL ", cfg.data.task, result.metrics_valid))
     out.summary(_summary("TEST", cfg.data.task, result.metrics_test))
     out.summary(throughput_line(result.timing))
     out.summary(f"Saved → {run_dir.resolve()}")
-    return 0
 
 
-def train(cfg: Config, data: Dataset, run_dir: Path, handle: RayHandle, out: Console, *,
-          resumed: bool) -> RunResult:
+def tracking_options(cfg: Config, run_dir: Path) -> TrackingOptions:
+    return TrackingOptions(
+        tensorboard_dir=str(run_dir.resolve() / TENSORBOARD_DIR) if cfg.io.tensorboard else None,
+        mlflow_uri=cfg.io.mlflow_uri, mlflow_experiment=cfg.io.mlflow_experiment,
+        run_name=run_dir.name, params=flatten(cfg.to_dict()))
+
+
+def storage_of(run_dir: Path, cfg: Config) -> Path:
+    """Where Ray Train keeps the run's checkpoints (a local path; URIs are not inspected)."""
+    if cfg.io.storage_path and "://" not in cfg.io.storage_path:
+        return Path(cfg.io.storage_path)
+    return run_dir.resolve()
+
+
+def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Console, *,
+          resume_from: Path | None, resumed: bool) -> RunResult:
     """The Ray Train run, with status.json saying how it ended if it did not complete."""
     metric = cfg.train.early_stop_metric
     out.log(f"Workers: {cfg.scaling.workers} x {cfg.scaling.cpus_per_worker:g} CPU"
@@ -174,18 +226,47 @@ def train(cfg: Config, data: Dataset, run_dir: Path, handle: RayHandle, out: Con
         out.section("TRAINING")
         out.log(f"Starting training for {cfg.train.epochs} epochs; early stopping on {metric}, "
                 f"patience {cfg.train.early_stop_patience}")
-        options = LoopOptions(launch_time=raybench.START_TIME, progress_interval_s=1.0)
-        return backend.run(cfg, options, _train_name(run_dir, cfg))
+        options = LoopOptions(launch_time=raybench.START_TIME, progress_interval_s=1.0,
+                              storage_dir=str(storage_of(run_dir, cfg)),
+                              tracking=tracking_options(cfg, run_dir))
+        return backend.run(cfg, options, _train_name(run_dir, cfg), resume_from=resume_from)
     except KeyboardInterrupt:
         write_doc(run_dir / "status.json", {"status": "interrupted"})
         handle.shutdown()  # stops the workers with the local Ray we started
         out.summary(f"Interrupted; continue with: python -m raybench.run --resume {run_dir}")
         raise
     except BaseException as exc:
-        write_doc(run_dir / "status.json", {"status": "failed", "error": str(exc).strip()[:2000]})
+        failure = known_failure(exc)
+        status = failure.status if failure else "failed"
+        message = str(failure) if failure else str(exc).strip()[:2000]
+        write_doc(run_dir / "status.json", {"status": status, "error": message})
+        if failure:
+            raise failure from None
         raise
     finally:
         view.close()
+
+
+# A worker's exception reaches the driver as text inside Ray's error; these name the failures
+# a user can act on.
+KNOWN_FAILURES = (("no space left on device", "failed"), ("training diverged", "diverged"))
+
+
+def known_failure(exc: BaseException) -> RunFailed | None:
+    """A one-line RunFailed for a worker failure raybench can name, else None."""
+    # The worker's traceback is in the text too: the message is the last line naming the
+    # failure that is not source code (the `raise` line holds the f-string, not its values).
+    for line in reversed(str(exc).splitlines()):
+        if "{" in line or line.strip().startswith("raise"):
+            continue
+        for phrase, status in KNOWN_FAILURES:
+            if phrase in line.lower():
+                message = line.strip()
+                message = message[message.lower().index(phrase):]
+                if status == "diverged":
+                    message += "; the last good checkpoint is kept (lower --lr and --resume)"
+                return RunFailed(message, status)
+    return None
 
 
 def resource_warnings(cfg: Config, shard: int, handle: RayHandle) -> list[str]:

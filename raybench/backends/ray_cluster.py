@@ -42,11 +42,31 @@ class RayHandle:
             ray.shutdown()
 
 
-def _local_ray_env(report_poll_s: float | None) -> None:
+def _local_ray_env(report_poll_s: float | None, cfg: Config) -> None:
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
+    _share_model_path(cfg)
     if report_poll_s is not None and "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in os.environ:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(report_poll_s)
+
+
+def _share_model_path(cfg: Config) -> None:
+    """A user's model factory importable here (from the current directory, say) must import in
+    the local workers too: put its package's directory on their PYTHONPATH. On a cluster the
+    code has to be installed or shipped with the job (--working-dir)."""
+    import importlib.util
+
+    if ":" not in cfg.model.kind:
+        return
+    top = cfg.model.kind.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return
+    origin = os.path.dirname(spec.origin)
+    root = os.path.dirname(origin) if spec.submodule_search_locations else origin
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
 
 
 def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
@@ -62,7 +82,7 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
         return RayHandle("existing Ray session", started_local=False)
     if address:
         return _join(address, level)
-    _local_ray_env(report_poll_s)  # inherited by the processes this ray.init starts
+    _local_ray_env(report_poll_s, cfg)  # inherited by the processes this ray.init starts
     cores = os.cpu_count() or 1
     if cfg.scaling.workers > LOCAL_OVERSUBSCRIPTION * cores:
         raise UserError(f"{cfg.scaling.workers} workers on this {cores}-core machine: a local "
@@ -70,10 +90,18 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
                         f"({LOCAL_OVERSUBSCRIPTION} per core); use --address to run on a cluster")
     needed = math.ceil(cfg.scaling.workers * cfg.scaling.cpus_per_worker)
     num_cpus = max(cores, needed + extra_cpus)
+    store = cfg.scaling.object_store_mib
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             object_store_memory=store * 2**20 if store else None,
              log_to_driver=verbose, logging_level=level)
     return RayHandle(f"local Ray on 127.0.0.1 with {num_cpus} logical CPUs", started_local=True)
+
+
+def ingest_cpus(cfg: Config) -> int:
+    """Logical CPUs a local Ray needs beyond the workers': Ray Data's read tasks cannot run
+    where the training workers have reserved every CPU."""
+    return 1 if cfg.data.ingest == "ray_data" else 0
 
 
 def _join(address: str, level: int) -> RayHandle:
@@ -133,15 +161,110 @@ def check_resources(cfg: Config) -> None:
         if gpus:
             per_node = min(per_node, math.floor(res.get("GPU", 0) / gpus + 1e-9))
         fits += per_node
-    if fits < cfg.scaling.workers:
+    least = cfg.scaling.min_workers or cfg.scaling.workers  # an elastic run needs its minimum
+    if fits < least:
         total = ray.cluster_resources()
         have = f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU on {len(nodes)} node(s)"
         need = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
-        raise UserError(f"cluster too small: {cfg.scaling.workers} workers x ({need}) do not fit "
+        raise UserError(f"cluster too small: {least} workers x ({need}) do not fit "
                         f"in {have}; at most {fits} fit")
+
+
+def place_workers(cfg: Config, workers: int, timeout_s: float):
+    """A placement group of `workers` bundles as Ray Train would ask for them (CPUs, a GPU,
+    the placement strategy), ready within timeout_s, or one line saying it cannot be placed.
+    Ray alone would wait forever for bundles a cluster can never hold (STRICT_SPREAD with more
+    workers than nodes, say)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if wants_gpu(cfg) else {})}
+    strategy = cfg.scaling.placement_strategy
+    pg = placement_group([dict(bundle) for _ in range(workers)], strategy=strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if ready:
+        return pg
+    remove_placement_group(pg)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    sizes = ", ".join(f"{n.get('Resources', {}).get('CPU', 0):g}" for n in nodes)
+    raise UserError(f"Ray cannot place {workers} workers x {bundle} with {strategy} on this "
+                    f"cluster ({len(nodes)} node(s) with {sizes} CPU) within {timeout_s:g}s; "
+                    "use fewer workers, another --placement-strategy, or --wait-for-workers on "
+                    "an autoscaling cluster")
+
+
+def preflight(cfg: Config, wait_s: float | None = None) -> None:
+    """Check that the run's workers can be placed, as Ray's scheduler would place them: a
+    real placement group, honouring STRICT_PACK and STRICT_SPREAD. Without `wait_s` the
+    cluster's current resources must hold them (a quick arithmetic check first, for a message
+    with numbers); with it, an autoscaling cluster gets that long to add nodes."""
+    from ray.util.placement_group import remove_placement_group
+
+    if wait_s is None:
+        check_resources(cfg)
+    least = cfg.scaling.min_workers or cfg.scaling.workers  # an elastic run needs its minimum
+    remove_placement_group(place_workers(cfg, least, wait_s if wait_s is not None else 10.0))
 
 
 def node_of_this_process() -> dict[str, str]:
     import ray
 
     return {"ip": ray.util.get_node_ip_address(), "id": ray.get_runtime_context().get_node_id()}
+
+
+class ObjectStoreMonitor:
+    """Samples Ray's object store (all nodes) every `every_s` while a run is going: the peak
+    bytes in use and the bytes spilled to disk meanwhile. A probe Ray does not answer (an
+    older or locked-down cluster) leaves both None rather than failing the run."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.peak_bytes: int | None = None
+        self.spilled_bytes: int | None = None
+        self._first_spilled: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raybench-store", daemon=True)
+        self._state = None
+
+    def _sample(self) -> None:
+        import ray
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        if self._state is None:
+            # The cluster this driver is connected to, by its GCS address: without one Ray
+            # looks up /tmp/ray/ray_current_cluster, which may name another (or a dead)
+            # cluster; a dead one cost 2.5 s per connection attempt, 15 s per run.
+            self._state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        stats = get_memory_info_reply(self._state, timeout_seconds=5).store_stats
+        used, spilled = int(stats.object_store_bytes_used), int(stats.spilled_bytes_total)
+        self.peak_bytes = max(self.peak_bytes or 0, used)
+        if self._first_spilled is None:
+            self._first_spilled = spilled
+        self.spilled_bytes = spilled - self._first_spilled
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception:  # noqa: BLE001 (monitoring must never break a run)
+                return
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> ObjectStoreMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self._sample()  # the final spill count
+        except Exception:  # noqa: BLE001
+            pass
+
+    def mib(self) -> tuple[float | None, float | None]:
+        def to_mib(b: int | None) -> float | None:
+            return None if b is None else b / 2**20
+        return to_mib(self.peak_bytes), to_mib(self.spilled_bytes)

@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from raybench.backends.base import LaunchContext
 from raybench.backends.local import wants_gpu
-from raybench.backends.ray_cluster import check_resources, node_of_this_process
-from raybench.config import Config, metric_mode
+from raybench.backends.ray_cluster import (
+    ObjectStoreMonitor,
+    check_resources,
+    node_of_this_process,
+)
+from raybench.chaos import ChaosMonkey, ChaosSpec
+from raybench.config import Config, elastic, metric_mode
 from raybench.data.dataset import Dataset
+from raybench.data.ingest import trainer_datasets
+from raybench.data.parquet import ParquetDataset
 from raybench.loop import LoopOptions
 from raybench.results import RunResult, metric_key
 
@@ -35,6 +45,9 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._progress = progress
+        if progress is not None:  # who to kill for --chaos; where this incarnation runs
+            progress.put_nowait({"worker": self.rank, "pid": os.getpid(),
+                                 "node_id": node_of_this_process()["id"]})
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -107,10 +120,13 @@ class TuneSession:
 def scaling_config(cfg: Config):
     import ray.train
 
+    s = cfg.scaling
+    workers = (s.min_workers, s.workers) if elastic(cfg) else s.workers
     return ray.train.ScalingConfig(
-        num_workers=cfg.scaling.workers, use_gpu=wants_gpu(cfg),
-        resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        placement_strategy=cfg.scaling.placement_strategy)
+        num_workers=workers, use_gpu=wants_gpu(cfg),
+        resources_per_worker={"CPU": s.cpus_per_worker},
+        placement_strategy=s.placement_strategy,
+        elastic_resize_monitor_interval_s=s.elastic_resize_interval_s)
 
 
 def checkpoint_config(cfg: Config):
@@ -126,9 +142,11 @@ def checkpoint_config(cfg: Config):
 
 
 def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: str,
-                  storage_path: str, callbacks: Sequence[Any] = ()):
+                  storage_path: str, callbacks: Sequence[Any] = (),
+                  datasets: dict[str, Any] | None = None):
     """The TorchTrainer for a config: workers, resources and placement (ScalingConfig),
-    restarts (FailureConfig) and checkpoint retention (CheckpointConfig)."""
+    restarts (FailureConfig), checkpoint retention (CheckpointConfig), and the datasets an
+    ingest hands the workers (data.ingest.trainer_datasets)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -137,7 +155,8 @@ def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: s
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
-            checkpoint_config=checkpoint_config(cfg)))
+            checkpoint_config=checkpoint_config(cfg)),
+        **(datasets or {}))
 
 
 def train_fn(config: dict) -> RunResult | None:
@@ -151,15 +170,59 @@ def train_fn(config: dict) -> RunResult | None:
 
     cfg = from_dict(config["cfg"])
     session = RaySession(config.get("progress"))
-    ingest = open_ingest(cfg, ray.get(config["data"]), session.rank, session.world_size,
-                         session.device)
+    data = config["data"]  # an object reference to a Dataset, or a ParquetDataset's metadata
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    ingest = open_ingest(cfg, data, session)
     options = dataclasses.replace(config.get("options") or LoopOptions(),
                                   worker_entry_time=entered)
     return train_worker(cfg, ingest, session, options)
 
 
+def progress_queue() -> Any:
+    """A queue actor on the driver's own node: a node that leaves (elastic runs, chaos) must
+    not take the run's progress and failure times with it."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy":
+                                NodeAffinitySchedulingStrategy(here, soft=True)})
+
+
+def failure_clock(queue: Any) -> Any:
+    """A Ray Train callback (it runs on the controller) that timestamps every worker failure
+    into the run's progress queue: the start of each recovery."""
+    import ray.train
+
+    class FailureClock(ray.train.UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            queue.put_nowait({"failure": time.time(), "ranks": sorted(worker_exceptions)})
+
+    return FailureClock()
+
+
+class _Events:
+    """What the progress queue carries besides rank 0's reports."""
+
+    def __init__(self, on_report: Callable[[dict], None] | None, chaos: Any) -> None:
+        self.on_report, self.chaos = on_report, chaos
+        self.failures: list[float] = []
+
+    def __call__(self, message: dict) -> None:
+        if "failure" in message:
+            self.failures.append(message["failure"])
+        elif "worker" in message:
+            if self.chaos is not None:
+                self.chaos.saw_worker(message["worker"], message["pid"], message["node_id"])
+        elif self.on_report is not None:
+            self.on_report(message)
+
+
 def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], None] | None):
-    """fit() in a thread while this thread hands rank 0's reports to on_report."""
+    """fit() in a thread while this thread hands the progress queue's messages on."""
+    import ray
+
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -178,6 +241,8 @@ def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], 
             on_report(progress.get(timeout=0.5))
         except queue_mod.Empty:  # ray.util.queue.Empty subclasses it
             pass
+        except ray.exceptions.RayError:  # the queue is gone: training goes on, unwatched
+            progress = None
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -186,30 +251,62 @@ def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], 
 class RayTrainBackend:
     name = "raybench"
 
-    def __init__(self, data: Dataset, context: LaunchContext) -> None:
+    def __init__(self, data: Dataset | ParquetDataset, context: LaunchContext) -> None:
         import ray
 
-        self.context = context
-        self.data_ref = ray.put(data)  # once; workers on a node map it without a copy
+        self.context, self.source = context, data
+        # In memory: put once; workers on a node map it without a copy. Streamed: the workers
+        # get the dataset's metadata and Ray Data reads the files.
+        self.data_ref = ray.put(data) if isinstance(data, Dataset) else data
 
-    def run(self, cfg: Config, options: LoopOptions, run_name: str) -> RunResult:
+    def run(self, cfg: Config, options: LoopOptions, run_name: str,
+            resume_from: Path | None = None, chaos: ChaosSpec | None = None) -> RunResult:
         """Run the loop on cfg.scaling.workers Ray Train workers. Rank 0's epoch metrics reach
-        context.on_report live."""
-        from ray.util.queue import Queue
-
-        check_resources(cfg)
-        on_report = self.context.on_report
-        progress = Queue(actor_options={"num_cpus": 0}) if on_report else None
+        context.on_report live; resume_from starts from that checkpoint when Ray's own record of
+        the run's checkpoints is unusable (resume.prepare_resume)."""
+        if cfg.scaling.wait_for_workers_s is None:  # an autoscaling cluster may still grow
+            check_resources(cfg)
+        monkey = ChaosMonkey(chaos, cfg.train.seed) if chaos else None
+        events = _Events(self.context.on_report, monkey)
+        # The queue carries reports, worker announcements and failure times; a benchmark that
+        # can neither fail nor show progress does without it (an actor less to start).
+        wanted = events.on_report or monkey or cfg.scaling.max_failures != 0
+        progress = progress_queue() if wanted else None
+        if resume_from is not None:  # Ray Train V2 refuses resume_from_checkpoint: the loop
+            options = dataclasses.replace(options, resume_from=str(resume_from))  # loads it
         trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": self.data_ref,
                                            "options": options, "progress": progress},
-                                cfg, name=run_name, storage_path=self.context.storage_path)
-        result = _fit_with_progress(trainer, progress, on_report)
+                                cfg, name=run_name, storage_path=self.context.storage_path,
+                                callbacks=[failure_clock(progress)] if progress is not None else [],
+                                datasets=trainer_datasets(cfg, self.source))
+        with ObjectStoreMonitor() as store, monkey or contextlib.nullcontext():
+            result = _fit_with_progress(trainer, progress, events)
         if result.return_value is None:
             raise RuntimeError("Ray Train finished without a result from rank 0")
-        return result.return_value
+        run = result.return_value
+        run.timing.object_store_peak_mib, run.timing.spilled_mib = store.mib()
+        time_recoveries(run.timing, events.failures, monkey.kills if monkey else [])
+        return run
 
     def close(self) -> None:
         self.data_ref = None
+
+
+def time_recoveries(timing: Any, failures: list[float], kills: list[float]) -> None:
+    """Match each restart to the failure before it: recovery = the failure (a chaos kill when
+    there was one, else when the controller saw it) to the first training step after it."""
+    timing.failures = len(failures)
+    previous = 0.0
+    for restore in timing.restores:
+        first = restore.first_step_epoch_s
+        if first is None:
+            continue
+        seen = [t for t in kills if previous < t < first] or [t for t in failures
+                                                             if previous < t < first]
+        if seen:
+            restore.failure_epoch_s = max(seen)
+            restore.recovery_s = first - restore.failure_epoch_s
+        previous = first
 
 
 def _floor_fn() -> float | None:

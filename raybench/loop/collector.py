@@ -104,6 +104,8 @@ class MetricsCollector:
         self.samples = 0
         self._counting = False
         self._pending: list[tuple] = []  # this epoch's counted steps, timestamps unresolved
+        self._last_epoch: tuple[np.ndarray, int] = (np.empty((0, len(PHASES))), 0)
+        self._samples_before = 0
         self._phases = np.empty((0, len(PHASES)))  # resolved durations (s), one row per step
         self._counted = 0
         self._window_start = 0.0
@@ -157,7 +159,15 @@ class MetricsCollector:
         rows = [[_elapsed(t0, t1), _elapsed(t1, launch), _elapsed(launch, t2), _elapsed(t2, t3)]
                 for t0, t1, launch, t2, t3 in self._pending]
         self._phases = np.vstack([self._phases, np.asarray(rows)])
+        self._last_epoch = (np.asarray(rows), self.samples - self._samples_before)
+        self._samples_before = self.samples
         self._pending = []
+
+    def last_epoch(self) -> tuple[StepBreakdown, float | None]:
+        """The measured steps of the latest epoch: their breakdown and samples/s."""
+        rows, samples = self._last_epoch
+        seconds = float(rows.sum()) if len(rows) else 0.0
+        return breakdown_of(rows), (samples / seconds if seconds > 0 else None)
 
     @property
     def measured_steps(self) -> int:
@@ -175,7 +185,8 @@ class MetricsCollector:
     def breakdown(self) -> StepBreakdown:
         return breakdown_of(self._phases)
 
-    def rank_facts(self, rank: int, node: dict[str, str], model: nn.Module) -> RankFacts:
+    def rank_facts(self, rank: int, node: dict[str, str], model: nn.Module, ingest: str,
+                   first_batch_s: float | None) -> RankFacts:
         on_gpu = self.device.type == "cuda"
         return RankFacts(
             rank=rank, node=node["ip"], node_id=node["id"], hostname=socket.gethostname(),
@@ -186,7 +197,7 @@ class MetricsCollector:
             peak_gpu_mem_mib=(torch.cuda.max_memory_allocated(self.device) / 2**20
                               if on_gpu else None),
             startup_epoch_s=dict(self.marks), final_weights_sha256=weights_digest(model),
-            step_breakdown=self.breakdown())
+            step_breakdown=self.breakdown(), ingest=ingest, first_batch_s=first_batch_s)
 
 
 def breakdown_of(phases: np.ndarray) -> StepBreakdown:
@@ -220,13 +231,14 @@ def mean_breakdown(parts: list[StepBreakdown]) -> StepBreakdown:
     return out
 
 
-def startup_marks(ranks: list[RankFacts], launch_time: float | None) -> StartupMarks:
-    """Seconds from launch until the slowest rank passed each start-up mark."""
+def startup_marks(marks: list[dict[str, float]], launch_time: float | None) -> StartupMarks:
+    """Seconds from launch until the slowest rank passed each start-up mark (one dict of epoch
+    seconds per rank)."""
     out = StartupMarks()
     if launch_time is None:
         return out
     for mark in START_MARKS:
-        times = [r.startup_epoch_s.get(mark) for r in ranks if r.startup_epoch_s.get(mark)]
+        times = [m.get(mark) for m in marks if m.get(mark)]
         if times:
             setattr(out, f"{mark}_s", max(times) - launch_time)
     return out

@@ -5,9 +5,12 @@ in order; each is usable (and tested) on its own."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import errno
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +29,8 @@ from raybench.loop.collector import MetricsCollector, SyncClock, mean_breakdown,
 from raybench.loop.session import Session
 from raybench.metrics import evaluate_split
 from raybench.models import build_model, count_parameters, loss_fn
-from raybench.results import EpochRow, RankFacts, RunResult, Timing
+from raybench.results import EpochRow, RankFacts, Restore, RunResult, TargetResult, Timing
+from raybench.targets import Target
 
 CKPT_MODEL = "model.pt"
 CKPT_STATE = "train_state.pt"
@@ -86,6 +90,13 @@ class TrainState:
     train_times: list[float] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     progress_every_s: float | None = None
+    samples_seen: int = 0  # training samples this rank has processed
+    target: TargetResult | None = None  # set when the run met its target
+    restores: list[Restore] = field(default_factory=list)  # every restart, across incarnations
+    launch_time: float | None = None  # epoch seconds the user's command started
+    # Start-up marks (epoch seconds, slowest rank) of this launch's first incarnation: after Ray
+    # restarts the workers, time to first step still means the job's start-up, not the restart's.
+    first_marks: dict[str, float] | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -116,7 +127,7 @@ def setup(cfg: Config, ingest: Ingest, session: Session, collector: MetricsColle
     """Threads, seeds, the model wrapped for data parallelism, optimizer and loss."""
     torch.set_num_threads(worker_threads(cfg))
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, ingest.n_features, ingest.window)
+    model = build_model(cfg.model, ingest.n_features, ingest.window, ingest.task)
     n_params = count_parameters(model)
     model = session.prepare_model(model)
     sync = SyncClock(session.world_size, collector.clock)
@@ -168,11 +179,18 @@ def save_checkpoint(state: TrainState, epoch: int, directory: str) -> None:
                 "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs,
                 "history": [row.__dict__ for row in state.history],
                 "epoch_times": state.epoch_times, "train_times": state.train_times,
-                "rng": rng_state()}, os.path.join(directory, CKPT_STATE))
+                "samples_seen": state.samples_seen, "rng": rng_state(),
+                "restores": [r.__dict__ for r in state.restores],
+                "launch_time": state.launch_time, "first_marks": state.first_marks,
+                # what the weights were built from: --resume refuses an edited model section
+                "model_config": dataclasses.asdict(state.cfg.model)},
+               os.path.join(directory, CKPT_STATE))
 
 
 def resume(state: TrainState, directory: str) -> None:
-    """Continue from a checkpoint written by save_checkpoint (any world size)."""
+    """Continue from a checkpoint written by save_checkpoint (any world size: the data is
+    sharded for the world this incarnation has)."""
+    started = time.perf_counter()
     device = state.session.device
     state.module.load_state_dict(torch.load(os.path.join(directory, CKPT_MODEL),
                                             map_location=device, weights_only=True))
@@ -186,6 +204,12 @@ def resume(state: TrainState, directory: str) -> None:
     s.best, s.best_epoch, s.bad_epochs = saved["best"], saved["best_epoch"], saved["bad_epochs"]
     state.history = [EpochRow(**row) for row in saved["history"]]
     state.epoch_times, state.train_times = saved["epoch_times"], saved["train_times"]
+    state.samples_seen = saved.get("samples_seen", 0)
+    state.restores = [Restore(**r) for r in saved.get("restores", [])]
+    if saved.get("launch_time") == state.launch_time:  # Ray restarted us within one launch
+        state.first_marks = saved.get("first_marks")
+    state.restores.append(Restore(from_epoch=saved["epoch"], world_size=state.session.world_size,
+                                  restore_s=time.perf_counter() - started))
     set_rng_state(saved["rng"])
 
 
@@ -227,10 +251,28 @@ def train_epoch(state: TrainState, epoch: int, collector: MetricsCollector) -> E
             break
         t0 = t3
     collector.end_epoch()
+    state.samples_seen += sum(sizes)
     train_loss = global_mean_loss(losses, sizes, state.session)
     if not math.isfinite(train_loss):
         raise Diverged(f"training diverged in epoch {epoch}: the train loss is {train_loss}")
     return EpochRow(epoch=epoch, world_size=state.session.world_size, train_loss=train_loss,
+                    train_time_s=time.perf_counter() - t_epoch)
+
+
+def drain_epoch(state: TrainState, epoch: int, collector: MetricsCollector) -> EpochRow:
+    """The ingest alone: one epoch's batches fetched and dropped, no model work. Its samples/s
+    is the ceiling the ingest puts on training."""
+    t_epoch = time.perf_counter()
+    collector.start_epoch(epoch)
+    clock = collector.clock
+    t0 = clock()
+    for _, yb in islice(state.ingest.train_batches(epoch), state.steps_per_epoch):
+        t1 = clock()
+        if collector.record(len(yb), t0, t1, None, t1, t1):
+            break
+        t0 = t1
+    collector.end_epoch()
+    return EpochRow(epoch=epoch, world_size=state.session.world_size, train_loss=math.nan,
                     train_time_s=time.perf_counter() - t_epoch)
 
 
@@ -286,10 +328,12 @@ def evaluate(state: TrainState, split: str) -> dict[str, Any]:
     module predicts: no DDP collective depends on how many eval batches a rank has."""
     model = state.module
     model.eval()
-    rows = [torch.stack([model(x).float().cpu(), y.float(), b.float()], dim=1)
-            for x, y, b in state.ingest.eval_batches(split)]
-    local = torch.cat(rows) if rows else torch.zeros((0, 3))
-    out, y, base = gather_rows(local, state.session).numpy().T
+    rows = [torch.stack([model(x).float().cpu(), y.float(), b.float(), key.double()], dim=1)
+            for x, y, b, key in state.ingest.eval_batches(split)]
+    local = torch.cat(rows).double() if rows else torch.zeros((0, 4), dtype=torch.float64)
+    gathered = gather_rows(local, state.session)
+    gathered = gathered[torch.argsort(gathered[:, 3], stable=True)]
+    out, y, base = gathered[:, :3].float().numpy().T
     task = state.ingest.task
     loss = float(loss_fn(task)(torch.from_numpy(out), torch.from_numpy(y)))
     return evaluate_split(task, out, y, base, loss, state.cfg.eval.threshold)
@@ -297,7 +341,9 @@ def evaluate(state: TrainState, split: str) -> dict[str, Any]:
 
 def validate_and_decide(state: TrainState, row: EpochRow) -> None:
     """Validation metrics into the epoch's row; the early-stopping decision; best weights."""
+    started = time.perf_counter()
     val = evaluate(state, "valid")
+    row.eval_time_s = time.perf_counter() - started
     row.val_loss = val["loss"]
     row.val_metrics = {f"val_{k}": v for k, v in val.items()
                        if isinstance(v, float) and k != "loss"}
@@ -306,8 +352,11 @@ def validate_and_decide(state: TrainState, row: EpochRow) -> None:
         state.best_state = copy.deepcopy(state.module.state_dict())
 
 
-def report_epoch(state: TrainState, row: EpochRow, checkpoint: bool) -> None:
-    """End of an epoch on every rank: rank 0 attaches a checkpoint when asked."""
+def report_epoch(state: TrainState, row: EpochRow, checkpoint: bool,
+                 storage_dir: str | None = None) -> None:
+    """End of an epoch on every rank: rank 0 attaches a checkpoint when asked, after checking
+    that the storage can hold it (a checkpoint cut off by a full disk would take Ray's record of
+    the previous, good one with it)."""
     metrics = {k: v for k, v in row.flat().items() if isinstance(v, (int, float))}
     s = state.stopper
     metrics.update(metric=s.metric, best=s.best, best_epoch=s.best_epoch, pid=os.getpid())
@@ -315,8 +364,70 @@ def report_epoch(state: TrainState, row: EpochRow, checkpoint: bool) -> None:
         state.session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as directory:
-        save_checkpoint(state, row.epoch, directory)
+        started = time.perf_counter()
+        try:
+            save_checkpoint(state, row.epoch, directory)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise OSError(errno.ENOSPC, f"no space left on device: {directory} (writing the "
+                          f"epoch {row.epoch} checkpoint)") from None
+        row.checkpoint_save_s = time.perf_counter() - started
+        check_space(storage_dir, directory, row.epoch)
+        started = time.perf_counter()
         state.session.report(metrics, directory)
+        row.report_s = time.perf_counter() - started
+
+
+# Besides the checkpoint itself, Ray rewrites its checkpoint list and metadata next to it.
+SPACE_MARGIN = 8 << 20
+
+
+def check_space(storage_dir: str | None, checkpoint_dir: str, epoch: int) -> None:
+    """Refuse to hand Ray a checkpoint the storage cannot hold."""
+    if not storage_dir or not os.path.isdir(storage_dir):
+        return  # a URI (s3://, gs://) or storage Ray has yet to create: nothing to measure
+    need = sum(e.stat().st_size for e in os.scandir(checkpoint_dir))
+    free = shutil.disk_usage(storage_dir).free
+    if free < need + max(SPACE_MARGIN, need // 10):
+        raise OSError(errno.ENOSPC, f"no space left on device: {storage_dir} has "
+                      f"{free / 2**20:.1f} MiB free, the epoch {epoch} checkpoint needs "
+                      f"{need / 2**20:.1f} MiB; the previous checkpoint is intact, free space "
+                      "and --resume")
+
+
+def check_target(state: TrainState, row: EpochRow, target: Target,
+                 collector: MetricsCollector, launch_time: float | None) -> bool:
+    """Whether this epoch's validation met the target (every rank sees the same gathered
+    metrics, so every rank stops together); records when and at what cost."""
+    value = row.value(target.metric)
+    if not target.met(value):
+        return False
+    now, first = time.time(), collector.marks["first_step"]
+    state.target = TargetResult(
+        target=str(target), reached=True, epochs=len(state.history),
+        samples=state.samples_seen * state.session.world_size,
+        time_from_first_step_s=now - first if first else None,
+        time_from_start_s=now - launch_time if launch_time else None,
+        eval_time_s=sum(r.eval_time_s for r in state.history), value=value)
+    return True
+
+
+def missed(state: TrainState, target: Target) -> TargetResult:
+    values = [v for r in state.history if (v := r.value(target.metric)) is not None]
+    best = (max if target.op == ">=" else min)(values) if values else None
+    return TargetResult(target=str(target), reached=False, epochs=len(state.history),
+                        samples=state.samples_seen * state.session.world_size,
+                        eval_time_s=sum(r.eval_time_s for r in state.history), value=best)
+
+
+def note_first_marks(state: TrainState, collector: MetricsCollector) -> None:
+    """Keep the launch's start-up marks once every rank has passed them (after the first epoch
+    of the first incarnation); one object gather per run."""
+    if state.first_marks is None and state.resumed_from_epoch is None:
+        marks = gather_objects(dict(collector.marks), state.session)
+        state.first_marks = {k: max(m[k] for m in marks) for k in marks[0]
+                             if all(m.get(k) for m in marks)}
 
 
 def close_epoch(state: TrainState, row: EpochRow, started: float) -> None:
@@ -346,7 +457,9 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
         # Identical weights on every rank (DDP), so every rank restores the same best state.
         state.module.load_state_dict(state.best_state)
         valid, test = evaluate(state, "valid"), evaluate(state, "test")
-    facts = collector.rank_facts(state.session.rank, state.session.node(), state.module)
+    facts = collector.rank_facts(state.session.rank, state.session.node(), state.module,
+                                 state.ingest.name, state.ingest.first_batch_s)
+    facts.epochs_run, facts.best_epoch = len(state.history), state.stopper.best_epoch
     ranks = gather_objects(facts, state.session)
     if state.session.rank != 0:
         return None
@@ -365,7 +478,9 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
     rates = [r.samples_per_sec for r in ranks]
     total = sum(rates) if all(rate is not None for rate in rates) else None
     epochs = np.asarray(state.epoch_times, dtype=np.float64)
-    marks = startup_marks(ranks, launch_time)
+    marks = startup_marks([m.startup_epoch_s for m in ranks], launch_time)
+    if state.first_marks and state.restores:
+        marks = startup_marks([state.first_marks], launch_time)
     return Timing(
         total_epochs=len(state.epoch_times), best_epoch=state.stopper.best_epoch,
         total_time_sec=float(epochs.sum()),
@@ -379,5 +494,8 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
         dataset_mib=state.ingest.dataset_mib, batch_size_per_worker=batch,
         global_batch_size=batch * world, steps_per_epoch=state.steps_per_epoch,
         stopped_early=state.stopper.should_stop, resumed_from_epoch=state.resumed_from_epoch,
-        step_breakdown=mean_breakdown([r.step_breakdown for r in ranks]), ranks=ranks)
+        step_breakdown=mean_breakdown([r.step_breakdown for r in ranks]), ranks=ranks,
+        ingest=state.ingest.name, restores=state.restores,
+        checkpoint_save_s_total=sum(r.checkpoint_save_s for r in state.history),
+        report_s_total=sum(r.report_s for r in state.history))
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 import pytest
+import torch
 
 from raybench import data
 from raybench.backends import LaunchContext
@@ -65,35 +68,161 @@ def _start(args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_ctrl_c_marks_interrupted_stops_workers_and_resume_finishes(reg_npz, tmp_path):
-    proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--patience", "0",
-                   "--save_dir", str(tmp_path)], tmp_path)
+def _until_epoch(proc, epoch: int, total: int) -> list[str]:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "Epoch 3/300" in line:
-            break
-    else:
-        pytest.fail("run ended before epoch 3:\n" + "".join(lines))
+        if f"Epoch {epoch}/{total}" in line:
+            return lines
+    pytest.fail(f"run ended before epoch {epoch}:\n" + "".join(lines))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, sig, code):
+    """Kubernetes evicts a pod with SIGTERM: the same as Ctrl-C, exit 128 + the signal.
+    (Resuming is tested after a SIGKILL below: the same path, with a lock to take over.)"""
+    proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--patience", "0",
+                   "--save_dir", str(tmp_path)], tmp_path)
+    _until_epoch(proc, 3, 300)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children  # the local Ray's processes, Ray Train workers among them
     start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 130, rest
+    assert proc.wait(timeout=60) == code, rest
     assert time.monotonic() - start < 30
+    assert "Traceback" not in rest and "stack" not in rest.lower(), rest
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[p.pid for p in alive]}"
     (run_dir,) = tmp_path.glob("run_*")
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "metrics_test.json").exists()
+    assert not (run_dir / ".raybench.lock").exists()
     assert f"--resume {run_dir}" in rest
 
-    resumed = _start(["--resume", str(run_dir), "--epochs", "8"], tmp_path)
+
+def test_a_live_run_cannot_be_resumed_and_an_abandoned_one_is_taken_over(reg_npz, tmp_path):
+    proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--patience", "0",
+                   "--save_dir", str(tmp_path), "--run_name", "owned"], tmp_path)
+    _until_epoch(proc, 2, 300)
+    run_dir = tmp_path / "owned"
+    second = _start(["--resume", str(run_dir)], tmp_path)
+    out = second.communicate(timeout=120)[0]
+    assert second.returncode == 2, out
+    assert f"is in use by a live raybench (pid {proc.pid}" in out and "Traceback" not in out
+    children = psutil.Process(proc.pid).children(recursive=True)
+    # SIGKILL to the driver and its local Ray, as when the machine or pod dies: no handler
+    # runs and status.json stays 'running'
+    for victim in [psutil.Process(proc.pid), *children]:
+        victim.kill()
+    proc.wait(timeout=30)
+    psutil.wait_procs(children, timeout=60)
+    from raybench.resume import checkpoints
+
+    latest = checkpoints(run_dir / "ray_train")[0]
+    reached = torch.load(latest / "train_state.pt", weights_only=True)["epoch"]
+    total = reached + 2  # two epochs more than the killed run checkpointed
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    resumed = _start(["--resume", str(run_dir), "--epochs", str(total)], tmp_path)
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
+    assert f"its driver (pid {proc.pid}" in out and "is gone" in out
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     history = list(csv.DictReader((run_dir / "history.csv").open()))
-    assert [int(r["epoch"]) for r in history] == list(range(1, 9))
+    assert [int(r["epoch"]) for r in history] == list(range(1, total + 1))  # each epoch once
     timing = json.loads((run_dir / "timing.json").read_text())
     assert timing["resumed_from_epoch"] >= 1
+    restore = timing["restores"][-1]
+    assert restore["restore_s"] > 0 and restore["from_epoch"] == timing["resumed_from_epoch"]
+    assert timing["checkpoint_save_s_total"] > 0 and timing["report_s_total"] > 0
+
+
+def test_a_diverging_run_stops_as_diverged_not_completed(ray_cluster, reg_npz, tmp_path, capsys):
+    from raybench import run
+    from raybench.errors import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, ["--npz_path", str(reg_npz), "--lr", "1e30", "--epochs", "5",
+                           "--save_dir", str(tmp_path), "--run_name", "boom", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert len(err) == 1 and "training diverged in epoch" in err[0], err
+    status = json.loads((tmp_path / "boom" / "status.json").read_text())
+    assert status["status"] == "diverged" and "train loss is nan" in status["error"]
+    assert not (tmp_path / "boom" / "metrics_test.json").exists()
+    assert not (tmp_path / "boom" / "timing.json").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB filesystem of its own (tmpfs): filling it fills nothing else."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_continues(ray_cluster, reg_npz,
+                                                                    small_disk, capsys):
+    from raybench import run
+    from raybench.errors import run_cli
+    from raybench.resume import checkpoints, snapshot_ok
+
+    # Checkpoints of ~3 MiB (an LSTM of 2 x 128 with its Adam state) on a 24 MiB disk that
+    # fills up, all but 4 MiB, once the first checkpoint is written.
+    args = ["--npz_path", str(reg_npz), "--model", "lstm", "--hidden", "128", "--layers", "2",
+            "--task", "regression", "--epochs", "40", "--patience", "0", "--batch_size", "128",
+            "--save_dir", str(small_disk), "--run_name", "full", "--quiet"]
+    run_dir = small_disk / "full"
+    filler = small_disk / "filler"
+
+    def fill_after_first_checkpoint():
+        while not (run_dir / "ray_train").is_dir() or not checkpoints(run_dir / "ray_train"):
+            time.sleep(0.05)
+        filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (4 << 20)))
+
+    threading.Thread(target=fill_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 1, err
+    assert len(errors) == 1 and "no space left on device" in errors[0], err
+    assert str(small_disk) in errors[0] and "Traceback" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "no space left" in status["error"]
+    assert checkpoints(run_dir / "ray_train"), "the previous checkpoint must survive"
+    assert snapshot_ok(run_dir / "ray_train")
+    filler.unlink()  # space is back: --resume continues where the last checkpoint left off
+    assert run.main(["--resume", str(run_dir), "--epochs", "6", "--quiet"]) == 0
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == list(range(1, 7))
+
+
+def test_resume_checks_the_model_and_survives_a_truncated_ray_snapshot(ray_cluster, reg_npz,
+                                                                       tmp_path):
+    """What a full disk did to Ray's record of the checkpoints: 0 bytes. raybench sets it
+    aside and starts from the newest complete checkpoint."""
+    from raybench import run
+    from raybench.errors import UserError
+
+    run_dir = tmp_path / "snap"
+    assert run.main(["--npz_path", str(reg_npz), "--epochs", "3", "--patience", "0",
+                     "--save_dir", str(tmp_path), "--run_name", "snap", "--quiet"]) == 0
+    (run_dir / "status.json").write_text('{"schema_version": 2, "status": "interrupted"}')
+    # an edited model section no longer fits the checkpoint: one line naming the key
+    config = run_dir / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("hidden: 64", "hidden: 32"))
+    with pytest.raises(UserError, match="model.hidden: 64 in the checkpoint, 32 now"):
+        run.main(["--resume", str(run_dir)])
+    config.write_text(original)
+    (run_dir / "ray_train" / "checkpoint_manager_snapshot.json").write_bytes(b"")
+    assert run.main(["--resume", str(run_dir), "--epochs", "5", "--quiet"]) == 0
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == list(range(1, 6))
+    assert (run_dir / "ray_train" / "checkpoint_manager_snapshot.json.unreadable").exists()
