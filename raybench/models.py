@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from raybench.config import ModelConfig
+from raybench.errors import UserError
 
 
 class MLPRegressor(nn.Module):
@@ -63,9 +66,59 @@ class TransformerModel(nn.Module):
         return self.head(h.mean(dim=1)).squeeze(-1)
 
 
-def build_model(cfg: ModelConfig, n_features: int, window: int) -> nn.Module:
-    from raybench.errors import UserError
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable of a "package.module:callable" model.kind, or one line saying why not."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"model.kind {spec!r}: cannot import {module_name!r} ({exc}); install "
+                        "it or put its directory on PYTHONPATH") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserError(f"model.kind {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise UserError(f"model.kind {spec!r}: {attr!r} is a {type(factory).__name__}, not a "
+                        "callable that returns an nn.Module")
+    return factory
 
+
+def _from_factory(cfg: ModelConfig, n_features: int, window: int, task: str | None) -> nn.Module:
+    factory = load_factory(cfg.kind)
+    try:
+        model = factory(n_features=n_features, window=window, task=task, **cfg.params)
+    except TypeError as exc:
+        raise UserError(f"model.kind {cfg.kind!r}: calling it with n_features, window, task "
+                        f"and model.params {sorted(cfg.params)} failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.kind {cfg.kind!r} returned a {type(model).__name__}, not a "
+                        "torch.nn.Module")
+    return model
+
+
+def check_model(model: nn.Module, n_features: int, window: int, name: str) -> None:
+    """A model must map (B, T, F) windows to one output per sample, (B,): tried on a copy with
+    a batch of two before any worker starts."""
+    import copy
+
+    probe = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = probe(torch.zeros(2, window, n_features))
+    except Exception as exc:  # noqa: BLE001 (the user's forward: any error is theirs)
+        raise UserError(f"model {name!r} failed on a (2, {window}, {n_features}) batch: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {name!r} returned output of shape {shape} for a (2, {window}, "
+                        f"{n_features}) batch; a model must return one value per sample: (2,)")
+
+
+def build_model(cfg: ModelConfig, n_features: int, window: int,
+                task: str | None = None) -> nn.Module:
+    if ":" in cfg.kind:
+        return _from_factory(cfg, n_features, window, task)
     input_dim = cfg.input_dim or n_features
     if input_dim != n_features:
         raise UserError(f"model.input_dim is {input_dim} but the data has {n_features} features")

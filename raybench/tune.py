@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from raybench import artifacts, environment
+from raybench.artifacts import Output
 from raybench.backends.local import pick_device, wants_gpu
-from raybench.backends.ray_cluster import check_resources, connect
+from raybench.backends.ray_cluster import connect, preflight
 from raybench.backends.ray_train import TuneSession, build_trainer, train_fn
 from raybench.config import (
     METRIC_MODES,
@@ -42,8 +43,9 @@ from raybench.config import (
 from raybench.console import Console
 from raybench.data import check_batches, load_configured
 from raybench.data.ingest import open_ingest
-from raybench.errors import UserError, run_cli
+from raybench.errors import UserError, install_sigterm, run_cli
 from raybench.loop import LoopOptions, train_worker
+from raybench.models import build_model, check_model
 from raybench.results import metric_key, write_doc
 
 KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
@@ -166,7 +168,7 @@ def _single_worker_trial(params: dict, base: dict, data: dict) -> None:
 
     cfg = trial_config(base, params)
     session = TuneSession(pick_device(cfg))
-    ingest = open_ingest(cfg, ray.get(data["ref"]), 0, 1, session.device)
+    ingest = open_ingest(cfg, ray.get(data["ref"]), session)
     train_worker(cfg, ingest, session, LoopOptions())
 
 
@@ -302,7 +304,7 @@ def _capacity(cfg: Config) -> int:
     """How many trials the cluster can run at once (fails fast when not even one fits)."""
     import ray
 
-    check_resources(cfg)  # one trial's workers must fit
+    preflight(cfg, cfg.scaling.wait_for_workers_s)  # one trial's workers must fit
     total = ray.cluster_resources()
     per_trial_cpu = cfg.scaling.workers * cfg.scaling.cpus_per_worker
     if cfg.scaling.workers > 1:
@@ -313,21 +315,24 @@ def _capacity(cfg: Config) -> int:
     return max(fits, 1)
 
 
-def _load_settings(args: argparse.Namespace) -> tuple[dict, Path]:
-    """A new sweep's settings and output directory, or an interrupted sweep's own."""
+def _load_settings(args: argparse.Namespace) -> tuple[dict, Output]:
+    """A new sweep's settings and output, or an interrupted sweep's own (a local one)."""
     if args.resume:
-        out_dir = Path(args.resume)
-        saved = out_dir / "sweep.yaml"
+        if artifacts.is_uri(args.resume):
+            raise UserError("--resume takes a local sweep directory (copy a remote one first)")
+        output = Output(args.resume)
+        saved = output.local / "sweep.yaml"
         if not saved.is_file():
-            raise UserError(f"--resume {out_dir}: no sweep.yaml there; not a raybench sweep")
+            raise UserError(f"--resume {args.resume}: no sweep.yaml there; not a raybench sweep")
         state = load_yaml(saved)
         return {**state, "base": from_dict(state["base"], str(saved)),
-                "space": {k: tuple(v) for k, v in state["space"].items()}}, out_dir
+                "space": {k: tuple(v) for k, v in state["space"].items()}}, output
     settings = _settings(args)
-    out_dir = Path(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
-    if (out_dir / "sweep.yaml").exists():
-        raise UserError(f"{out_dir} already holds a sweep; use --resume {out_dir} or another --out")
-    return settings, out_dir
+    output = Output(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
+    if output.has("sweep.yaml"):
+        raise UserError(f"{output.where} already holds a sweep; use --resume {output.where} or "
+                        "another --out")
+    return settings, output
 
 
 def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, float | None]:
@@ -342,6 +347,8 @@ def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, 
     check_metric(metric, data.task, "sweep metric")
     base.train.early_stop_metric = metric
     base = resolve(base, npz_path=npz_path, task=data.task)
+    check_model(build_model(base.model, data.n_features, data.window, data.task), data.n_features,
+                data.window, base.model.kind)
     baseline = baseline_score(data, metric)
     if baseline is not None:
         out.log(f"Naive baseline on the validation split: {metric}={baseline:.4f} "
@@ -355,7 +362,7 @@ def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, 
 
 
 def _make_tuner(args: argparse.Namespace, settings: dict, base: Config, data_ref: Any,
-                out_dir: Path, key: str, mode: str, concurrent: int, expected: int,
+                output: Output, key: str, mode: str, concurrent: int, expected: int,
                 out: Console):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -367,8 +374,8 @@ def _make_tuner(args: argparse.Namespace, settings: dict, base: Config, data_ref
         tune.with_parameters(fn, base=base.to_dict(), data={"ref": data_ref}),
         _trial_resources(base))
     if args.resume:
-        out.log(f"Resuming sweep in {out_dir}")
-        return tune.Tuner.restore(str(out_dir.resolve() / "tune"), trainable=trainable,
+        out.log(f"Resuming sweep in {output.where}")
+        return tune.Tuner.restore(output.storage("tune"), trainable=trainable,
                                   resume_errored=True)
     sched = settings["scheduler"]
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=int(sched["max_t"]),
@@ -381,7 +388,8 @@ def _make_tuner(args: argparse.Namespace, settings: dict, base: Config, data_ref
                                     num_samples=settings["num_samples"],
                                     max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(out_dir.resolve()), verbose=1 if args.verbose else 0,
+            name="tune", storage_path=output.root,
+            verbose=1 if args.verbose else 0,
             callbacks=[trial_progress(out, expected, key, int(sched["max_t"]))],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)))
@@ -391,10 +399,12 @@ def run_sweep(args: argparse.Namespace) -> dict:
     import ray
 
     out = Console(quiet=args.quiet)
-    settings, out_dir = _load_settings(args)
+    settings, output = _load_settings(args)
+    out_dir = output.local
     data, base, metric, mode, baseline = _prepare_data(settings, out)
     # Tune's clean-up of stopped TorchTrainer runs goes through the dashboard's State API.
     handle = connect(base, verbose=args.verbose, dashboard=True, extra_cpus=1)
+    install_sigterm()
     out.log(f"Ray: {handle.description}")
     capacity = _capacity(base)
     concurrent = min(settings["max_concurrent"] or capacity, capacity)
@@ -408,7 +418,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
     if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    tuner = _make_tuner(args, settings, base, ray.put(data), out_dir, key, mode, concurrent,
+    tuner = _make_tuner(args, settings, base, ray.put(data), output, key, mode, concurrent,
                         expected, out)
     out.log(f"Sweep: {settings['num_samples']} sample(s), metric {metric} ({mode}), scheduler "
             f"{settings['kind']} {settings['scheduler']}, {base.scaling.workers} worker(s) per "
@@ -430,12 +440,12 @@ def run_sweep(args: argparse.Namespace) -> dict:
         out.summary(f"Sweep interrupted after {len(rows)} of {expected} trials; partial results "
                     f"in {out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
         raise KeyboardInterrupt
-    _print_summary(out, rows, metric, mode, max_t, wall, baseline, out_dir)
+    _print_summary(out, rows, metric, mode, max_t, wall, baseline, output.publish())
     return {"rows": rows, "out_dir": out_dir, "baseline": baseline}
 
 
 def _print_summary(out: Console, rows: list[dict], metric: str, mode: str, max_t: int,
-                   wall: float, baseline: float | None, out_dir: Path) -> None:
+                   wall: float, baseline: float | None, where: str) -> None:
     stopped = sum(r["status"] == "stopped_early" for r in rows)
     out.summary(top_table(rows, metric, mode))
     run_epochs = sum(r["epochs_run"] for r in rows)
@@ -447,7 +457,7 @@ def _print_summary(out: Console, rows: list[dict], metric: str, mode: str, max_t
     if baseline is not None:
         out.summary(f"Best trial {best['trial_id']}: validation {metric}={best['best']:.4f}; naive "
                     f"baseline {baseline:.4f}")
-    out.summary(f"Saved → {out_dir.resolve()}")
+    out.summary(f"Saved → {where}")
 
 
 def baseline_score(data: Any, metric: str) -> float | None:

@@ -47,8 +47,9 @@ def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, data_dir: str,
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
         try:
-            ingest = open_ingest(cfg, load_dataset(data_dir), rank, world, device)
-            result = train_worker(cfg, ingest, LocalSession(device, rank, world), options)
+            session = LocalSession(device, rank, world)
+            result = train_worker(cfg, open_ingest(cfg, load_dataset(data_dir), session), session,
+                                  options)
             numel = result.num_parameters if result else 0
             numel = _broadcast_int(numel, device)
             comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
@@ -131,3 +132,53 @@ def _collect(results: Any, procs: list) -> RunResult | None:
 
 
 BACKEND = DdpBackend
+
+
+def _allreduce_rank(rank: int, world: int, port: int, sizes: list[int], iters: int,
+                    results: Any) -> None:
+    from raybench.probes import allreduce_latency
+
+    code = 1
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        try:
+            rows = [allreduce_latency(max(1, nbytes // 4), torch.device("cpu"), iters)
+                    for nbytes in sizes]
+            if rank == 0:
+                results.put(rows)
+                results.close()
+                results.join_thread()
+            code = 0
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def allreduce_sweep(world: int, sizes: list[int], iters: int = 50) -> list[dict]:
+    """p50 latency of all-reduces of each size (bytes of float32) among `world` gloo processes
+    on this machine: the communication the scaling model is fitted to."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_allreduce_rank, daemon=True,
+                         args=(rank, world, port, sizes, iters, results))
+             for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    try:
+        rows = _collect(results, procs)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    if rows is None:
+        raise RuntimeError(f"all-reduce benchmark with {world} processes failed")
+    return [{"workers": world, "bytes": r["bytes"], "seconds": r["allreduce_ms_p50"] / 1e3}
+            for r in rows]

@@ -20,8 +20,7 @@ class RawBackend:
 
     def run(self, cfg: Config, options: LoopOptions, run_name: str = "raw") -> RunResult:
         session = LocalSession(pick_device(cfg), on_report=self.context.on_report)
-        result = train_worker(cfg, open_ingest(cfg, self.data, 0, 1, session.device), session,
-                              options)
+        result = train_worker(cfg, open_ingest(cfg, self.data, session), session, options)
         assert result is not None  # rank 0 always returns
         return result
 

@@ -118,3 +118,85 @@ def test_fresh_process(argv, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"X_train": np.zeros((100, 0, 1), F32), "X_test": np.zeros((30, 0, 1), F32)},
+     "a window needs at least one time step and one feature"),
+    ({"X_train": np.zeros((100, 10, 0), F32), "X_test": np.zeros((30, 10, 0), F32)},
+     "a window needs at least one time step and one feature"),
+    ({"y_train": rng.normal(size=100).astype(F32), "y_test": rng.normal(size=30).astype(F32)},
+     None),  # a valid regression NPZ: the control
+])
+def test_empty_windows_are_refused(overrides, message, tmp_path, capsys):
+    npz = write_npz(tmp_path / "w.npz", **overrides)
+    if message is None:
+        return
+    fails_with(["--npz_path", str(npz), "--batch_size", "8"], message, capsys, tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "train.lr: must be a finite number, got 'nan'"),
+    (["--lr", "inf"], "train.lr: must be a finite number"),
+    (["--set", "train.lr=[1"], "--set train.lr=[1: cannot read the value"),
+    (["--run_name", "a/b"], "io.run_name: 'a/b' must be a plain directory name"),
+    (["--workers", "3-2"], "scaling.workers: the minimum 3 exceeds the maximum 2"),
+    (["--task", "regression"], "regression needs float targets"),
+])
+def test_more_bad_flags(argv, message, tmp_path, capsys):
+    npz = write_npz(tmp_path / "ok.npz")
+    fails_with(["--npz_path", str(npz), "--batch_size", "8", *argv], message, capsys, tmp_path)
+
+
+def test_bad_config_files(tmp_path, capsys):
+    npz = write_npz(tmp_path / "ok.npz")
+    fails_with(["--npz_path", str(npz), "--config", str(tmp_path)],
+               "is a directory, not a YAML file", capsys, tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train:\n  lr: 0.01  # caf\xe9\n".encode("latin-1"))
+    fails_with(["--npz_path", str(npz), "--config", str(latin)], "not a UTF-8 text file",
+               capsys, tmp_path)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train: {lr: 0.01}\nmodel: {hidden: 8}\ntrain: {epochs: 2}\n")
+    fails_with(["--npz_path", str(npz), "--config", str(twice)], "key 'train' given twice",
+               capsys, tmp_path)
+
+
+def test_prepare_refuses_impossible_outputs(tmp_path, capsys):
+    from raybench.data.__main__ import main as data_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, message in [(blocker / "x.npz", "is a file, not a directory"),
+                         (tmp_path, "is a directory; give a file path")]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(data_main, ["prepare", "--source", "synthetic", "--samples", "100",
+                                "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_scale_refuses_an_empty_worker_count(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raybench.scale", "--workers", "1,,2",
+                           "--synthetic-samples", "1000", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "expected a list like 1,2,4, got '1,,2'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "s").exists()
+
+
+def test_sweep_files_name_themselves_in_errors(tmp_path, capsys):
+    from raybench import tune
+
+    npz = write_npz(tmp_path / "ok.npz")
+    for body, message in [
+            ({"metric": "foo", "search_space": {"train.lr": {"choice": [0.1]}}},
+             "metric 'foo' is unknown"),
+            ({"overrides": {"train.epochz": 3}, "search_space": {"train.lr": {"choice": [0.1]}}},
+             "overrides: unknown config key 'train.epochz'")]:
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(__import__("yaml").safe_dump(
+            {**body, "overrides": {**body.get("overrides", {}), "data.npz_path": str(npz)}}))
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(tune.main, ["--config", str(sweep), "--out", str(tmp_path / "t")])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and message in err and str(sweep) in err, err

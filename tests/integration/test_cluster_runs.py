@@ -1,5 +1,6 @@
 """raybench against clusters it did not start: `ray job submit` to a real head node, and a
-two-node cluster (ray.cluster_utils) where SPREAD places the ranks on different nodes."""
+two-node cluster (ray.cluster_utils) where STRICT_SPREAD places the ranks of Ray Train and of
+the Ray-placed DDP baseline on different nodes, and pre-flight refuses or waits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,11 +68,14 @@ def head_node(tmp_path):
                 pytest.fail("head node did not start:\n" + (tmp_path / "head.log").read_text())
             time.sleep(1)
     yield url, env
-    proc.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its node
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    # `ray start --block` stops its node on SIGTERM, gracefully (about 30 s here); the test is
+    # over, so whatever is left after a few seconds is killed, this head's processes only.
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for left in alive:
+        left.kill()
+    psutil.wait_procs(alive, timeout=30)
 
 
 def test_ray_job_submit_runs_on_the_existing_cluster(head_node, reg_npz, tmp_path):
@@ -102,29 +107,64 @@ def test_ray_job_submit_runs_on_the_existing_cluster(head_node, reg_npz, tmp_pat
     assert timing["num_workers"] == 2 and (run_dir / "metrics_test.json").is_file()
 
 
-TWO_NODES = textwrap.dedent("""
-    import json, sys
+PLACED = textwrap.dedent("""
+    import json, sys, threading, time
     from ray.cluster_utils import Cluster
-    from raybench import run
+    from raybench import run, scale
+    from raybench.errors import UserError
 
+    npz, out = sys.argv[1], sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     for _ in range(2):
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    code = run.main(["--address", cluster.address, "--workers", "2", "--placement-strategy",
-                     "SPREAD", "--npz_path", sys.argv[1], "--epochs", "2", "--save_dir",
-                     sys.argv[2], "--run_name", "spread", "--quiet"])
+    report = {}
+    # 1. the DDP baseline placed by Ray, with the same STRICT_SPREAD as Ray Train
+    doc = scale.run_sweep(scale.build_parser().parse_args([
+        "--address", cluster.address, "--workers", "2", "--repeats", "1", "--backends",
+        "raybench,ddp-ray", "--placement_strategy", "STRICT_SPREAD", "--npz_path", npz,
+        "--mode", "weak", "--batch_size", "32", "--warmup-steps", "3", "--min-steps", "20",
+        "--min-seconds", "0", "--allreduce-iters", "10", "--out", out + "/scale", "--quiet"]))
+    runs = {r.backend: r for r in doc.runs}
+    report["node_ids"] = {b: r.node_ids for b, r in runs.items()}
+    report["vs_ddp"] = [p.vs_ddp for p in doc.summary if p.backend == "raybench"][0]
+    report["allreduce"] = runs["ddp-ray"].allreduce_ms_p50
+    # 2. a placement the cluster can never hold fails in one line, not a wait forever
+    common = ["--address", cluster.address, "--placement_strategy", "STRICT_SPREAD",
+              "--npz_path", npz, "--epochs", "2", "--batch_size", "16", "--quiet"]
+    t0 = time.monotonic()
+    try:
+        run.main([*common, "--workers", "3", "--save_dir", out + "/never"])
+    except UserError as exc:
+        report["refused"] = str(exc)
+    report["refused_after_s"] = time.monotonic() - t0
+    # 3. with --wait-for-workers, an autoscaler's node arriving in time lets the run go on
+    # (the run in a thread: Cluster.add_node sets a SIGTERM handler, main thread only)
+    waited = threading.Thread(target=lambda: report.update(waited=run.main(
+        [*common, "--workers", "3", "--wait-for-workers", "90", "--save_dir", out + "/waited",
+         "--run_name", "w"])))
+    waited.start()
+    time.sleep(4)
+    cluster.add_node(num_cpus=2)
+    waited.join()
+    print("REPORT " + json.dumps(report))
     import ray
     ray.shutdown()
     cluster.shutdown()
-    sys.exit(code)
 """)
 
 
-def test_spread_places_ranks_on_different_nodes(reg_npz, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", TWO_NODES, str(reg_npz), str(tmp_path)],
-                          env=clean_env(), capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    timing = json.loads((tmp_path / "spread" / "timing.json").read_text())
-    node_ids = [r["node_id"] for r in timing["ranks"]]
-    assert len(node_ids) == 2 and len(set(node_ids)) == 2, timing["ranks"]
+def test_ddp_baseline_and_preflight_on_a_two_node_cluster(reg_npz, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", PLACED, str(reg_npz), str(tmp_path)],
+                          env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
+    report = json.loads(line.removeprefix("REPORT "))
+    for backend in ("raybench", "ddp-ray"):  # STRICT_SPREAD: one rank per node, both launchers
+        assert len(set(report["node_ids"][backend])) == 2, report
+    assert report["vs_ddp"] > 0 and report["allreduce"] > 0
+    assert "cannot place 3 workers" in report["refused"] and "STRICT_SPREAD" in report["refused"]
+    assert report["refused_after_s"] < 60
+    assert report["waited"] == 0
+    timing = json.loads((tmp_path / "waited" / "w" / "timing.json").read_text())
+    assert len({r["node_id"] for r in timing["ranks"]}) == 3

@@ -3,7 +3,10 @@
 import csv
 import json
 
+import pytest
+
 from raybench import scale
+from raybench.targets import mlperf_score
 
 
 def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
@@ -11,7 +14,7 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
     doc = scale.run_sweep(scale.build_parser().parse_args([
         "--workers", "1,2", "--repeats", "1", "--synthetic-samples", "6000", "--window", "20",
         "--batch_size", "128", "--warmup-steps", "5", "--min-steps", "25", "--min-seconds", "0",
-        "--allreduce-iters", "20", "--out", str(out), "--quiet"]))
+        "--allreduce-iters", "20", "--predict", "8", "--out", str(out), "--quiet"]))
     assert {p.name for p in out.iterdir()} >= {"scaling.json", "scaling.csv", "scaling.png"}
     rows = list(csv.DictReader((out / "scaling.csv").open()))
     points = {(r["backend"], int(r["workers"])) for r in rows}
@@ -34,3 +37,66 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
     assert by_point[("ddp", 2)].allreduce_ms_p50 > 0
     run2 = [r for r in saved["runs"] if r["backend"] == "raybench" and r["workers"] == 2][0]
     assert len(run2["nodes"]) == 2 and len(run2["peak_rss_mib_per_rank"]) == 2
+    # the scaling model: fitted on N=1 and all-reduces, compared with N=2, forecasting N=8
+    model = doc.model
+    predicted = {(p.backend, p.workers): p for p in model.predictions}
+    assert {("raybench", 1), ("raybench", 2), ("ddp", 1), ("ddp", 2), ("raybench", 8)} <= (
+        predicted.keys())
+    assert predicted[("raybench", 2)].error is not None and not predicted[("raybench", 2)].forecast
+    forecast = predicted[("raybench", 8)]
+    assert forecast.forecast and forecast.measured_samples_per_sec is None
+    assert model.allreduce and all(a["workers"] == 2 for a in model.allreduce)
+    assert model.alpha_s is not None and model.gradient_bytes == 4 * 193
+    assert ray2.predicted_samples_per_sec == predicted[("raybench", 2)].samples_per_sec
+
+
+def test_time_to_target_is_scored_per_point(ray_cluster, reg_npz, tmp_path):
+    doc = scale.run_sweep(scale.build_parser().parse_args([
+        "--workers", "1,2", "--repeats", "1", "--backends", "raybench", "--npz_path",
+        str(reg_npz), "--target", "val_r2>=0.8", "--epochs", "12", "--batch_size", "16",
+        "--lr", "0.01", "--lr-scaling", "sqrt", "--warmup-steps", "2", "--out",
+        str(tmp_path / "ttt"), "--quiet"]))
+    assert doc.target == "val_r2>=0.8" and doc.lr_scaling == "sqrt"
+    for point in doc.summary:
+        t = point.target
+        assert t.runs == 1 and t.target == "val_r2>=0.8"
+        assert t.score_s == mlperf_score(t.times_s).score_s  # the rules: tests/unit
+        if t.valid:
+            assert t.epochs_median >= 1 and 0 < t.eval_share < 1
+    runs = {(r.workers, r.repeat): r for r in doc.runs}
+    r1, r2 = runs[(1, 1)], runs[(2, 1)]
+    # strong scaling keeps the global batch: sqrt scaling leaves lr alone; recorded per run
+    assert r1.lr == r2.lr == pytest.approx(0.01)
+    for r in doc.runs:
+        if r.target.reached:
+            assert r.target.value >= 0.8 and r.target.epochs <= 12
+            assert r.target.time_from_start_s > r.target.time_from_first_step_s > 0
+            assert r.target.samples == r.target.epochs * r.steps_per_epoch * 16
+    assert doc.verdict and "fastest to val_r2>=0.8" in doc.verdict[0] or "no N" in doc.verdict[0]
+    saved = json.loads((tmp_path / "ttt" / "scaling.json").read_text())
+    assert saved["summary"][0]["target"]["runs"] == 1
+
+
+@pytest.fixture(scope="module")
+def long_npz(tmp_path_factory):
+    from raybench import data
+
+    return data.prepare("synthetic", "regression", 20, 0.2,
+                        tmp_path_factory.mktemp("long") / "long.npz", samples=40000, seed=5)
+
+
+def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_cluster, long_npz,
+                                                                       tmp_path):
+    doc = scale.run_sweep(scale.build_parser().parse_args([
+        "--workers", "2", "--repeats", "1", "--backends", "raybench", "--npz_path",
+        str(long_npz), "--chaos", "kill-worker once at 4s", "--epochs", "6", "--mode", "weak",
+        "--batch_size", "32", "--no-model", "--out", str(tmp_path / "chaos"), "--quiet"]))
+    clean = next(r for r in doc.runs if r.chaos is None)
+    chaotic = next(r for r in doc.runs if r.chaos)
+    assert clean.epochs == chaotic.epochs == 6  # every epoch trained once, faults or not
+    assert clean.failures == 0 and chaotic.failures >= 1
+    assert chaotic.recovery_s and all(x > 0 for x in chaotic.recovery_s)
+    assert chaotic.restore_s_total > 0 and chaotic.checkpoint_save_s_total > 0
+    assert chaotic.goodput_samples_per_sec < clean.goodput_samples_per_sec
+    point = next(p for p in doc.summary if p.chaos)
+    assert 0 < point.goodput_vs_clean.value < 1 and point.recovery_s > 0

@@ -1,0 +1,104 @@
+"""`ddp-ray`: plain torch DistributedDataParallel placed by Ray, no Ray Train. One actor per
+placement-group bundle, with the same bundles and strategy a Ray Train run of the config gets;
+the ranks meet over TCP at rank 0's address and run the same per-worker loop. On a multi-node
+cluster this is the DDP baseline that the `ddp` launcher (local processes) cannot be."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.distributed as dist
+
+from raybench.backends.base import LaunchContext
+from raybench.backends.local import LocalSession, wants_gpu
+from raybench.backends.ray_cluster import node_of_this_process, place_workers
+from raybench.config import Config
+from raybench.data.dataset import Dataset
+from raybench.loop import LoopOptions
+from raybench.results import RunResult
+
+
+class _RaySideSession(LocalSession):
+    """A torch.distributed rank in a Ray actor: it reports the Ray node it runs on."""
+
+    def node(self) -> dict[str, str]:
+        return node_of_this_process()
+
+
+class DdpRank:
+    """One rank, as a Ray actor (wrapped with ray.remote where it is started)."""
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port on it: where the ranks meet."""
+        ip = node_of_this_process()["ip"]
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return ip, sock.getsockname()[1]
+
+    def train(self, rank: int, world: int, address: tuple[str, int], cfg_dict: dict,
+              data: Dataset, options: LoopOptions, allreduce_iters: int) -> RunResult | None:
+        from raybench.config import from_dict
+        from raybench.data.ingest import open_ingest
+        from raybench.loop import train_worker
+        from raybench.probes import allreduce_latency
+
+        cfg = from_dict(cfg_dict)
+        gpu = wants_gpu(cfg)
+        device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+        dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://{address[0]}:{address[1]}")
+        try:
+            session = _RaySideSession(device, rank, world)
+            result = train_worker(cfg, open_ingest(cfg, data, session), session, options)
+            numel = torch.tensor([result.num_parameters if result else 0])
+            dist.broadcast(numel, src=0)
+            comm = (allreduce_latency(int(numel), device, allreduce_iters)
+                    if allreduce_iters else None)
+            if result is not None:
+                result.allreduce = comm
+            return result
+        finally:
+            dist.destroy_process_group()
+
+
+class RayDdpBackend:
+    name = "ddp-ray"
+
+    def __init__(self, data: Dataset, context: LaunchContext) -> None:
+        import ray
+
+        self.context = context
+        self.data_ref = ray.put(data)
+
+    def run(self, cfg: Config, options: LoopOptions, run_name: str = "ddp-ray") -> RunResult:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        world = cfg.scaling.workers
+        pg = place_workers(cfg, world, timeout_s=120)
+        rank_cls = ray.remote(DdpRank)
+        gpus = 1 if wants_gpu(cfg) else 0
+        actors = [rank_cls.options(
+            num_cpus=cfg.scaling.cpus_per_worker, num_gpus=gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=i)).remote() for i in range(world)]
+        try:
+            address = ray.get(actors[0].address.remote())
+            results = ray.get([a.train.remote(rank, world, address, cfg.to_dict(),
+                                              self.data_ref, options,
+                                              self.context.allreduce_iters)
+                               for rank, a in enumerate(actors)])
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            remove_placement_group(pg)
+        return results[0]
+
+    def close(self) -> None:
+        self.data_ref = None
+
+
+BACKEND = RayDdpBackend
+
