@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=8, help="parquet: files in the train split")
     p.add_argument("--chunk-windows", type=int, default=256,
                    help="parquet: windows per row (1: whole windows, each value stored T times)")
+    p.add_argument("--compression", choices=("snappy", "zstd", "none"), default="snappy",
+                   help="parquet: column compression (snappy finds much of the overlap between "
+                   "whole windows; none stores them as they are in memory)")
     p.add_argument("--valid-ratio", type=float, default=0.1,
                    help="parquet: chronological tail of train kept for validation")
     p.add_argument("--source", choices=("sp500", "synthetic", "csv"), default="sp500")
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "parquet":
         meta = prepare_parquet(args.source, args.task, args.window, args.test_ratio, args.out,
                                shards=args.shards, chunk_windows=args.chunk_windows,
+                               compression=args.compression,
                                valid_ratio=args.valid_ratio, samples=args.samples,
                                seed=args.seed, path=args.path, column=args.column)
         print(f"wrote {describe(meta)}")

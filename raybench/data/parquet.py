@@ -119,8 +119,9 @@ class _SplitWriter:
     """Writes one split's chunks into K contiguous shards, buffering at most a row group."""
 
     def __init__(self, root: Path, split: str, total_chunks: int, shards: int, row_values: int,
-                 chunk: int, features: int) -> None:
+                 chunk: int, features: int, compression: str = "snappy") -> None:
         self.root, self.split, self.total = root, split, total_chunks
+        self.compression = compression
         self.shards = max(1, min(shards, total_chunks))
         self.row_values, self.chunk, self.features = row_values, chunk, features
         self.info = SplitInfo()
@@ -147,7 +148,8 @@ class _SplitWriter:
         name = f"{self.split}/part-{shard:05d}.parquet"
         self.writer = pq.ParquetWriter(str(self.root / name), _schema(self.row_values,
                                                                         self.chunk,
-                                                                        self.features))
+                                                                        self.features),
+                                      compression=self.compression)
         self.info.files.append(name)
         self.current = shard
 
@@ -228,7 +230,8 @@ def targets(series: np.ndarray, window: int, task: str) -> np.ndarray:
 
 def write_dataset(series: Iterator[np.ndarray], lengths: list[int], *, task: str, window: int,
                   out: str | Path, shards: int, chunk: int, valid_ratio: float,
-                  test_ratio: float, source: str, norm: str = "zscore") -> ParquetDataset:
+                  test_ratio: float, source: str, norm: str = "zscore",
+                  compression: str = "snappy") -> ParquetDataset:
     """Write series (each an (m, F) array, produced one at a time) as a chunked Parquet
     dataset; memory stays near one series plus one row group per split."""
     out = _fresh_dir(out)
@@ -248,7 +251,8 @@ def write_dataset(series: Iterator[np.ndarray], lengths: list[int], *, task: str
             counts = {sp: sum(c.split == sp for c in plan) for sp in SPLITS}
             writers = {sp: _SplitWriter(out, sp, counts[sp], shards if sp == "train" else
                                         max(1, shards // 8), (chunk + window - 1) * features,
-                                        chunk, features) for sp in SPLITS if counts[sp]}
+                                        chunk, features, compression)
+                       for sp in SPLITS if counts[sp]}
         _write_series(values, by_series.get(s, []), window, chunk, task, writers, stats)
     for w in writers.values():
         w.close()

@@ -151,7 +151,7 @@ def prepare(source: str, task: str, window: int, test_ratio: float, out: str | P
 def prepare_parquet(source: str, task: str, window: int, test_ratio: float, out: str | Path, *,
                     shards: int, chunk_windows: int, valid_ratio: float,
                     samples: int | None = None, seed: int = 0, path: str | None = None,
-                    column: str = "Close"):
+                    column: str = "Close", compression: str = "snappy"):
     """Write a chunked Parquet dataset (data/parquet.py) from a price source, one series at a
     time."""
     from raybench.data.parquet import write_dataset
@@ -166,7 +166,7 @@ def prepare_parquet(source: str, task: str, window: int, test_ratio: float, out:
                                            path=path, column=column)
     return write_dataset(series, lengths, task=task, window=window, out=out, shards=shards,
                          chunk=chunk_windows, valid_ratio=valid_ratio, test_ratio=test_ratio,
-                         source=label)
+                         source=label, compression=compression)
 
 
 def _check_prepare(task: str, window: int, test_ratio: float) -> None:

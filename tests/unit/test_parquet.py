@@ -1,6 +1,7 @@
 """Parquet datasets: the chunked series layout, written and read back without Ray."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -78,6 +79,19 @@ def test_whole_window_layout_is_chunks_of_one(tmp_path):
                                            shards=1, chunk_windows=50, valid_ratio=0.1,
                                            samples=500, seed=1)
     a, b = parquet.read_split(meta, "test"), parquet.read_split(chunked, "test")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_compression_is_a_choice_and_reads_back_the_same(tmp_path):
+    metas = {c: data.sources.prepare_parquet("synthetic", "regression", 10, 0.2, tmp_path / c,
+                                             shards=1, chunk_windows=1, valid_ratio=0.1,
+                                             samples=500, seed=1, compression=c)
+             for c in ("none", "snappy")}
+    for c, meta in metas.items():
+        f = Path(meta.path) / meta.splits["train"].files[0]
+        written = pq.ParquetFile(f).metadata.row_group(0).column(0).compression
+        assert written == {"none": "UNCOMPRESSED", "snappy": "SNAPPY"}[c]
+    a, b = (parquet.read_split(m, "train") for m in metas.values())
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
