@@ -33,7 +33,7 @@ from raybench.backends import (
 )
 from raybench.backends.ddp import allreduce_sweep
 from raybench.backends.raw import RawBackend
-from raybench.backends.ray_cluster import connect, preflight
+from raybench.backends.ray_cluster import REPORT_POLL_S, connect, preflight
 from raybench.backends.ray_train import startup_floor
 from raybench.chaos import ChaosSpec, parse_chaos
 from raybench.config import Config, add_config_args, config_from_args, resolve
@@ -328,10 +328,14 @@ def run_sweep(args: argparse.Namespace) -> ScalingDoc:
     p = plan(args, out)
     handle = None
     if "raybench" in args.backends:
-        # Ray's own 2 s controller poll: faster polling cost steps 4-6% with all cores busy,
-        # and a benchmark's runs report once, at the end.
+        # A throughput window reports once, at its end: keep Ray's own 2 s controller poll
+        # (faster polling cost steps 4-6% with all cores busy). Runs in whole epochs (--target,
+        # --chaos) report every epoch and each report() waits for the next poll: up to 2 s an
+        # epoch that would count as time to target and as lost goodput, so they poll fast.
         largest = p.points[-1][1]
-        handle = connect(largest, verbose=args.verbose, report_poll_s=None,
+        epochs = bool(args.target or args.chaos)
+        handle = connect(largest, verbose=args.verbose,
+                         report_poll_s=REPORT_POLL_S if epochs else None,
                          extra_cpus=1 if p.stream is not None else 0)
         install_sigterm()
         out.log(f"Ray: {handle.description}")

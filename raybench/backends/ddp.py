@@ -9,6 +9,7 @@ import queue as queue_mod
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,8 +29,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, cfg_dict: dict, data_dir: str,
-               options: LoopOptions, results: Any, allreduce_iters: int) -> None:
+def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, data_dir: str,
+               options: LoopOptions, allreduce_iters: int) -> None:
     """One DDP process: join the group, train, put rank 0's result on the queue."""
     from raybench.config import from_dict
     from raybench.data.dataset import load_dataset
@@ -87,25 +88,9 @@ class DdpBackend:
         self.context = context
 
     def run(self, cfg: Config, options: LoopOptions, run_name: str = "ddp") -> RunResult:
-        import torch.multiprocessing as mp
-
         world = cfg.scaling.workers
-        ctx = mp.get_context("spawn")
-        results = ctx.Queue()
-        port = _free_port()
-        procs = [ctx.Process(target=_rank_main, daemon=True,
-                             args=(rank, world, port, cfg.to_dict(), self.data_dir, options,
-                                   results, self.context.allreduce_iters))
-                 for rank in range(world)]
-        for proc in procs:
-            proc.start()
-        try:
-            result = _collect(results, procs)
-        finally:
-            for proc in procs:
-                if proc.is_alive():
-                    proc.kill()
-        failed = [p.exitcode for p in procs if p.exitcode != 0]
+        result, failed = _spawn(world, _rank_main, cfg.to_dict(), self.data_dir, options,
+                                self.context.allreduce_iters)
         if failed or result is None:
             raise RuntimeError(f"DDP baseline with {world} processes failed (exit codes "
                                f"{failed})")
@@ -113,6 +98,28 @@ class DdpBackend:
 
     def close(self) -> None:
         pass
+
+
+def _spawn(world: int, target: Callable, *args: Any) -> tuple[Any, list[int]]:
+    """Run target(rank, world, port, results, *args) in `world` spawned processes: rank 0's
+    result from the queue and the non-zero exit codes. Processes still alive are killed."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, daemon=True,
+                         args=(rank, world, port, results, *args))
+             for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    try:
+        result = _collect(results, procs)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    return result, [p.exitcode for p in procs if p.exitcode != 0]
 
 
 def _collect(results: Any, procs: list) -> RunResult | None:
@@ -134,8 +141,8 @@ def _collect(results: Any, procs: list) -> RunResult | None:
 BACKEND = DdpBackend
 
 
-def _allreduce_rank(rank: int, world: int, port: int, sizes: list[int], iters: int,
-                    results: Any) -> None:
+def _allreduce_rank(rank: int, world: int, port: int, results: Any, sizes: list[int],
+                    iters: int) -> None:
     from raybench.probes import allreduce_latency
 
     code = 1
@@ -162,22 +169,7 @@ def _allreduce_rank(rank: int, world: int, port: int, sizes: list[int], iters: i
 def allreduce_sweep(world: int, sizes: list[int], iters: int = 50) -> list[dict]:
     """p50 latency of all-reduces of each size (bytes of float32) among `world` gloo processes
     on this machine: the communication the scaling model is fitted to."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_allreduce_rank, daemon=True,
-                         args=(rank, world, port, sizes, iters, results))
-             for rank in range(world)]
-    for proc in procs:
-        proc.start()
-    try:
-        rows = _collect(results, procs)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+    rows, _ = _spawn(world, _allreduce_rank, sizes, iters)
     if rows is None:
         raise RuntimeError(f"all-reduce benchmark with {world} processes failed")
     return [{"workers": world, "bytes": r["bytes"], "seconds": r["allreduce_ms_p50"] / 1e3}
