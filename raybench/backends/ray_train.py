@@ -179,15 +179,14 @@ def train_fn(config: dict) -> RunResult | None:
 
 
 def progress_queue() -> Any:
-    """A queue actor on the driver's own node: a node that leaves (elastic runs, chaos) must
-    not take the run's progress and failure times with it."""
-    import ray
+    """A queue actor on the head node: a node that leaves (elastic runs, chaos) must not take
+    the run's progress and failure times with it. Not "the driver's node": on a cluster whose
+    nodes share one IP (ray.cluster_utils, a test) the driver may be attached to a worker
+    node's raylet, and the queue went down with that node, failing the run."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
     from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy":
-                                NodeAffinitySchedulingStrategy(here, soft=True)})
+    return Queue(actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE_NAME: 0.001}})
 
 
 def failure_clock(queue: Any) -> Any:
@@ -197,7 +196,10 @@ def failure_clock(queue: Any) -> Any:
 
     class FailureClock(ray.train.UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-            queue.put_nowait({"failure": time.time(), "ranks": sorted(worker_exceptions)})
+            try:
+                queue.put_nowait({"failure": time.time(), "ranks": sorted(worker_exceptions)})
+            except Exception:  # noqa: BLE001 (a lost clock costs a figure, never the run)
+                pass
 
     return FailureClock()
 
