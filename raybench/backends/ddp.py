@@ -4,12 +4,13 @@ otherwise pick. Its ranks also time an all-reduce of the gradient's size."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue as queue_mod
 import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -38,39 +39,56 @@ def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, d
     from raybench.loop import train_worker
     from raybench.probes import allreduce_latency
 
-    code = 1
-    try:
+    def body() -> None:
         cfg = from_dict(cfg_dict)
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         gpu = wants_gpu(cfg)
         device = torch.device("cuda", rank) if gpu else torch.device("cpu")
         if gpu:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
-        try:
+        with _process_group(rank, world, port, "nccl" if gpu else "gloo"):
             session = LocalSession(device, rank, world)
             result = train_worker(cfg, open_ingest(cfg, load_dataset(data_dir), session), session,
                                   options)
-            numel = result.num_parameters if result else 0
-            numel = _broadcast_int(numel, device)
+            numel = _broadcast_int(result.num_parameters if result else 0, device)
             comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
             if rank == 0:
                 assert result is not None
                 result.allreduce = comm
-                results.put(result)
-                results.close()
-                results.join_thread()  # flush the queue's feeder thread before os._exit
-            code = 0
-        finally:
-            dist.destroy_process_group()
+                _deliver(results, result)
+
+    _run_rank(body)
+
+
+def _run_rank(body: Callable[[], None]) -> None:
+    """Run a spawned rank's body, print what went wrong, and exit 0 or 1 without interpreter
+    teardown: gloo's threads sometimes abort it ("terminate called without an active
+    exception") after the work is done and the result delivered."""
+    code = 1
+    try:
+        body()
+        code = 0
     except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        # Skip interpreter teardown: gloo's threads sometimes abort it ("terminate called
-        # without an active exception") after the work is done and the result delivered.
         os._exit(code)
+
+
+@contextlib.contextmanager
+def _process_group(rank: int, world: int, port: int, backend: str) -> Iterator[None]:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _deliver(results: Any, value: Any) -> None:
+    results.put(value)
+    results.close()
+    results.join_thread()  # flush the queue's feeder thread before os._exit
 
 
 def _broadcast_int(value: int, device: torch.device) -> int:
@@ -145,25 +163,15 @@ def _allreduce_rank(rank: int, world: int, port: int, results: Any, sizes: list[
                     iters: int) -> None:
     from raybench.probes import allreduce_latency
 
-    code = 1
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    def body() -> None:
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        try:
+        with _process_group(rank, world, port, "gloo"):
             rows = [allreduce_latency(max(1, nbytes // 4), torch.device("cpu"), iters)
                     for nbytes in sizes]
             if rank == 0:
-                results.put(rows)
-                results.close()
-                results.join_thread()
-            code = 0
-        finally:
-            dist.destroy_process_group()
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+                _deliver(results, rows)
+
+    _run_rank(body)
 
 
 def allreduce_sweep(world: int, sizes: list[int], iters: int = 50) -> list[dict]:
