@@ -25,7 +25,6 @@ from raybench.config import (
 )
 from raybench.console import Console, EpochProgress
 from raybench.data import (
-    ParquetDataset,
     Source,
     check_source_batches,
     describe_source,
@@ -120,19 +119,15 @@ def load_data(cfg: Config, out: Console) -> tuple[Source, Config]:
     t0 = time.perf_counter()
     data, label, cfg = load_source(cfg, out.log)
     check_source_batches(data, cfg.scaling.workers, cfg.train.batch_size, label)
-    model = build_model(cfg.model, data_features(data), cfg.data.window, cfg.data.task)
-    check_model(model, data_features(data), cfg.data.window, cfg.model.kind)
+    model = build_model(cfg.model, data.n_features, cfg.data.window, cfg.data.task)
+    check_model(model, data.n_features, cfg.data.window, cfg.model.kind)
     n_params = count_parameters(model)
     out.log(f"Data loading took {time.perf_counter() - t0:.2f}s: {describe_source(data)}")
     shard = train_windows(data, cfg.scaling.workers)
     out.log(f"  Train batches per worker: {-(-shard // cfg.train.batch_size)}   Input dim: "
-            f"{data_features(data)}   Ingest: {cfg.data.ingest}")
+            f"{data.n_features}   Ingest: {cfg.data.ingest}")
     out.log(f"Model {cfg.model.kind}: {n_params:,} parameters")
     return data, cfg
-
-
-def data_features(data: Source) -> int:
-    return data.features if isinstance(data, ParquetDataset) else data.n_features
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def finish(run_dir: Path, cfg: Config, data: Source, result: RunResult, out: Console) -> None:
     """Every artifact of the finished run, then the summary a user came for."""
-    shape = (data_features(data), cfg.data.window)
+    shape = (data.n_features, cfg.data.window)
     model = build_model(cfg.model, *shape, cfg.data.task)
     probes.annotate_flops(result.timing, flops_per_sample(model, *shape), cfg.train.precision)
     write_run(run_dir, cfg, data.norm_stats, result)

@@ -258,7 +258,7 @@ class Plan:
 
     @property
     def features(self) -> int:
-        return self.memory.n_features if self.memory is not None else self.stream.features
+        return (self.memory if self.memory is not None else self.stream).n_features
 
 
 def _synthetic(cfg: Config, samples: int, out: Console) -> tuple[Dataset, str, Config]:
@@ -304,7 +304,7 @@ def plan(args: argparse.Namespace, out: Console) -> Plan:
     base = config_from_args(args)
     base.train.early_stop_patience = 0  # a benchmark measures steps, it does not early-stop
     memory, stream, source, base = load_data(base, args, out)
-    features = memory.n_features if memory is not None else stream.features
+    features = (memory if memory is not None else stream).n_features
     model = build_model(base.model, features, base.data.window, base.data.task)
     check_model(model, features, base.data.window, base.model.kind)
     target = parse_target(args.target, base.data.task) if args.target else None

@@ -60,6 +60,11 @@ class ParquetDataset:
     splits: dict[str, SplitInfo]
 
     @property
+    def n_features(self) -> int:
+        """F under the name an in-memory Dataset uses, so callers need not ask which they hold."""
+        return self.features
+
+    @property
     def row_values(self) -> int:
         return (self.chunk_windows + self.window - 1) * self.features
 
