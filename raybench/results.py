@@ -148,6 +148,19 @@ class Restore:
 
 
 @dataclass
+class Recovery:
+    """One failure the run survived and how long training took to resume after it. A recovery
+    that could not be timed keeps its failure and says why in `note`, never vanishes."""
+
+    failure_epoch_s: float  # the kill (chaos) or when Ray Train's controller saw the failure
+    seen_by: str  # "chaos" (the kill's own clock) or "controller"
+    first_step_epoch_s: float | None = None  # the first training step after it (rank 0)
+    recovery_s: float | None = None  # failure -> that step
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch; None: started over
+    note: str = ""  # why recovery_s is missing
+
+
+@dataclass
 class TargetResult:
     """How a run did against a target quality (raybench.scale --target)."""
 
@@ -200,6 +213,7 @@ class Timing:
     report_s_total: float = 0.0
     restores: list[Restore] = field(default_factory=list)
     failures: int = 0  # failures the run survived (seen by Ray Train's controller)
+    recoveries: list[Recovery] = field(default_factory=list)  # one per failure, timed
     object_store_peak_mib: float | None = None  # Ray's object store, summed over nodes
     spilled_mib: float | None = None  # bytes the object store spilled to disk during the run
     model_flops_per_sample: float | None = None  # forward + backward (FlopCounterMode)
@@ -279,7 +293,8 @@ class RunRecord:
     epochs: int = 0  # epochs completed (each counted once, however often restarted)
     goodput_samples_per_sec: float | None = None  # epochs x samples per epoch / wall time
     failures: int = 0
-    recovery_s: list[float] = field(default_factory=list)  # per restart: failure -> next step
+    recovery_s: list[float] = field(default_factory=list)  # per failure: failure -> next step
+    recovery_notes: list[str] = field(default_factory=list)  # failures whose recovery is untimed
     restore_s_total: float = 0.0
     checkpoint_save_s_total: float = 0.0
     report_s_total: float = 0.0

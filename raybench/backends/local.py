@@ -60,6 +60,9 @@ class LocalSession:
         if self._on_report:
             self._on_report({"progress": True, **info})
 
+    def first_step(self, at: float) -> None:
+        pass  # a plain process is never restarted
+
     def node(self) -> dict[str, str]:
         return {"ip": "127.0.0.1", "id": socket.gethostname()}
 

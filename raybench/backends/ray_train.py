@@ -28,7 +28,7 @@ from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
 from raybench.loop import LoopOptions
-from raybench.results import RunResult, metric_key
+from raybench.results import Recovery, RunResult, metric_key
 
 # ------------------------------------------------------------------ sessions
 
@@ -72,6 +72,10 @@ class RaySession:
         if self._progress is not None:
             self._progress.put_nowait({"progress": True, **info})
 
+    def first_step(self, at: float) -> None:
+        if self._progress is not None and self.rank == 0:
+            self._progress.put_nowait({"first_step": at})
+
     def node(self) -> dict[str, str]:
         return node_of_this_process()
 
@@ -106,6 +110,9 @@ class TuneSession:
 
     def step_progress(self, info: dict) -> None:
         pass  # a sweep shows progress per trial, not per step
+
+    def first_step(self, at: float) -> None:
+        pass  # Tune restarts a trial as a new trial
 
     def node(self) -> dict[str, str]:
         return node_of_this_process()
@@ -189,19 +196,29 @@ def progress_queue() -> Any:
     return Queue(actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE_NAME: 0.001}})
 
 
-def failure_clock(queue: Any) -> Any:
-    """A Ray Train callback (it runs on the controller) that timestamps every worker failure
-    into the run's progress queue: the start of each recovery."""
+def controller_clock(queue: Any) -> Any:
+    """A Ray Train callback (it runs on the controller) that puts the controller's own events
+    into the run's progress queue: every worker failure, timestamped (the start of a recovery),
+    and every epoch report it has registered, checkpoint included (an epoch chaos schedule
+    kills only then, so the restart resumes from that checkpoint)."""
     import ray.train
 
-    class FailureClock(ray.train.UserCallback):
-        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-            try:
-                queue.put_nowait({"failure": time.time(), "ranks": sorted(worker_exceptions)})
-            except Exception:  # noqa: BLE001 (a lost clock costs a figure, never the run)
-                pass
+    def put(message: dict) -> None:
+        try:
+            queue.put_nowait(message)
+        except Exception:  # noqa: BLE001 (a lost clock costs a figure, never the run)
+            pass
 
-    return FailureClock()
+    class ControllerClock(ray.train.UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            put({"failure": time.time(), "ranks": sorted(worker_exceptions)})
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            epoch = metrics[0].get("epoch") if metrics else None
+            if epoch is not None:
+                put({"registered": int(epoch), "checkpoint": checkpoint is not None})
+
+    return ControllerClock()
 
 
 class _Events:
@@ -210,10 +227,18 @@ class _Events:
     def __init__(self, on_report: Callable[[dict], None] | None, chaos: Any) -> None:
         self.on_report, self.chaos = on_report, chaos
         self.failures: list[float] = []
+        self.first_steps: list[float] = []  # rank 0's first step of every incarnation
 
     def __call__(self, message: dict) -> None:
         if "failure" in message:
             self.failures.append(message["failure"])
+        elif "first_step" in message:
+            self.first_steps.append(message["first_step"])
+            if self.chaos is not None:
+                self.chaos.training_began()
+        elif "registered" in message:
+            if self.chaos is not None:
+                self.chaos.registered(message["registered"])
         elif "worker" in message:
             if self.chaos is not None:
                 self.chaos.saw_worker(message["worker"], message["pid"], message["node_id"])
@@ -279,7 +304,7 @@ class RayTrainBackend:
         trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": self.data_ref,
                                            "options": options, "progress": progress},
                                 cfg, name=run_name, storage_path=self.context.storage_path,
-                                callbacks=[failure_clock(progress)] if progress is not None else [],
+                                callbacks=[controller_clock(progress)] if progress else [],
                                 datasets=trainer_datasets(cfg, self.source))
         with ObjectStoreMonitor() as store, monkey or contextlib.nullcontext():
             result = _fit_with_progress(trainer, progress, events)
@@ -287,28 +312,45 @@ class RayTrainBackend:
             raise RuntimeError("Ray Train finished without a result from rank 0")
         run = result.return_value
         run.timing.object_store_peak_mib, run.timing.spilled_mib = store.mib()
-        time_recoveries(run.timing, events.failures, monkey.kills if monkey else [])
+        time_recoveries(run.timing, events.failures, monkey.kills if monkey else [],
+                        events.first_steps)
         return run
 
     def close(self) -> None:
         self.data_ref = None
 
 
-def time_recoveries(timing: Any, failures: list[float], kills: list[float]) -> None:
-    """Match each restart to the failure before it: recovery = the failure (a chaos kill when
-    there was one, else when the controller saw it) to the first training step after it."""
+def time_recoveries(timing: Any, failures: list[float], kills: list[float],
+                    first_steps: list[float]) -> None:
+    """One Recovery per failure: from the failure (the chaos kill when there was one, its own
+    clock being the earlier; else when the controller saw it) to rank 0's next first training
+    step, whether the restart resumed from a checkpoint or started over. Each restore from a
+    checkpoint gets the failure that preceded it (none for an elastic resize)."""
     timing.failures = len(failures)
-    previous = 0.0
-    for restore in timing.restores:
-        first = restore.first_step_epoch_s
-        if first is None:
-            continue
-        seen = [t for t in kills if previous < t < first] or [t for t in failures
-                                                             if previous < t < first]
-        if seen:
-            restore.failure_epoch_s = max(seen)
-            restore.recovery_s = first - restore.failure_epoch_s
-        previous = first
+    seen_by = "chaos" if kills else "controller"
+    events = sorted(kills) if kills else sorted(failures)
+    restores = sorted((r for r in timing.restores if r.first_step_epoch_s is not None),
+                      key=lambda r: r.first_step_epoch_s)
+    # Without the queue's first steps (it was lost), the restores' own first steps still time
+    # the recoveries that resumed from a checkpoint.
+    first_steps = sorted(first_steps or [r.first_step_epoch_s for r in restores])
+    timing.recoveries = []
+    for i, failed in enumerate(events):
+        nxt = events[i + 1] if i + 1 < len(events) else float("inf")
+        after = next((t for t in first_steps if t > failed), None)
+        recovery = Recovery(failure_epoch_s=failed, seen_by=seen_by, first_step_epoch_s=after)
+        if after is None:
+            recovery.note = ("no training step followed: the run ended, or its progress queue "
+                             "was lost")
+        elif after > nxt:
+            recovery.note = "the next failure came before training resumed"
+        else:
+            recovery.recovery_s = after - failed
+            restore = next((r for r in restores if r.first_step_epoch_s == after), None)
+            if restore is not None:  # resumed from a checkpoint (else it started over)
+                restore.failure_epoch_s, restore.recovery_s = failed, recovery.recovery_s
+                recovery.resumed_from_epoch = restore.from_epoch
+        timing.recoveries.append(recovery)
 
 
 def _floor_fn() -> float | None:

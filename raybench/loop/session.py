@@ -29,6 +29,10 @@ class Session(Protocol):
     def step_progress(self, info: dict[str, Any]) -> None:
         """Rank 0, within long epochs: how far the epoch is (for a progress bar)."""
 
+    def first_step(self, at: float) -> None:
+        """This incarnation's first training step began at `at` (epoch seconds): a launcher
+        that restarts workers times each recovery up to it."""
+
     def node(self) -> dict[str, str]:
         """{"ip": ..., "id": ...} of the machine this rank runs on."""
 

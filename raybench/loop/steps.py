@@ -234,6 +234,7 @@ def train_epoch(state: TrainState, epoch: int, collector: MetricsCollector) -> E
         t1 = clock()
         if first:
             collector.mark("first_step")
+            state.session.first_step(collector.marks["first_step"])
             first = False
         optimizer.zero_grad(set_to_none=True)
         with autocast:
