@@ -304,7 +304,8 @@ class RayTrainBackend:
         trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": self.data_ref,
                                            "options": options, "progress": progress},
                                 cfg, name=run_name, storage_path=self.context.storage_path,
-                                callbacks=[controller_clock(progress)] if progress else [],
+                                callbacks=([controller_clock(progress)]
+                                           if progress is not None else []),
                                 datasets=trainer_datasets(cfg, self.source))
         with ObjectStoreMonitor() as store, monkey or contextlib.nullcontext():
             result = _fit_with_progress(trainer, progress, events)
