@@ -223,6 +223,92 @@ class Timing:
 
 
 @dataclass
+class WindowOrder:
+    """What the driver asks of a resident launcher's ranks: train exactly `steps` steps (all
+    ranks alike, so DDP never waits on a rank that stopped), then report and wait again.
+    Warm-up windows are not counted in the run's figures."""
+
+    steps: int
+    warmup: bool = False
+
+
+@dataclass
+class WindowReport:
+    """One rank's measurement of one window: wall time from a common start (a barrier) to its
+    last step, the phase sums of its steps, and what the rank's process used meanwhile."""
+
+    rank: int
+    steps: int
+    samples: int
+    seconds: float
+    phase_s: dict[str, float]  # PHASES -> seconds summed over the window's steps
+    step_ms_p50: float | None
+    cpu_s: float  # this rank's process, user + system, over the window
+    nivcsw: int  # involuntary context switches of the process over the window
+
+
+@dataclass
+class MeasuredWindow:
+    """One window of one launcher, merged over its ranks, with the machine's state around it."""
+
+    launcher: str  # the point's label for the launcher (RunRecord.label)
+    workers: int
+    repeat: int
+    round: int  # windows of one round ran back to back, in alternating order
+    slot: int  # position within its round
+    steps: int
+    samples: int  # all ranks
+    seconds: float  # the slowest rank's
+    samples_per_sec: float
+    phase_ms: dict[str, float]  # per step, mean over ranks
+    step_ms_p50: float | None
+    cpu_s: float  # the launcher's ranks
+    nivcsw: int
+    steal_share: float | None  # of the machine's CPU time over the window (/proc/stat)
+    outside_share: float | None  # CPU used by processes outside the run, share of the machine
+    excluded: bool = False  # its pair was dropped: outside load crossed the threshold
+    # CPU the rest of the run used meanwhile (the idle launchers, Ray's own processes, the
+    # driver), share of the machine: how idle "idle" was
+    rest_of_run_share: float | None = None
+
+
+@dataclass
+class PhaseGap:
+    """A step phase's part of a comparison's gap: (phase of numerator - phase of denominator)
+    over the denominator's step time, mean of the pairs and its 95% interval."""
+
+    share: float
+    low: float | None
+    high: float | None
+
+
+@dataclass
+class Comparison:
+    """Two launchers measured in interleaved windows at one point: the ratio of their
+    throughputs from the paired per-window log-ratios (geometric mean, Student-t interval on
+    the log scale, so the bounds stay positive)."""
+
+    numerator: str
+    denominator: str
+    workers: int
+    ingest: str
+    ratio: float | None
+    ci95: list[float] | None  # [low, high]
+    pairs: int  # pairs kept
+    excluded_pairs: int  # pairs dropped for outside load
+    window_s: float  # the windows' median length
+    halfwidth: float | None  # of the interval, relative to the ratio (0.02 = +-2%)
+    target_halfwidth: float | None
+    reached: bool  # halfwidth <= target_halfwidth
+    note: str  # e.g. why the target was not reached
+    mde: float | None = None  # smallest relative change these pairs detect (95%, power 0.8)
+    noise_iqr: dict[str, float] = field(default_factory=dict)  # launcher -> IQR/median of rates
+    phases: dict[str, PhaseGap] = field(default_factory=dict)
+    startup_s: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    repeat: int | None = None  # None: pooled over every repeat
+
+
+@dataclass
 class RunResult:
     """What the loop returns on rank 0 (and a launcher hands to a command)."""
 
@@ -238,6 +324,8 @@ class RunResult:
     # numpy arrays, not tensors: Ray refuses tensors in a train function's return value.
     best_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     allreduce: dict | None = None  # the ddp launcher's all-reduce micro-benchmark
+    # DDP's own timers (gloo or nccl; ns averaged over sampled iterations), rank 0
+    ddp_logging: dict[str, float] | None = None
 
 
 @dataclass
@@ -306,13 +394,30 @@ class RunRecord:
     spilled_mib: float | None = None
     speedup: float | None = None
     efficiency: float | None = None
+    # Resident launchers: the samples/s of each kept window (samples_per_sec is their pooled
+    # rate), and how many windows were measured and dropped for outside load.
+    window_rates: list[float] = field(default_factory=list)
+    windows: int = 0
+    excluded_windows: int = 0
+    # DDP's own timers (rank 0, ms per sampled iteration): its backward communication, and the
+    # part of it not overlapped with backward compute, a cross-check of sync_s
+    ddp_comm_ms: float | None = None
+    ddp_exposed_comm_ms: float | None = None
+    # A Ray Train helper switched off (--ray-train-switches), e.g. preemption_watcher
+    without: str | None = None
 
     @property
     def label(self) -> str:
         """What a point measures: the launcher, its ingest when not in memory, ingest-only,
-        under chaos."""
-        return (self.backend + ("" if self.ingest == "memory" else f"+{self.ingest}")
-                + (" ingest-only" if self.ingest_only else "") + (" chaos" if self.chaos else ""))
+        under chaos, without one of Ray Train's helpers."""
+        return run_label(self.backend, self.ingest, self.ingest_only, self.chaos, self.without)
+
+
+def run_label(backend: str, ingest: str = "memory", ingest_only: bool = False,
+              chaos: str | None = None, without: str | None = None) -> str:
+    return (backend + ("" if ingest == "memory" else f"+{ingest}")
+            + (" ingest-only" if ingest_only else "") + (" chaos" if chaos else "")
+            + (f" w/o {without}" if without else ""))
 
 
 @dataclass
@@ -388,6 +493,8 @@ class PointSummary:
     first_batch_s: float | None = None
     object_store_peak_mib: float | None = None
     spilled_mib: float | None = None
+    windows: int = 0  # resident: windows measured over the repeats, and those excluded
+    excluded_windows: int = 0
 
 
 @dataclass
@@ -473,6 +580,12 @@ class ScalingDoc:
     chaos: str | None = None
     model: ScalingModelReport | None = None
     verdict: list[str] | None = None  # one sentence per backend: which N was fastest and why
+    # Resident launchers measured in interleaved windows (the default protocol): every ratio
+    # from paired windows, and the windows themselves.
+    protocol: str | None = None  # "resident" or "restart" (every repeat starts every launcher)
+    precision: dict | None = None  # window_s, ci_halfwidth, budget_s, min_pairs, max_outside_load
+    comparisons: list[Comparison] = field(default_factory=list)
+    windows: list[MeasuredWindow] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ (de)serialisation

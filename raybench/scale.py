@@ -1,6 +1,10 @@
 """`python -m raybench.scale`: measure 1 -> N workers with raybench (Ray Train), plain DDP and a
 raw single process on the same loop, data and batch; write scaling.json, scaling.csv, scaling.png.
 
+By default every launcher of a point is started once and measured in interleaved windows until
+each ratio is as precise as asked (sweep.py, interleave.py); `--protocol restart` starts every
+launcher again for every repeat, one window each (the only way for --target and --chaos).
+
 `python -m raybench.scale merge DIR_OR_JSON... --out DIR` combines separate results (for example
 one per KubeRay RayJob) into one report.
 """
@@ -8,57 +12,19 @@ one per KubeRay RayJob) into one report.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import math
-import os
-import shutil
-import statistics
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from raybench import environment, probes, scaling_report
-from raybench.artifacts import Output
-from raybench.backends import (
-    DEFAULT,
-    NAMES,
-    SINGLE_WORKER,
-    Backend,
-    LaunchContext,
-    backend_class,
-)
-from raybench.backends.ddp import allreduce_sweep
-from raybench.backends.raw import RawBackend
-from raybench.backends.ray_cluster import REPORT_POLL_S, connect, preflight
-from raybench.backends.ray_train import startup_floor
-from raybench.chaos import ChaosSpec, parse_chaos
-from raybench.config import Config, add_config_args, config_from_args, resolve
-from raybench.console import Console
-from raybench.data import (
-    Dataset,
-    ParquetDataset,
-    build_dataset,
-    check_source_batches,
-    default_task,
-    load_source,
-    synthetic,
-)
-from raybench.errors import UserError, install_sigterm, run_cli
-from raybench.loop import LoopOptions, Window, worker_threads
-from raybench.models import build_model, check_model, count_parameters, flops_per_sample
-from raybench.results import (
-    RunRecord,
-    RunResult,
-    ScalingDoc,
-    ScalingModelReport,
-    StartupPoint,
-)
-from raybench.scaling_model import CommModel, StepProfile, predict, with_measurement
-from raybench.targets import Target, parse_target
+from raybench import scaling_report
+from raybench.backends import DEFAULT, NAMES
+from raybench.chaos import parse_chaos
+from raybench.config import Config, add_config_args, config_from_args
+from raybench.errors import UserError, run_cli
+from raybench.interleave import Precision
+from raybench.loop import Window
+from raybench.results import ScalingDoc
+from raybench.sweep import ScaleSpec
+from raybench.sweep import run_sweep as run_spec
 
 EXAMPLE = """examples:
   python -m raybench.scale --workers 1,2,4 --synthetic-samples 1000000 --repeats 3
@@ -108,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--global-batch-size", type=int, metavar="B",
                         help="strong mode: the global batch at every N (default: --batch_size "
                         "times the smallest N)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per point (default 3)")
+    parser.add_argument("--repeats", type=int, metavar="K",
+                        help="whole-process repeats of every point: fresh launchers each time, "
+                        "so they measure start-up and how far two starts disagree (default 1 "
+                        "with the resident protocol, whose windows give the interval; 3 with "
+                        "--protocol restart)")
     parser.add_argument("--backends", type=_backends, default=list(DEFAULT),
                         help="raybench (Ray Train), ddp (torch.multiprocessing + DDP on this "
                         "machine), raw (one plain process, 1 worker only), ddp-ray (plain DDP "
@@ -130,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output directory (default results/scale_<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary table")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    _precision_args(parser)
     _window_args(parser)
     _target_args(parser)
     _model_args(parser)
@@ -137,10 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _precision_args(parser: argparse.ArgumentParser) -> None:
+    d = Precision()
+    group = parser.add_argument_group(
+        "precision (resident protocol)", "every launcher of a point starts once and warms up; "
+        "then rounds of one window per launcher, in alternating order, until every ratio's 95%% "
+        "interval is within --ci-halfwidth of it or the budget would be exceeded")
+    group.add_argument("--protocol", choices=("resident", "restart"), default="resident",
+                       help="resident: interleaved windows of warm launchers (default); "
+                       "restart: every repeat starts every launcher, one window each")
+    group.add_argument("--ci-halfwidth", type=float, default=d.ci_halfwidth, metavar="F",
+                       help=f"stop when each ratio is known to +-F (default {d.ci_halfwidth})")
+    group.add_argument("--budget-s", type=float, default=d.budget_s, metavar="S",
+                       help="seconds per point and repeat, start-up included; a ratio not yet "
+                       f"precise then says so with the width reached (default {d.budget_s:g})")
+    group.add_argument("--window-s", type=float, default=d.window_s, metavar="S",
+                       help=f"length of one measured window (default {d.window_s:g})")
+    group.add_argument("--min-pairs", type=int, default=d.min_pairs, metavar="K",
+                       help=f"window pairs before any decision (default {d.min_pairs})")
+    group.add_argument("--max-pairs", type=int, metavar="K",
+                       help="stop after K pairs even if not precise (default: the budget)")
+    group.add_argument("--ray-train-switches", action="store_true",
+                       help="also measure Ray Train with each of its own helpers switched off "
+                       "in turn (preemption watcher, print patch, structured logging), "
+                       "interleaved with its defaults: what each default costs here")
+    group.add_argument("--max-outside-load", type=float, default=d.max_outside_load,
+                       metavar="F", help="exclude a round whose windows saw more than this "
+                       "share of the machine's CPU used outside the run or stolen "
+                       f"(default {d.max_outside_load})")
+
+
 def _window_args(parser: argparse.ArgumentParser) -> None:
     window = parser.add_argument_group(
-        "measured window", "each run warms up, then measures at least --min-steps steps and "
-        "--min-seconds seconds (cycling over the data as needed)")
+        "measured window", "warm-up before any measurement; with --protocol restart, each run "
+        "then measures at least --min-steps steps and --min-seconds seconds (cycling over the "
+        "data as needed)")
     window.add_argument("--warmup-steps", type=int, default=50, metavar="K",
                         help="steps excluded from throughput (default 50)")
     window.add_argument("--min-steps", type=int, default=300, metavar="K",
@@ -183,22 +185,43 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name, low in (("repeats", 1), ("warmup_steps", 0), ("min_steps", 1), ("max_steps", 0),
-                      ("allreduce_iters", 0)):
+    for name, low in (("warmup_steps", 0), ("min_steps", 1), ("max_steps", 0),
+                      ("allreduce_iters", 0), ("min_pairs", 2)):
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got "
                             f"{getattr(args, name)}")
+    for name in ("repeats", "max_pairs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
+                            f"{getattr(args, name)}")
     if args.min_seconds < 0:
         raise UserError(f"--min-seconds must be >= 0, got {args.min_seconds}")
+    for name in ("ci_halfwidth", "budget_s", "window_s", "max_outside_load"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if args.global_batch_size is not None and args.mode != "strong":
         raise UserError("--global-batch-size sets strong scaling's fixed global batch; weak "
                         "scaling keeps --batch_size per worker")
+    if args.global_batch_size is not None and args.global_batch_size < 1:
+        raise UserError(f"--global-batch-size must be positive, got {args.global_batch_size}")
     if args.synthetic_samples is not None and args.synthetic_samples < 2:
         raise UserError(f"--synthetic-samples must be at least 2, got {args.synthetic_samples}")
     for name in ("alpha_us", "beta_gbps"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    _check_modes(args)
+
+
+def _check_modes(args: argparse.Namespace) -> None:
+    resident = args.protocol == "resident" and not (args.target or args.chaos)
+    if args.ray_train_switches and not resident:
+        raise UserError("--ray-train-switches compares interleaved windows of warm launchers: "
+                        "it needs the resident protocol (no --target, --chaos or "
+                        "--protocol restart)")
+    if args.ray_train_switches and "raybench" not in args.backends:
+        raise UserError("--ray-train-switches measures Ray Train: include the raybench backend")
     if args.target and args.ingest_ceiling:
         raise UserError("--ingest-ceiling measures a throughput window; it has no target")
     if args.chaos:
@@ -210,354 +233,33 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError("--chaos kills Ray Train workers: include the raybench backend")
 
 
-def global_batch(args: argparse.Namespace, base: Config) -> int | None:
-    """Strong scaling's fixed global batch (None in weak mode)."""
-    if args.mode != "strong":
-        return None
-    if args.global_batch_size is not None:
-        if args.global_batch_size < 1:
-            raise UserError(f"--global-batch-size must be positive, got {args.global_batch_size}")
-        return args.global_batch_size
-    return base.train.batch_size * min(args.workers)
-
-
-def point_config(base: Config, workers: int, global_batch_size: int | None) -> Config:
-    """The config of one point: N workers and the per-worker batch its mode asks for."""
-    cfg = copy.deepcopy(base)
-    cfg.scaling.workers = workers
-    if global_batch_size is not None:
-        if global_batch_size % workers:
-            raise UserError(f"strong scaling splits the global batch {global_batch_size} across "
-                            f"workers: it must be divisible by {workers}")
-        cfg.train.batch_size = global_batch_size // workers
-    return cfg
-
-
-LR_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
-
-
-def scale_lr(points: list[tuple[int, Config]], rule: str) -> None:
-    """lr at each point = base lr x (its global batch / the first point's) ^ power: the
-    learning-rate scaling rule, an explicit and recorded choice."""
-    reference = points[0][1].train.batch_size * points[0][0]
-    for n, cfg in points:
-        cfg.train.lr *= (cfg.train.batch_size * n / reference) ** LR_POWER[rule]
-
-
-@dataclass
-class Plan:
-    """Everything a sweep runs, checked before Ray starts."""
-
-    base: Config
-    source: str  # where the data came from
-    points: list[tuple[int, Config]]
-    memory: Dataset | None  # the data in memory (memory ingest, ddp, raw)
-    stream: ParquetDataset | None  # the Parquet dataset (ray_data ingest)
-    model: nn.Module  # built once on the driver: checked, FLOPs and gradient size counted
-    target: Target | None = None
-
-    @property
-    def features(self) -> int:
-        return (self.memory if self.memory is not None else self.stream).n_features
-
-
-def _synthetic(cfg: Config, samples: int, out: Console) -> tuple[Dataset, str, Config]:
-    if cfg.data.parquet_dir:
-        raise UserError("give --synthetic-samples or --parquet_dir, not both")
-    task = cfg.data.task or default_task(cfg.model.kind)
-    t0 = time.perf_counter()
-    arrays = synthetic(samples, cfg.data.window, task, cfg.train.seed, 0.2)
-    out.log(f"Synthetic data: {samples:,} windows of {cfg.data.window} "
-            f"({time.perf_counter() - t0:.1f}s)")
-    source = f"synthetic:{samples}"
-    data = build_dataset(arrays, cfg.data.task, cfg.data.valid_from_train, cfg.data.norm, source)
-    return data, source, resolve(cfg, task=data.task)
-
-
-def _with_ingest(cfg: Config, ingest: str) -> Config:
-    out = copy.deepcopy(cfg)
-    out.data.ingest = ingest
-    return out
-
-
-def load_data(cfg: Config, args: argparse.Namespace,
-              out: Console) -> tuple[Dataset | None, ParquetDataset | None, str, Config]:
-    """The data each requested ingest needs, where it came from, the resolved config."""
-    streamed = "ray_data" in args.ingest
-    if streamed and not cfg.data.parquet_dir:
-        raise UserError("--ingest ray_data streams a Parquet dataset: give --parquet_dir (write "
-                        "one with python -m raybench.data prepare --format parquet)")
-    if args.synthetic_samples:
-        data, source, resolved = _synthetic(cfg, args.synthetic_samples, out)
-        return data, None, source, resolved
-    stream = memory = None
-    if streamed:
-        stream, source, resolved = load_source(_with_ingest(cfg, "ray_data"), out.log)
-    if "memory" in args.ingest or set(args.backends) & {"ddp", "raw"}:
-        memory, source, resolved = load_source(_with_ingest(cfg, "memory"), out.log)
-    resolved.data.ingest = cfg.data.ingest
-    return memory, stream, source, resolved
-
-
-def plan(args: argparse.Namespace, out: Console) -> Plan:
+def spec_from_args(args: argparse.Namespace) -> tuple[ScaleSpec, Config]:
+    """The request, checked, and the base config from the config flags."""
     check_args(args)
-    base = config_from_args(args)
-    base.train.early_stop_patience = 0  # a benchmark measures steps, it does not early-stop
-    memory, stream, source, base = load_data(base, args, out)
-    features = (memory if memory is not None else stream).n_features
-    model = build_model(base.model, features, base.data.window, base.data.task)
-    check_model(model, features, base.data.window, base.model.kind)
-    target = parse_target(args.target, base.data.task) if args.target else None
-    if target:
-        base.train.warmup_epochs = 0  # throughput from warm-up steps: the target may come first
-    glob = global_batch(args, base)
-    points = [(n, point_config(base, n, glob)) for n in args.workers]
-    scale_lr(points, args.lr_scaling)
-    for n, cfg in points:
-        for data in (memory, stream):
-            if data is not None:
-                check_source_batches(data, n, cfg.train.batch_size, source)
-    return Plan(base, source, points, memory, stream, model, target)
+    whole_epochs = bool(args.target or args.chaos)
+    protocol = "restart" if whole_epochs else args.protocol
+    repeats = args.repeats or (1 if protocol == "resident" else 3)
+    spec = ScaleSpec(
+        workers=args.workers, mode=args.mode, global_batch_size=args.global_batch_size,
+        repeats=repeats, backends=args.backends, synthetic_samples=args.synthetic_samples,
+        ingest=args.ingest, ingest_ceiling=args.ingest_ceiling,
+        allreduce_iters=args.allreduce_iters, startup_floor=args.startup_floor, out=args.out,
+        quiet=args.quiet, verbose=args.verbose, protocol=protocol,
+        precision=Precision(window_s=args.window_s, ci_halfwidth=args.ci_halfwidth,
+                            budget_s=args.budget_s, min_pairs=args.min_pairs,
+                            max_pairs=args.max_pairs, max_outside_load=args.max_outside_load,
+                            warmup_steps=args.warmup_steps),
+        window=Window(warmup_steps=args.warmup_steps, min_steps=args.min_steps,
+                      min_seconds=args.min_seconds, max_steps=args.max_steps or None),
+        target=args.target, lr_scaling=args.lr_scaling, chaos=args.chaos,
+        predict=args.predict or [], alpha_us=args.alpha_us, beta_gbps=args.beta_gbps,
+        no_model=args.no_model, ray_train_switches=args.ray_train_switches)
+    return spec, config_from_args(args)
 
 
 def run_sweep(args: argparse.Namespace) -> ScalingDoc:
-    out = Console(quiet=args.quiet)
-    output = Output(args.out or time.strftime("results/scale_%Y%m%d_%H%M%S"))
-    if output.has("scaling.json"):
-        raise UserError(f"{output.where} already holds a scaling report; pick another --out")
-    p = plan(args, out)
-    handle = None
-    if "raybench" in args.backends:
-        # A throughput window reports once, at its end: keep Ray's own 2 s controller poll
-        # (faster polling cost steps 4-6% with all cores busy). Runs in whole epochs (--target,
-        # --chaos) report every epoch and each report() waits for the next poll: up to 2 s an
-        # epoch that would count as time to target and as lost goodput, so they poll fast.
-        largest = p.points[-1][1]
-        epochs = bool(args.target or args.chaos)
-        handle = connect(largest, verbose=args.verbose,
-                         report_poll_s=REPORT_POLL_S if epochs else None,
-                         extra_cpus=1 if p.stream is not None else 0)
-        install_sigterm()
-        out.log(f"Ray: {handle.description}")
-        preflight(largest, largest.scaling.wait_for_workers_s)
-    output.local.mkdir(parents=True, exist_ok=True)
-    env = environment.collect()
-    scratch = Path(tempfile.mkdtemp(prefix="raybench-scale-"))
-    context = LaunchContext(scratch_dir=scratch, storage_path=output.storage("ray_train"),
-                            ray=handle, allreduce_iters=args.allreduce_iters)
-    flops = flops_per_sample(p.model, p.features, p.base.data.window)
-    measures = measurements(args, p, context)
-    try:
-        runs, startup = execute(args, p.points, measures, context, flops, p.target, out)
-        model = fit_model(args, p, measures, runs, out)
-    finally:
-        for m in measures:
-            m.backend.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-    doc = write(args, output.local, env, p.base, p.source, runs, startup, model, out)
-    out.summary(f"Saved → {output.publish()}")
-    return doc
-
-
-@dataclass
-class Measure:
-    """One kind of run every point takes: a launcher, its ingest, and what is measured."""
-
-    name: str
-    backend: Backend
-    ingest: str = "memory"
-    ingest_only: bool = False
-    chaos: ChaosSpec | None = None
-
-
-def measurements(args: argparse.Namespace, p: Plan, context: LaunchContext) -> list[Measure]:
-    out = []
-    for name in args.backends:
-        if p.memory is not None and ("memory" in args.ingest or name != "raybench"):
-            out.append(Measure(name, backend_class(name)(p.memory, context)))
-    if p.stream is not None and "raybench" in args.backends:
-        out.append(Measure("raybench", backend_class("raybench")(p.stream, context), "ray_data"))
-    ray_runs = [m for m in out if m.name == "raybench"]
-    if args.ingest_ceiling:
-        out += [dataclasses.replace(m, ingest_only=True) for m in ray_runs]
-    if args.chaos:
-        out += [dataclasses.replace(m, chaos=parse_chaos(args.chaos)) for m in ray_runs]
-    return out
-
-
-def run_options(args: argparse.Namespace, target: Target | None,
-                storage: str | None = None) -> LoopOptions:
-    """Throughput: a measured window, no evaluation. Time to target: whole epochs, validation
-    every epoch (on the clock), stop at the target. Chaos: whole epochs, a checkpoint each."""
-    if target:
-        return LoopOptions(checkpoint=False, evaluate=True, target=target,
-                           warmup_steps=args.warmup_steps)
-    if args.chaos:
-        return LoopOptions(checkpoint=True, evaluate=False, warmup_steps=args.warmup_steps,
-                           storage_dir=storage)
-    return LoopOptions(checkpoint=False, evaluate=False, window=Window(
-        warmup_steps=args.warmup_steps, min_steps=args.min_steps, min_seconds=args.min_seconds,
-        max_steps=args.max_steps or None))
-
-
-def execute(args: argparse.Namespace, points: list[tuple[int, Config]],
-            measures: list[Measure], context: LaunchContext,
-            flops: float, target: Target | None,
-            out: Console) -> tuple[list[RunRecord], list[dict]]:
-    """Every (repeat, point, measurement) run. Launchers and sizes are interleaved within each
-    repeat so drift on a shared machine spreads over all points instead of biasing one."""
-    runs, startup = [], []
-    options = run_options(args, target, context.storage_path)
-    for repeat in range(1, args.repeats + 1):
-        for n, cfg in points:
-            if args.startup_floor and any(m.name == "raybench" for m in measures):
-                floor = startup_floor(cfg, storage_path=context.storage_path,
-                                      name=f"floor_n{n}_r{repeat}")
-                startup.append({"workers": n, "repeat": repeat, "floor_s": floor})
-                out.log(f"repeat {repeat} floor    N={n}: first line of an empty loop "
-                        f"after {floor:.1f}s")
-            for m in measures:
-                if m.name in SINGLE_WORKER and n != 1:
-                    continue
-                t0 = time.time()
-                result = run_one(m, cfg, dataclasses.replace(options, launch_time=t0),
-                                 f"n{n}_r{repeat}_{int(t0 * 1000)}")
-                probes.annotate_flops(result.timing, flops, cfg.train.precision)
-                record = scaling_report.run_record(m.name, args.mode, repeat, result,
-                                                   time.time() - t0, m.ingest_only, cfg.train.lr,
-                                                   str(m.chaos) if m.chaos else None)
-                runs.append(record)
-                out.log(f"repeat {repeat} {record.label:<8} N={n}: {_fmt_rate(record)} "
-                        f"samples/s, step p50 {record.step_time_ms_p50 or 0:.2f} ms, data "
-                        f"{record.data_share or 0:.0%}, sync {record.sync_share or 0:.0%}"
-                        + _fmt_target(record))
-    return runs, startup
-
-
-def one_worker_profile(p: Plan, batches: list[int]) -> StepProfile:
-    """One worker's phase times at each per-worker batch, from short raw-loop windows."""
-    backend = RawBackend(p.memory, LaunchContext(scratch_dir=Path(tempfile.gettempdir())))
-    options = LoopOptions(checkpoint=False, evaluate=False,
-                          window=Window(warmup_steps=20, min_steps=200, min_seconds=1.0))
-    rows = []
-    for b in batches:
-        cfg = point_config(p.base, 1, None)
-        cfg.train.batch_size = b
-        rows.append(backend.run(cfg, options).timing.step_breakdown)
-    return StepProfile(batch=batches, data_s=[r.data_s for r in rows],
-                       compute_s=[r.compute_s for r in rows],
-                       optimizer_s=[r.optimizer_s for r in rows])
-
-
-def fit_model(args: argparse.Namespace, p: Plan, measures: list[Measure],
-              runs: list[RunRecord],
-              out: Console) -> ScalingModelReport | None:
-    """The scaling model, fitted on one-worker steps and all-reduce timings only: the N >= 2
-    runs are compared with its predictions, never fed to it."""
-    if args.no_model or 1 not in args.workers or p.memory is None or (
-            len(args.workers) < 2 and not args.predict):
-        return None
-    grad_bytes = 4 * count_parameters(p.model)
-    glob = global_batch(args, p.base)
-    forecast = [n for n in (args.predict or []) if n not in args.workers]
-    batches = sorted({cfg.train.batch_size for _, cfg in p.points}
-                     | {glob // n if glob else p.base.train.batch_size for n in forecast
-                        if not glob or glob % n == 0})
-    out.log(f"Scaling model: one-worker profile at batch {', '.join(map(str, batches))}, "
-            f"all-reduce timings at N={', '.join(str(n) for n in args.workers if n > 1)}")
-    profile = one_worker_profile(p, batches)
-    measured = {(r["workers"], r["bytes"]): r["seconds"] for n in args.workers if n > 1
-                for r in allreduce_sweep(n, sorted({grad_bytes, 4 << 10, 256 << 10, 4 << 20}))}
-    comm = CommModel.fit(measured, alpha_s=args.alpha_us * 1e-6 if args.alpha_us else None,
-                         beta_s_per_byte=1 / (args.beta_gbps * 1e9) if args.beta_gbps else None)
-    threads, cores = worker_threads(p.base), os.cpu_count() or 1
-    predictions = []
-    for backend in dict.fromkeys(m.name for m in measures if m.name != "raw"
-                                 and m.ingest == "memory" and not m.chaos):
-        launcher = _launcher_profile(profile, runs, backend)
-        if launcher is None:
-            continue
-        for n, cfg in p.points:
-            pred = predict(backend, launcher, comm, n, cfg.train.batch_size, grad_bytes,
-                           threads, cores)
-            predictions.append(with_measurement(pred, _median_rate(runs, backend, n)))
-        for n in forecast if backend == "raybench" else []:
-            b = glob // n if glob else p.base.train.batch_size
-            predictions.append(predict(backend, launcher, comm, n, b, grad_bytes, threads,
-                                       n * threads, forecast=True))
-    return ScalingModelReport(
-        cores=cores, threads=threads, gradient_bytes=grad_bytes, alpha_s=comm.alpha_s,
-        beta_s_per_byte=comm.beta_s_per_byte, fitted=comm.fitted,
-        allreduce=[{"workers": n, "bytes": m, "seconds": t} for (n, m), t in measured.items()],
-        profile=dataclasses.asdict(profile), predictions=predictions)
-
-
-def _launcher_profile(profile: StepProfile, runs: list[RunRecord],
-                      backend: str) -> StepProfile | None:
-    """The raw one-worker profile scaled by what the launcher itself costs at one worker (its
-    measured N=1 step over the raw loop's at the same batch)."""
-    ones = [r for r in runs if r.backend == backend and r.workers == 1 and r.label == backend
-            and r.compute_s is not None]
-    if not ones:
-        return None
-    step = statistics.median(r.data_s + r.compute_s + r.sync_s + r.optimizer_s for r in ones)
-    k = step / profile.at(ones[0].batch_size_per_worker)
-    return StepProfile(profile.batch, [x * k for x in profile.data_s],
-                       [x * k for x in profile.compute_s], [x * k for x in profile.optimizer_s])
-
-
-def _median_rate(runs: list[RunRecord], label: str, workers: int) -> float | None:
-    rates = [r.samples_per_sec for r in runs
-             if r.label == label and r.workers == workers and r.samples_per_sec]
-    return statistics.median(rates) if rates else None
-
-
-def run_one(m: Measure, cfg: Config, options: LoopOptions, run_name: str) -> RunResult:
-    """One run of a measurement: a chaos run may restart without limit."""
-    cfg = _with_ingest(cfg, m.ingest)
-    if m.chaos is None:
-        return m.backend.run(cfg, dataclasses.replace(options, ingest_only=m.ingest_only),
-                             run_name)
-    cfg.scaling.max_failures = -1
-    return m.backend.run(cfg, options, run_name, chaos=m.chaos)
-
-
-def _fmt_target(record: RunRecord) -> str:
-    t = record.target
-    if t is None:
-        return ""
-    if not t.reached:
-        return f"; {t.target} not reached in {t.epochs} epoch(s)"
-    return f"; {t.target} after {t.epochs} epoch(s), {t.time_from_first_step_s:.1f}s"
-
-
-def _fmt_rate(record: RunRecord) -> str:
-    return f"{record.samples_per_sec:>12,.0f}" if record.samples_per_sec else f"{'-':>12}"
-
-
-def write(args: argparse.Namespace, out_dir: Path, env: dict, base: Config, source: str,
-          runs: list[RunRecord], startup: list[dict], model: ScalingModelReport | None,
-          out: Console) -> ScalingDoc:
-    summary_startup: list[StartupPoint] | None = None
-    if startup:
-        summary_startup = scaling_report.startup_summary(startup, runs)
-    doc = scaling_report.write_report(
-        out_dir, environment=env, config=base.to_dict(), runs=runs, mode=args.mode,
-        repeats=args.repeats, backends=args.backends, workers=args.workers, data_source=source,
-        warmup={"steps": args.warmup_steps, "min_steps": args.min_steps,
-                "min_seconds": args.min_seconds, "max_steps": args.max_steps or None},
-        startup=startup or None, startup_summary=summary_startup, target=args.target,
-        lr_scaling=args.lr_scaling, model=model, chaos=args.chaos)
-    for text in (scaling_report.table(doc.summary), scaling_report.ingest_table(doc.summary),
-                 scaling_report.target_table(doc.summary),
-                 scaling_report.faults_table(doc.summary),
-                 scaling_report.model_table(doc.model), "\n".join(doc.verdict or [])):
-        if text:
-            out.summary(text)
-    for row in summary_startup or []:
-        out.summary(f"start-up N={row.workers}: Ray floor {row.floor_s:.1f}s, raybench first "
-                    f"step {row.raybench_first_step_s:.1f}s (ratio {row.ratio:.2f})")
-    return doc
+    """The sweep an argparse namespace asks for (tests and notebooks)."""
+    return run_spec(*spec_from_args(args))
 
 
 def merge(argv: list[str]) -> int:
@@ -573,8 +275,11 @@ def merge(argv: list[str]) -> int:
     doc = scaling_report.write_report(
         args.out, environment=[d.environment for d in docs], config=docs[0].config,
         runs=[r for d in docs for r in d.runs], mode=docs[0].mode,
-        merged_from=[str(p) for p in args.inputs], configs=[d.config for d in docs])
-    print(scaling_report.table(doc.summary))
+        merged_from=[str(p) for p in args.inputs], configs=[d.config for d in docs],
+        comparisons=[c for d in docs for c in d.comparisons],
+        windows=[w for d in docs for w in d.windows])
+    for text in scaling_report.printed(doc):
+        print(text)
     print(f"Saved → {Path(args.out).resolve()}")
     return 0
 

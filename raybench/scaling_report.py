@@ -14,8 +14,11 @@ from typing import Any
 from raybench import artifacts, stats
 from raybench.backends import NAMES
 from raybench.errors import UserError
+from raybench.interleave import paired_comparison
 from raybench.results import (
+    Comparison,
     Interval,
+    MeasuredWindow,
     PointSummary,
     RunRecord,
     RunResult,
@@ -83,7 +86,126 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         data_share_per_rank=[r.step_breakdown.data_share for r in ranks],
         first_batch_s_max=max((r.first_batch_s for r in ranks if r.first_batch_s is not None),
                               default=None),
-        object_store_peak_mib=t.object_store_peak_mib, spilled_mib=t.spilled_mib)
+        object_store_peak_mib=t.object_store_peak_mib, spilled_mib=t.spilled_mib,
+        **ddp_timers_ms(result.ddp_logging))
+
+
+def ddp_timers_ms(timers: dict[str, float] | None) -> dict[str, float | None]:
+    """DDP's communication time per iteration and the part not hidden behind backward compute
+    (its timers are nanoseconds)."""
+    if not timers or "avg_backward_comm_time" not in timers:
+        return {}
+    comm = timers["avg_backward_comm_time"] / 1e6
+    overlap = timers.get("avg_backward_compute_comm_overlap_time", 0.0) / 1e6
+    return {"ddp_comm_ms": comm, "ddp_exposed_comm_ms": max(0.0, comm - overlap)}
+
+
+def use_windows(record: RunRecord, kept: list[MeasuredWindow], measured: int,
+                flops_per_sample: float | None) -> None:
+    """A resident launcher's throughput is its kept windows' pooled rate (samples over
+    seconds); the windows' own rates stay beside it for their spread."""
+    seconds = sum(w.seconds for w in kept)
+    record.window_rates = [w.samples_per_sec for w in kept]
+    record.excluded_windows = measured - len(kept)
+    record.samples_per_sec = sum(w.samples for w in kept) / seconds if seconds else None
+    record.samples_per_sec_per_worker = (record.samples_per_sec / record.workers
+                                         if record.samples_per_sec else None)
+    if flops_per_sample and record.samples_per_sec:
+        record.achieved_tflops = flops_per_sample * record.samples_per_sec / 1e12
+
+
+def pooled(comparisons: list[Comparison], windows: list[MeasuredWindow],
+           target: float | None) -> list[Comparison]:
+    """Each repeat's comparisons, and where a point was repeated, one more over the pairs of
+    every repeat (repeat None): the figure that includes the spread between starts."""
+    out = list(comparisons)
+    keys = {(c.numerator, c.denominator, c.workers) for c in comparisons}
+    for num, den, n in sorted(keys, key=lambda k: (k[2], k[0], k[1])):
+        repeats = [c for c in comparisons if (c.numerator, c.denominator, c.workers)
+                   == (num, den, n)]
+        if len(repeats) < 2:
+            continue
+        by_round: dict[tuple[int, int], dict[str, MeasuredWindow]] = defaultdict(dict)
+        for w in windows:
+            if w.workers == n and w.launcher in (num, den):
+                by_round[(w.repeat, w.round)][w.launcher] = w
+        pairs = [(r[num], r[den]) for r in by_round.values() if num in r and den in r
+                 and not (r[num].excluded or r[den].excluded)]
+        excluded = sum(c.excluded_pairs for c in repeats)
+        out.append(paired_comparison(num, den, n, pairs, excluded, target))
+    return out
+
+
+def comparison_sentence(c: Comparison) -> str:
+    """'raybench/raw N=1: 0.991 (95% CI 0.982-1.000, +-0.9%, 24 pairs): raybench is 0.9%
+    slower than raw; the gap: compute +0.5 points, ...'."""
+    head = f"{c.numerator}/{c.denominator} N={c.workers}"
+    if c.ratio is None:
+        return f"{head}: not measured ({c.note})"
+    where = f"{c.pairs} pairs" + (f", {c.excluded_pairs} excluded" if c.excluded_pairs else "")
+    if c.ci95 is None:
+        return f"{head}: {c.ratio:.3f} ({where}, too few for an interval)"
+    text = (f"{head}: {c.ratio:.3f} (95% CI {c.ci95[0]:.3f}-{c.ci95[1]:.3f}, "
+            f"+-{c.halfwidth:.1%}, {where})")
+    low, high = c.ci95
+    if low > 1 or high < 1:
+        faster = c.ratio > 1
+        text += (f": {c.numerator} is {abs(c.ratio - 1):.1%} {'faster' if faster else 'slower'}"
+                 f" than {c.denominator}")
+        gaps = sorted(c.phases.items(), key=lambda kv: -abs(kv[1].share))
+        if gaps:
+            text += "; step-time gap by phase: " + ", ".join(
+                f"{phase} {g.share * 100:+.1f} pts" for phase, g in gaps if abs(g.share) >= 5e-4)
+    else:
+        text += f": no difference beyond the noise (would detect {c.mde:.1%})" if c.mde else ""
+    if not c.reached and c.note:
+        text += f" [not precise: {c.note}]"
+    noisy = [f"{k} {v:.0%}" for k, v in c.noise_iqr.items() if v > NOISY_IQR]
+    if noisy:
+        text += f" [noisy windows, IQR/median: {', '.join(noisy)}]"
+    return text
+
+
+# Windows whose rates spread more than this (IQR over median) are flagged as noisy.
+NOISY_IQR = 0.10
+
+
+def comparisons_table(comparisons: list[Comparison]) -> str | None:
+    """One row per decided ratio: the pooled one where repeats were pooled."""
+    rows = _headline(comparisons)
+    if not rows:
+        return None
+    head = (f"{'comparison':<28}{'N':>3} {'ratio':>7} {'95% CI':>13} {'+-':>6} {'pairs':>6} "
+            f"{'excl':>4} {'window':>7} {'mde':>6}  gap by phase (points of the step)")
+    lines = [head, "-" * len(head)]
+    for c in rows:
+        ci = f"{c.ci95[0]:.3f}-{c.ci95[1]:.3f}" if c.ci95 else "-"
+        gaps = " ".join(f"{p[:4]} {g.share * 100:+.1f}" for p, g in c.phases.items())
+        lines.append(f"{c.numerator + '/' + c.denominator:<28}{c.workers:>3} "
+                     f"{_fmt(c.ratio, '.3f'):>7} {ci:>13} "
+                     f"{_fmt(c.halfwidth and c.halfwidth * 100, '.1f'):>5}% {c.pairs:>6} "
+                     f"{c.excluded_pairs:>4} {c.window_s:>6.2f}s "
+                     f"{_fmt(c.mde and c.mde * 100, '.1f'):>5}%  {gaps}"
+                     + ("" if c.reached else "  (not precise)"))
+    return "\n".join(lines)
+
+
+def _headline(comparisons: list[Comparison]) -> list[Comparison]:
+    """Per (numerator, denominator, N): the pooled comparison if there is one, else the only."""
+    best: dict[tuple[str, str, int], Comparison] = {}
+    for c in comparisons:
+        key = (c.numerator, c.denominator, c.workers)
+        if key not in best or c.repeat is None:
+            best[key] = c
+    return list(best.values())
+
+
+def printed(doc: ScalingDoc) -> list[str]:
+    """What `scale` prints at the end, in order (and `scale merge`)."""
+    blocks = [table(doc.summary), comparisons_table(doc.comparisons),
+              ingest_table(doc.summary), target_table(doc.summary), faults_table(doc.summary),
+              model_table(doc.model), "\n".join(doc.verdict or [])]
+    return [b for b in blocks if b]
 
 
 def _median(rows: list[RunRecord], key: str) -> float | None:
@@ -117,6 +239,8 @@ def _point(label: str, workers: int, rs: list[RunRecord],
            one: float | None) -> PointSummary:
     rates = [r.samples_per_sec for r in rs if r.samples_per_sec]
     sps = statistics.median(rates) if rates else None
+    # Resident runs: the spread is over the windows (each a measurement of the warm launcher)
+    spread_of = [x for r in rs for x in r.window_rates] or rates
     speedup = sps / one if one and sps else None
     p50s = [r.step_time_ms_p50 for r in rs if r.step_time_ms_p50 is not None]
     p50_ci = None
@@ -141,12 +265,13 @@ def _point(label: str, workers: int, rs: list[RunRecord],
         data_share_min=statistics.median(min(s) for s in shares) if shares else None,
         data_share_max=statistics.median(max(s) for s in shares) if shares else None,
         first_batch_s=_median(rs, "first_batch_s_max"),
-        samples_per_sec=stats.spread(rates) if rates else None,
+        samples_per_sec=stats.spread(spread_of) if rates else None,
         samples_per_sec_per_worker=sps / workers if sps else None,
         speedup=speedup, efficiency=speedup / workers if speedup is not None else None,
         batch_size_per_worker=rs[0].batch_size_per_worker,
         global_batch_size=rs[0].global_batch_size, threads_per_worker=rs[0].threads_per_worker,
-        step_time_ms_p50_ci=p50_ci, **medians)
+        step_time_ms_p50_ci=p50_ci, windows=sum(r.windows for r in rs),
+        excluded_windows=sum(r.excluded_windows for r in rs), **medians)
 
 
 def target_summary(rs: list[RunRecord]) -> TargetSummary | None:
@@ -196,6 +321,24 @@ def summarize(runs: list[RunRecord]) -> list[PointSummary]:
     return rows
 
 
+# Which PointSummary ratio a comparison fills, by its denominator.
+RATIO_KEYS = {"raw": "vs_raw", "ddp": "vs_ddp", "ddp-ray": "vs_ddp", "raybench": "vs_memory"}
+
+
+def apply_comparisons(summary: list[PointSummary], comparisons: list[Comparison]) -> None:
+    """Resident measurements decide the ratios: vs_raw, vs_ddp and vs_memory become the paired
+    windows' ratio and its interval (not the ratio of medians of separate starts)."""
+    for c in _headline(comparisons):
+        key = RATIO_KEYS.get(c.denominator)
+        row = next((r for r in summary if r.label == c.numerator and r.workers == c.workers),
+                   None)
+        if key is None or row is None or c.ratio is None:
+            continue
+        setattr(row, key, c.ratio)
+        low, high = c.ci95 or (None, None)
+        setattr(row, f"{key}_ci", Interval(c.ratio, low, high, c.pairs))
+
+
 def _goodput(rows: list[RunRecord]) -> dict[int, float]:
     return {r.repeat: r.goodput_samples_per_sec for r in rows if r.goodput_samples_per_sec}
 
@@ -237,6 +380,7 @@ def write_report(out_dir: str | Path, *, environment: Any, config: dict, runs: l
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = add_speedups(runs)
     summary = summarize(runs)
+    apply_comparisons(summary, extra.get("comparisons") or [])
     attach_predictions(summary, extra.get("model"))
     doc = ScalingDoc(environment=environment, config=config, mode=mode, runs=runs,
                      summary=summary, verdict=verdict(summary), **extra)
@@ -303,7 +447,10 @@ def table(summary: list[PointSummary]) -> str:
     for r in summary:
         s = r.samples_per_sec
         if s is None:
-            lines.append(f"{r.label:<{width}}{r.workers:>3} {'-':>11}  (every step was warm-up)")
+            why = (f"all {r.windows} windows excluded: the machine was busy outside the run"
+                   if r.windows and r.windows == r.excluded_windows else
+                   "every step was warm-up")
+            lines.append(f"{r.label:<{width}}{r.workers:>3} {'-':>11}  ({why})")
             continue
         lines.append(
             f"{r.label:<{width}}{r.workers:>3} {s.median:>11,.0f} "

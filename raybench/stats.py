@@ -90,3 +90,49 @@ def _bounds(x: Interval | Spread) -> tuple[float | None, float | None]:
     if isinstance(x, Spread):
         return x.ci95_low, x.ci95_high
     return x.low, x.high
+
+
+# ------------------------------------------------------------------ paired windows
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The Student-t quantile at probability p (driver only, like t95)."""
+    from scipy import stats as sps
+
+    return float(sps.t.ppf(p, max(df, 1)))
+
+
+def log_mean_interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """Geometric mean of positive values with the Student-t 95% interval of the mean of their
+    logs, mapped back: a ratio's interval that is never negative and is symmetric in the
+    sense that matters for ratios (x1.02 up is as far as /1.02 down)."""
+    logs = [math.log(v) for v in values]
+    mean, low, high = mean_interval(logs)
+    if low is None:
+        return math.exp(mean), None, None
+    return math.exp(mean), math.exp(low), math.exp(high)
+
+
+def relative_halfwidth(value: float, low: float | None, high: float | None) -> float | None:
+    """Half the width of an interval relative to its value (0.02: +-2%)."""
+    if low is None or high is None or not value:
+        return None
+    return (high - low) / 2 / value
+
+
+def min_detectable_effect(sd: float, n: int, power: float = 0.8) -> float | None:
+    """The smallest relative change (of a mean of n paired log-ratios with standard deviation
+    sd) that a two-sided 95% test detects with the given power: (t_.975 + t_power) sd/sqrt(n),
+    as a ratio - 1."""
+    if n < 2 or not math.isfinite(sd):
+        return None
+    df = n - 1
+    return math.exp((t_quantile(0.975, df) + t_quantile(power, df)) * sd / math.sqrt(n)) - 1
+
+
+def iqr_over_median(values: Sequence[float]) -> float | None:
+    """The spread of repeated measurements relative to their middle (a noise warning)."""
+    if len(values) < 4:
+        return None
+    q1, med, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return float((q3 - q1) / med) if med else None

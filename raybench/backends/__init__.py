@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from raybench.backends.base import Backend, LaunchContext
+from raybench.backends.base import Backend, LaunchContext, Resident
 
 # Backend name -> module defining it (imported on use: the raw launcher needs no Ray).
 MODULES = {"raybench": "ray_train", "ddp": "ddp", "raw": "raw", "ddp-ray": "ray_ddp"}
@@ -28,4 +28,5 @@ def backend_class(name: str) -> type[Backend]:
     return module.BACKEND
 
 
-__all__ = ["DEFAULT", "NAMES", "SINGLE_WORKER", "Backend", "LaunchContext", "backend_class"]
+__all__ = ["DEFAULT", "NAMES", "SINGLE_WORKER", "Backend", "LaunchContext", "Resident",
+           "backend_class"]

@@ -5,6 +5,7 @@ otherwise pick. Its ranks also time an all-reduce of the gradient's size."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue as queue_mod
 import socket
@@ -17,11 +18,12 @@ import torch
 import torch.distributed as dist
 
 from raybench.backends.base import LaunchContext
+from raybench.backends.conductor import LocalConductor, PipeChannel
 from raybench.backends.local import LocalSession, wants_gpu
 from raybench.config import Config
-from raybench.data.dataset import Dataset, save_dataset
+from raybench.data.dataset import Dataset
 from raybench.loop import LoopOptions
-from raybench.results import RunResult
+from raybench.results import RunResult, WindowOrder, WindowReport
 
 
 def _free_port() -> int:
@@ -31,8 +33,11 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, data_dir: str,
-               options: LoopOptions, allreduce_iters: int) -> None:
-    """One DDP process: join the group, train, put rank 0's result on the queue."""
+               options: LoopOptions, allreduce_iters: int, conn: Any = None,
+               group: bool = True) -> None:
+    """One DDP process: join the group, train, put rank 0's result on the queue. A resident
+    rank (conn: its end of the driver's pipe) serves windows on order; the raw launcher's
+    resident process is one rank with no group at all."""
     from raybench.config import from_dict
     from raybench.data.dataset import load_dataset
     from raybench.data.ingest import open_ingest
@@ -45,15 +50,19 @@ def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, d
         device = torch.device("cuda", rank) if gpu else torch.device("cpu")
         if gpu:
             torch.cuda.set_device(device)
-        with _process_group(rank, world, port, "nccl" if gpu else "gloo"):
-            session = LocalSession(device, rank, world)
+        channel = PipeChannel(conn) if conn is not None else None
+        with _process_group(rank, world, port, "nccl" if gpu else "gloo", group):
+            session = LocalSession(device, rank, world, channel=channel)
             result = train_worker(cfg, open_ingest(cfg, load_dataset(data_dir), session), session,
                                   options)
-            numel = _broadcast_int(result.num_parameters if result else 0, device)
-            comm = allreduce_latency(numel, device, allreduce_iters) if allreduce_iters else None
+            if group:
+                numel = _broadcast_int(result.num_parameters if result else 0, device)
+                if allreduce_iters:
+                    comm = allreduce_latency(numel, device, allreduce_iters)
+                    if result is not None:
+                        result.allreduce = comm
             if rank == 0:
                 assert result is not None
-                result.allreduce = comm
                 _deliver(results, result)
 
     _run_rank(body)
@@ -76,7 +85,11 @@ def _run_rank(body: Callable[[], None]) -> None:
 
 
 @contextlib.contextmanager
-def _process_group(rank: int, world: int, port: int, backend: str) -> Iterator[None]:
+def _process_group(rank: int, world: int, port: int, backend: str,
+                   group: bool = True) -> Iterator[None]:
+    if not group:
+        yield
+        return
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
@@ -102,7 +115,7 @@ class DdpBackend:
 
     def __init__(self, data: Dataset, context: LaunchContext) -> None:
         # Memory-mapped .npy files: the processes share the pages through the page cache.
-        self.data_dir = str(save_dataset(data, context.scratch_dir / "ddp_data"))
+        self.data_dir = context.local_copy(data)
         self.context = context
 
     def run(self, cfg: Config, options: LoopOptions, run_name: str = "ddp") -> RunResult:
@@ -114,23 +127,73 @@ class DdpBackend:
                                f"{failed})")
         return result
 
+    def start(self, cfg: Config, options: LoopOptions, run_name: str = "ddp") -> LocalResident:
+        return LocalResident(cfg, self.data_dir, options, self.context.allreduce_iters)
+
     def close(self) -> None:
         pass
 
 
-def _spawn(world: int, target: Callable, *args: Any) -> tuple[Any, list[int]]:
-    """Run target(rank, world, port, results, *args) in `world` spawned processes: rank 0's
-    result from the queue and the non-zero exit codes. Processes still alive are killed."""
+class LocalResident:
+    """Resident local ranks (spawned processes), each with a pipe to the driver: the DDP
+    baseline's N ranks, or the raw launcher's single process (group=False)."""
+
+    def __init__(self, cfg: Config, data_dir: str, options: LoopOptions, allreduce_iters: int,
+                 group: bool = True) -> None:
+        import torch.multiprocessing as mp
+
+        world = cfg.scaling.workers
+        pipes = [mp.get_context("spawn").Pipe() for _ in range(world)]
+        options = dataclasses.replace(options, resident=True)
+        self.procs, self.results = _start(
+            world, _rank_main, [(cfg.to_dict(), data_dir, options, allreduce_iters, child,
+                                 group) for _, child in pipes])
+        self.conductor = LocalConductor([mine for mine, _ in pipes], alive=self._alive)
+
+    def _alive(self) -> bool:
+        return all(p.exitcode is None for p in self.procs)
+
+    def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
+        return self.conductor.measure(order, timeout_s)
+
+    def stop(self) -> RunResult:
+        self.conductor.stop()
+        try:
+            result = _collect(self.results, self.procs)
+        finally:
+            self.abort()
+        failed = [p.exitcode for p in self.procs if p.exitcode != 0]
+        if failed or result is None:
+            raise RuntimeError(f"{len(self.procs)} local process(es) failed (exit codes "
+                               f"{failed})")
+        return result
+
+    def abort(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+
+
+def _start(world: int, target: Callable, rank_args: list[tuple]) -> tuple[list, Any]:
+    """Start target(rank, world, port, results, *rank_args[rank]) in `world` spawned
+    processes; the processes and the queue rank 0 delivers its result on."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=target, daemon=True,
-                         args=(rank, world, port, results, *args))
+                         args=(rank, world, port, results, *rank_args[rank]))
              for rank in range(world)]
     for proc in procs:
         proc.start()
+    return procs, results
+
+
+def _spawn(world: int, target: Callable, *args: Any) -> tuple[Any, list[int]]:
+    """Run target(rank, world, port, results, *args) in `world` spawned processes: rank 0's
+    result from the queue and the non-zero exit codes. Processes still alive are killed."""
+    procs, results = _start(world, target, [args] * world)
     try:
         result = _collect(results, procs)
     finally:

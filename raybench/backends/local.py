@@ -12,6 +12,7 @@ from torch import nn
 
 from raybench.config import Config
 from raybench.errors import UserError
+from raybench.results import WindowOrder, WindowReport
 
 
 def wants_gpu(cfg: Config) -> bool:
@@ -38,9 +39,10 @@ class LocalSession:
     """One plain process (rank 0 of 1), or one rank of a torch.distributed group."""
 
     def __init__(self, device: torch.device, rank: int = 0, world_size: int = 1,
-                 on_report: Callable[[dict], None] | None = None) -> None:
+                 on_report: Callable[[dict], None] | None = None, channel: Any = None) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
         self._on_report = on_report
+        self._channel = channel  # a resident rank's orders (backends.conductor)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -68,3 +70,9 @@ class LocalSession:
 
     def dataset_shard(self, name: str) -> Any:
         raise RuntimeError("streamed datasets need the Ray Train launcher")
+
+    def wait_window(self) -> WindowOrder | None:
+        return self._channel.wait()
+
+    def report_window(self, report: WindowReport) -> None:
+        self._channel.report(report)

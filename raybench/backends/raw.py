@@ -3,7 +3,7 @@ can reach with the same model, data, batch and threads."""
 
 from __future__ import annotations
 
-from raybench.backends.base import LaunchContext
+from raybench.backends.base import LaunchContext, Resident
 from raybench.backends.local import LocalSession, pick_device
 from raybench.config import Config
 from raybench.data.dataset import Dataset
@@ -23,6 +23,13 @@ class RawBackend:
         result = train_worker(cfg, open_ingest(cfg, self.data, session), session, options)
         assert result is not None  # rank 0 always returns
         return result
+
+    def start(self, cfg: Config, options: LoopOptions, run_name: str = "raw") -> Resident:
+        """A resident raw loop runs in a process of its own (one rank, no process group), not
+        in this driver: the driver's Ray threads would share its core."""
+        from raybench.backends.ddp import LocalResident
+
+        return LocalResident(cfg, self.context.local_copy(self.data), options, 0, group=False)
 
     def close(self) -> None:
         pass

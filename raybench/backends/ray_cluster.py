@@ -170,6 +170,25 @@ def check_resources(cfg: Config) -> None:
                         f"in {have}; at most {fits} fit")
 
 
+def wait_for_free_cpus(cfg: Config, timeout_s: float = 20.0) -> None:
+    """A resident launcher starts while others hold their workers: the cluster must have the
+    CPUs free now (plus a quarter CPU for Ray Data's read tasks when streaming), else its
+    workers would wait forever. Resources freed a moment ago take Ray a moment to show."""
+    import time
+
+    import ray
+
+    need = cfg.scaling.workers * cfg.scaling.cpus_per_worker
+    need += 0.25 if cfg.data.ingest == "ray_data" else 0.0
+    deadline = time.monotonic() + timeout_s
+    while (free := ray.available_resources().get("CPU", 0.0)) + 1e-9 < need:
+        if time.monotonic() > deadline:
+            raise UserError(f"another resident launcher needs {need:g} CPUs and the Ray cluster "
+                            f"has {free:g} free while the others hold theirs; start Ray with "
+                            "more (logical) CPUs, or measure with --protocol restart")
+        time.sleep(0.5)
+
+
 def place_workers(cfg: Config, workers: int, timeout_s: float):
     """A placement group of `workers` bundles as Ray Train would ask for them (CPUs, a GPU,
     the placement strategy), ready within timeout_s, or one line saying it cannot be placed.

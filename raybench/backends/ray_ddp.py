@@ -5,18 +5,21 @@ cluster this is the DDP baseline that the `ddp` launcher (local processes) canno
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from raybench.backends.base import LaunchContext
+from raybench.backends.conductor import ActorChannel, RayConductor, window_board
 from raybench.backends.local import LocalSession, wants_gpu
 from raybench.backends.ray_cluster import node_of_this_process, place_workers
 from raybench.config import Config
 from raybench.data.dataset import Dataset
 from raybench.loop import LoopOptions
-from raybench.results import RunResult
+from raybench.results import RunResult, WindowOrder, WindowReport
 
 
 class _RaySideSession(LocalSession):
@@ -37,7 +40,8 @@ class DdpRank:
             return ip, sock.getsockname()[1]
 
     def train(self, rank: int, world: int, address: tuple[str, int], cfg_dict: dict,
-              data: Dataset, options: LoopOptions, allreduce_iters: int) -> RunResult | None:
+              data: Dataset, options: LoopOptions, allreduce_iters: int,
+              board: Any = None) -> RunResult | None:
         from raybench.config import from_dict
         from raybench.data.ingest import open_ingest
         from raybench.loop import train_worker
@@ -49,7 +53,8 @@ class DdpRank:
         dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world,
                                 init_method=f"tcp://{address[0]}:{address[1]}")
         try:
-            session = _RaySideSession(device, rank, world)
+            channel = ActorChannel(board, rank) if board is not None else None
+            session = _RaySideSession(device, rank, world, channel=channel)
             result = train_worker(cfg, open_ingest(cfg, data, session), session, options)
             numel = torch.tensor([result.num_parameters if result else 0])
             dist.broadcast(numel, src=0)
@@ -72,32 +77,71 @@ class RayDdpBackend:
         self.data_ref = ray.put(data)
 
     def run(self, cfg: Config, options: LoopOptions, run_name: str = "ddp-ray") -> RunResult:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        ranks = RayRanks(cfg, self.data_ref, options, self.context.allreduce_iters)
+        return ranks.stop()
 
-        world = cfg.scaling.workers
-        pg = place_workers(cfg, world, timeout_s=120)
-        rank_cls = ray.remote(DdpRank)
-        gpus = 1 if wants_gpu(cfg) else 0
-        actors = [rank_cls.options(
-            num_cpus=cfg.scaling.cpus_per_worker, num_gpus=gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=i)).remote() for i in range(world)]
-        try:
-            address = ray.get(actors[0].address.remote())
-            results = ray.get([a.train.remote(rank, world, address, cfg.to_dict(),
-                                              self.data_ref, options,
-                                              self.context.allreduce_iters)
-                               for rank, a in enumerate(actors)])
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-            remove_placement_group(pg)
-        return results[0]
+    def start(self, cfg: Config, options: LoopOptions, run_name: str = "ddp-ray") -> RayRanks:
+        return RayRanks(cfg, self.data_ref, dataclasses.replace(options, resident=True),
+                        self.context.allreduce_iters)
 
     def close(self) -> None:
         self.data_ref = None
+
+
+class RayRanks:
+    """The ranks as actors in a placement group, training (or resident: serving windows from
+    a board) from construction until stop()."""
+
+    def __init__(self, cfg: Config, data_ref: Any, options: LoopOptions,
+                 allreduce_iters: int) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        world = cfg.scaling.workers
+        self.pg = place_workers(cfg, world, timeout_s=120)
+        rank_cls = ray.remote(DdpRank)
+        gpus = 1 if wants_gpu(cfg) else 0
+        self.actors = [rank_cls.options(
+            num_cpus=cfg.scaling.cpus_per_worker, num_gpus=gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=i)).remote() for i in range(world)]
+        board = window_board(world) if options.resident else None
+        try:
+            address = ray.get(self.actors[0].address.remote())
+            self.futures = [a.train.remote(rank, world, address, cfg.to_dict(), data_ref,
+                                           options, allreduce_iters, board)
+                            for rank, a in enumerate(self.actors)]
+        except BaseException:
+            self.abort()
+            raise
+        self.conductor = RayConductor(board, alive=self._alive) if board is not None else None
+
+    def _alive(self) -> bool:
+        import ray
+
+        return not ray.wait(self.futures, num_returns=1, timeout=0)[0]
+
+    def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
+        return self.conductor.measure(order, timeout_s)
+
+    def stop(self) -> RunResult:
+        import ray
+
+        if self.conductor is not None:
+            self.conductor.stop()
+        try:
+            results = ray.get(self.futures)
+        finally:
+            self.abort()
+        return results[0]
+
+    def abort(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.pg)
 
 
 BACKEND = RayDdpBackend

@@ -16,11 +16,13 @@ from typing import Any
 from torch import nn
 
 from raybench.backends.base import LaunchContext
+from raybench.backends.conductor import ActorChannel, RayConductor, window_board
 from raybench.backends.local import wants_gpu
 from raybench.backends.ray_cluster import (
     ObjectStoreMonitor,
     check_resources,
     node_of_this_process,
+    wait_for_free_cpus,
 )
 from raybench.chaos import ChaosMonkey, ChaosSpec
 from raybench.config import Config, elastic, metric_mode
@@ -28,7 +30,7 @@ from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
 from raybench.loop import LoopOptions
-from raybench.results import Recovery, RunResult, metric_key
+from raybench.results import Recovery, RunResult, WindowOrder, WindowReport, metric_key
 
 # ------------------------------------------------------------------ sessions
 
@@ -37,7 +39,7 @@ class RaySession:
     """A Ray Train worker: rank and device from Ray, DDP via prepare_model, checkpoints via
     ray.train.report, and rank 0's epoch metrics forwarded to the driver's progress queue."""
 
-    def __init__(self, progress: Any = None) -> None:
+    def __init__(self, progress: Any = None, board: Any = None) -> None:
         import ray.train
         import ray.train.torch
 
@@ -45,6 +47,8 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._progress = progress
+        # A resident run's orders (backends.conductor): the driver interleaves its windows.
+        self._channel = ActorChannel(board, self.rank) if board is not None else None
         if progress is not None:  # who to kill for --chaos; where this incarnation runs
             progress.put_nowait({"worker": self.rank, "pid": os.getpid(),
                                  "node_id": node_of_this_process()["id"]})
@@ -84,6 +88,12 @@ class RaySession:
 
         return ray.train.get_dataset_shard(name)
 
+    def wait_window(self) -> WindowOrder | None:
+        return self._channel.wait()
+
+    def report_window(self, report: WindowReport) -> None:
+        self._channel.report(report)
+
 
 class TuneSession:
     """A one-process Tune trial: the loop runs inside the trial and reports to Tune directly."""
@@ -120,8 +130,26 @@ class TuneSession:
     def dataset_shard(self, name: str) -> Any:
         raise RuntimeError("streamed datasets need the Ray Train launcher")
 
+    def wait_window(self) -> WindowOrder | None:
+        raise RuntimeError("a Tune trial is not a resident launcher")
+
+    def report_window(self, report: WindowReport) -> None:
+        raise RuntimeError("a Tune trial is not a resident launcher")
+
 
 # ------------------------------------------------------------------ the TorchTrainer
+
+# Ray Train V2's own helpers that a user can switch off (ray/train/v2/_internal/constants.py),
+# each read from the driver's environment when fit() starts and passed on to the controller
+# and the workers: `raybench.scale --ray-train-switches` measures what each costs. The state
+# actor's reconciliation is left out: that actor is one per cluster, created by the first run,
+# so a run cannot switch it off for itself.
+RAY_TRAIN_SWITCHES = {
+    "preemption_watcher": "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+    "print_patch": "RAY_TRAIN_ENABLE_PRINT_PATCH",
+    "controller_logging": "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING",
+    "worker_logging": "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING",
+}
 
 
 def scaling_config(cfg: Config):
@@ -176,7 +204,7 @@ def train_fn(config: dict) -> RunResult | None:
     from raybench.loop import train_worker
 
     cfg = from_dict(config["cfg"])
-    session = RaySession(config.get("progress"))
+    session = RaySession(config.get("progress"), config.get("board"))
     data = config["data"]  # an object reference to a Dataset, or a ParquetDataset's metadata
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     ingest = open_ingest(cfg, data, session)
@@ -317,8 +345,73 @@ class RayTrainBackend:
                         events.first_steps)
         return run
 
+    def start(self, cfg: Config, options: LoopOptions, run_name: str) -> RayResident:
+        """The loop resident on cfg.scaling.workers Ray Train workers: set up once, then
+        windows on order (RayResident.measure) until stop()."""
+        check_resources(cfg)
+        wait_for_free_cpus(cfg)
+        board = window_board(cfg.scaling.workers)
+        options = dataclasses.replace(options, resident=True)
+        trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": self.data_ref,
+                                           "options": options, "board": board},
+                                cfg, name=run_name, storage_path=self.context.storage_path,
+                                datasets=trainer_datasets(cfg, self.source))
+        # The object store is watched only where it matters (streamed data): its cluster-wide
+        # RPC would otherwise run during every launcher's windows for nothing.
+        store = ObjectStoreMonitor() if cfg.data.ingest == "ray_data" else None
+        return RayResident(trainer, board, store)
+
     def close(self) -> None:
         self.data_ref = None
+
+
+class RayResident:
+    """A TorchTrainer whose fit() runs in a driver thread while its workers serve windows."""
+
+    def __init__(self, trainer: Any, board: Any, store: ObjectStoreMonitor | None) -> None:
+        self.outcome: dict[str, Any] = {}
+        self.store = store.__enter__() if store is not None else None
+        self.thread = threading.Thread(target=self._fit, args=(trainer,), name="raybench-fit",
+                                       daemon=True)
+        self.thread.start()
+        self.conductor = RayConductor(board, alive=self.thread.is_alive)
+
+    def _fit(self, trainer: Any) -> None:
+        try:
+            self.outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the driver's thread by stop()
+            self.outcome["error"] = exc
+
+    def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
+        try:
+            return self.conductor.measure(order, timeout_s)
+        except RuntimeError:
+            self._raise_failure()
+            raise
+
+    def stop(self) -> RunResult:
+        self.conductor.stop()
+        self.thread.join()
+        if self.store is not None:
+            self.store.__exit__(None, None, None)
+        self._raise_failure()
+        result = self.outcome["result"].return_value
+        if result is None:
+            raise RuntimeError("Ray Train finished without a result from rank 0")
+        if self.store is not None:
+            result.timing.object_store_peak_mib, result.timing.spilled_mib = self.store.mib()
+        return result
+
+    def _raise_failure(self) -> None:
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+
+    def abort(self) -> None:
+        """Stop without a result (the driver is leaving): the workers go with the trainer."""
+        self.conductor.stop()
+        self.thread.join(timeout=60)
+        if self.store is not None:
+            self.store.__exit__(None, None, None)
 
 
 def time_recoveries(timing: Any, failures: list[float], kills: list[float],

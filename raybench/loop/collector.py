@@ -119,6 +119,19 @@ class MetricsCollector:
     def start_epoch(self, epoch: int) -> None:
         self._counting = epoch > self.warmup_epochs
 
+    @property
+    def counting(self) -> bool:
+        """Whether the steps recorded now count (a resident rank's warm-up windows do not)."""
+        return self._counting
+
+    @counting.setter
+    def counting(self, value: bool) -> None:
+        self._counting = value
+
+    def rows_since(self, first: int) -> np.ndarray:
+        """Phase durations (steps x PHASES) of the counted steps from index `first` on."""
+        return self._phases[first:]
+
     def record(self, n: int, t0, t1, launch, t2, t3) -> bool:
         """One step's boundaries: batch requested, batch ready, last all-reduce launched (None
         without DDP), backward done, optimizer done. Returns True once the window is complete."""

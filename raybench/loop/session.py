@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from raybench.results import WindowOrder, WindowReport
+
 
 class Session(Protocol):
     """What a launcher provides to the loop on every rank."""
@@ -38,3 +40,9 @@ class Session(Protocol):
 
     def dataset_shard(self, name: str) -> Any:
         """This rank's shard of a streamed dataset (Ray Data ingest only)."""
+
+    def wait_window(self) -> WindowOrder | None:
+        """A resident rank: block (no CPU) until the driver orders a window; None: stop."""
+
+    def report_window(self, report: WindowReport) -> None:
+        """A resident rank: what it measured in the window just ordered."""

@@ -222,42 +222,55 @@ def train_epoch(state: TrainState, epoch: int, collector: MetricsCollector) -> E
     t_epoch = time.perf_counter()
     state.model.train()
     collector.start_epoch(epoch)
-    clock, sync, optimizer, step_model = collector.clock, state.sync, state.optimizer, \
-        state.step_model
-    autocast = torch.autocast(state.session.device.type, dtype=torch.bfloat16,
-                              enabled=state.cfg.train.precision == "bf16")
-    losses, sizes = [], []
-    first = collector.marks["first_step"] is None
+    step = Stepper(state, collector)
     progress = Progress(state, epoch)
-    t0 = clock()
+    t0 = collector.clock()
     for xb, yb in islice(state.ingest.train_batches(epoch), state.steps_per_epoch):
-        t1 = clock()
-        if first:
-            collector.mark("first_step")
-            state.session.first_step(collector.marks["first_step"])
-            first = False
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = state.criterion(step_model(xb).float(), yb)
-        sync.last_launch = None
-        loss.backward()
-        t2 = clock()
-        optimizer.step()
-        t3 = clock()
-        losses.append(loss.detach())
-        sizes.append(len(yb))
-        done = collector.record(len(yb), t0, t1, sync.last_launch, t2, t3)
-        progress.tick(len(sizes))
+        t0, done = step(xb, yb, t0)
+        progress.tick(len(step.sizes))
         if done:
             break
-        t0 = t3
     collector.end_epoch()
-    state.samples_seen += sum(sizes)
-    train_loss = global_mean_loss(losses, sizes, state.session)
+    state.samples_seen += sum(step.sizes)
+    train_loss = global_mean_loss(step.losses, step.sizes, state.session)
     if not math.isfinite(train_loss):
         raise Diverged(f"training diverged in epoch {epoch}: the train loss is {train_loss}")
     return EpochRow(epoch=epoch, world_size=state.session.world_size, train_loss=train_loss,
                     train_time_s=time.perf_counter() - t_epoch)
+
+
+class Stepper:
+    """One training step, timed at its phase boundaries: batch ready, forward and backward
+    (up to the last gradient bucket's all-reduce launch), exposed sync, optimizer. Keeps the
+    losses and batch sizes of the steps it ran."""
+
+    def __init__(self, state: TrainState, collector: MetricsCollector) -> None:
+        self.state, self.collector = state, collector
+        self.autocast = torch.autocast(state.session.device.type, dtype=torch.bfloat16,
+                                       enabled=state.cfg.train.precision == "bf16")
+        self.first = collector.marks["first_step"] is None
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, t0) -> tuple[Any, bool]:
+        """Train on one batch whose wait began at t0; (the step's end, window complete)."""
+        state, collector, sync = self.state, self.collector, self.state.sync
+        t1 = collector.clock()
+        if self.first:
+            collector.mark("first_step")
+            state.session.first_step(collector.marks["first_step"])
+            self.first = False
+        state.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = state.criterion(state.step_model(xb).float(), yb)
+        sync.last_launch = None
+        loss.backward()
+        t2 = collector.clock()
+        state.optimizer.step()
+        t3 = collector.clock()
+        self.losses.append(loss.detach())
+        self.sizes.append(len(yb))
+        return t3, collector.record(len(yb), t0, t1, sync.last_launch, t2, t3)
 
 
 def drain_epoch(state: TrainState, epoch: int, collector: MetricsCollector) -> EpochRow:
@@ -469,7 +482,25 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
         task=state.ingest.task, metric=s.metric, mode=s.mode, best=s.best,
         num_parameters=state.num_parameters, history=state.history, metrics_valid=valid,
         metrics_test=test, timing=build_timing(state, collector, ranks, launch_time),
-        best_state={k: v.cpu().numpy() for k, v in state.best_state.items()})
+        best_state={k: v.cpu().numpy() for k, v in state.best_state.items()},
+        ddp_logging=ddp_timers(state.model))
+
+
+# DDP's own per-iteration timers (nanoseconds, averaged over the iterations it samples).
+DDP_TIMERS = ("avg_forward_compute_time", "avg_backward_compute_time", "avg_backward_comm_time",
+              "avg_backward_compute_comm_overlap_time")
+
+
+def ddp_timers(model: nn.Module) -> dict[str, float] | None:
+    """What DistributedDataParallel measured of its own steps: a cross-check of the sync phase
+    (exposed communication is comm minus its overlap with backward compute)."""
+    if not isinstance(model, DistributedDataParallel):
+        return None
+    try:
+        data = model._get_ddp_logging_data()
+    except (AttributeError, RuntimeError):
+        return None
+    return {k: float(data[k]) for k in DDP_TIMERS if isinstance(data.get(k), (int, float))}
 
 
 def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[RankFacts],

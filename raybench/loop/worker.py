@@ -10,7 +10,7 @@ from typing import Any
 
 from raybench.config import Config
 from raybench.data.ingest import Ingest
-from raybench.loop import steps
+from raybench.loop import steps, windows
 from raybench.loop.collector import MetricsCollector, Window
 from raybench.loop.session import Session
 from raybench.results import RunResult
@@ -37,6 +37,9 @@ class LoopOptions:
     # A checkpoint directory to start from when the session has none of its own (Ray's record
     # of the run's checkpoints was unusable: resume.prepare_resume).
     resume_from: str | None = None
+    # Resident: train windows on the session's orders (session.wait_window) until told to stop,
+    # instead of epochs; the driver interleaves them with another launcher's (raybench.scale).
+    resident: bool = False
 
 
 def warmup_plan(cfg: Config, options: LoopOptions, steps_per_epoch: int) -> tuple[int, int]:
@@ -63,6 +66,9 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
     checkpoint_dir = session.get_checkpoint_dir() or options.resume_from
     if checkpoint_dir:
         steps.resume(state, checkpoint_dir)
+    if options.resident:
+        windows.serve_windows(state, collector, session, options.ingest_only)
+        return steps.finish(state, collector, False, options.launch_time)
     tracker = open_tracker(options.tracking) if session.rank == 0 else None
 
     epoch = state.first_epoch

@@ -123,8 +123,9 @@ PLACED = textwrap.dedent("""
     doc = scale.run_sweep(scale.build_parser().parse_args([
         "--address", cluster.address, "--workers", "2", "--repeats", "1", "--backends",
         "raybench,ddp-ray", "--placement_strategy", "STRICT_SPREAD", "--npz_path", npz,
-        "--mode", "weak", "--batch_size", "32", "--warmup-steps", "3", "--min-steps", "20",
-        "--min-seconds", "0", "--allreduce-iters", "10", "--out", out + "/scale", "--quiet"]))
+        "--mode", "weak", "--batch_size", "32", "--warmup-steps", "3", "--window-s", "0.2",
+        "--max-pairs", "3", "--max-outside-load", "1", "--allreduce-iters", "10", "--out",
+        out + "/scale", "--quiet"]))
     runs = {r.backend: r for r in doc.runs}
     report["node_ids"] = {b: r.node_ids for b, r in runs.items()}
     report["vs_ddp"] = [p.vs_ddp for p in doc.summary if p.backend == "raybench"][0]

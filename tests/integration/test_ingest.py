@@ -62,19 +62,21 @@ def test_two_workers_stream_equal_shares_and_decide_alike(ray_cluster, parquet_d
 
 def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp_path):
     doc = scale.run_sweep(scale.build_parser().parse_args([
-        "--workers", "2", "--repeats", "1", "--parquet_dir", str(parquet_dir), "--backends",
-        "raybench", "--ingest", "memory,ray_data", "--ingest-ceiling", "--batch_size", "32",
-        "--mode", "weak", "--warmup-steps", "5", "--min-steps", "20", "--min-seconds", "0",
-        "--out", str(tmp_path / "s"), "--quiet"]))
+        "--workers", "1", "--parquet_dir", str(parquet_dir), "--backends", "raybench",
+        "--ingest", "memory,ray_data", "--ingest-ceiling", "--batch_size", "32", "--mode",
+        "weak", "--warmup-steps", "5", "--window-s", "0.2", "--min-pairs", "3", "--max-pairs",
+        "3", "--max-outside-load", "1", "--out", str(tmp_path / "s"), "--quiet"]))
     labels = {(r.label, r.workers) for r in doc.summary}
-    assert labels == {(label, 2) for label in (
+    assert labels == {(label, 1) for label in (
         "raybench", "raybench+ray_data", "raybench ingest-only",
         "raybench+ray_data ingest-only")}
-    rd2 = next(r for r in doc.summary if r.label == "raybench+ray_data" and r.workers == 2)
-    assert rd2.vs_memory > 0 and rd2.vs_memory_ci.n == 1
-    assert rd2.data_share_min <= rd2.data_share_max and rd2.first_batch_s > 0
-    ceiling = next(r for r in doc.summary if r.label == "raybench+ray_data ingest-only"
-                   and r.workers == 2)
+    rd = next(r for r in doc.summary if r.label == "raybench+ray_data")
+    assert rd.vs_memory > 0 and rd.vs_memory_ci.n == 3  # three interleaved window pairs
+    (c,) = doc.comparisons
+    assert (c.numerator, c.denominator, c.ingest) == ("raybench+ray_data", "raybench",
+                                                      "ray_data")
+    assert rd.data_share_min <= rd.data_share_max and rd.first_batch_s > 0
+    ceiling = next(r for r in doc.summary if r.label == "raybench+ray_data ingest-only")
     assert ceiling.compute_share == 0 and ceiling.samples_per_sec.median > 0
-    run2 = [r for r in doc.runs if r.label == "raybench+ray_data" and r.workers == 2][0]
-    assert len(run2.data_share_per_rank) == 2 and len(run2.samples_per_sec_per_rank) == 2
+    run1 = [r for r in doc.runs if r.label == "raybench+ray_data"][0]
+    assert len(run1.data_share_per_rank) == 1 and len(run1.samples_per_sec_per_rank) == 1

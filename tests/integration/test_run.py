@@ -181,7 +181,7 @@ model = ["--model", "mymodels:build", "--set", "model.params.width=16", "--npz_p
 assert run.main([*model, "--workers", "2", "--epochs", "2", "--save_dir", "runs",
                  "--run_name", "mine", "--quiet"]) == 0
 scale.main([*model, "--workers", "1,2", "--repeats", "1", "--backends", "raybench,raw",
-            "--warmup-steps", "2", "--min-steps", "10", "--min-seconds", "0", "--no-model",
+            "--warmup-steps", "2", "--window-s", "0.2", "--max-pairs", "2", "--no-model",
             "--out", "scale", "--quiet"])
 open("sweep.yaml", "w").write(yaml.safe_dump({
     "metric": "val_loss", "overrides": {"model.kind": "mymodels:build", "data.npz_path": npz},

@@ -10,9 +10,12 @@ from raybench.targets import mlperf_score
 
 
 def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
+    """The restart protocol: every launcher started for its one window (test_resident.py has
+    the default, resident one)."""
     out = tmp_path / "scale"
     doc = scale.run_sweep(scale.build_parser().parse_args([
-        "--workers", "1,2", "--repeats", "1", "--synthetic-samples", "6000", "--window", "20",
+        "--protocol", "restart", "--workers", "1,2", "--repeats", "1", "--synthetic-samples",
+        "6000", "--window", "20",
         "--batch_size", "128", "--warmup-steps", "5", "--min-steps", "25", "--min-seconds", "0",
         "--allreduce-iters", "20", "--predict", "8", "--out", str(out), "--quiet"]))
     assert {p.name for p in out.iterdir()} >= {"scaling.json", "scaling.csv", "scaling.png"}

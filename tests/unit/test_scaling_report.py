@@ -10,7 +10,7 @@ from raybench.config import Config
 from raybench.errors import UserError
 from raybench.results import SCHEMA_VERSION, RunRecord
 from raybench.scale import main as scale_main
-from raybench.scale import point_config
+from raybench.sweep import point_config
 
 
 def rec(backend, workers, repeat, sps, sync=0.1, p50=1.0):

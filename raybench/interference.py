@@ -1,0 +1,95 @@
+"""What else the machine did while a window was measured, from /proc (Linux): the CPU time stolen
+by the hypervisor, and the CPU time used by processes outside the run (every process that is
+not this driver or one of its descendants: a local Ray's raylet, GCS and workers, the spawned
+baseline ranks are all descendants; a CPU burner or another tenant is not).
+
+A window whose outside load crosses a threshold did not measure the launcher alone, and its
+pair is excluded. On a cluster this driver did not start, the workers' machines are not this
+one and the figures describe only the driver's machine; elsewhere than Linux there is nothing
+to read and the checks are skipped (None).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+@dataclass(frozen=True)
+class MachineSample:
+    at: float  # time.monotonic()
+    busy_s: float  # every CPU: user + nice + system + irq + softirq + steal
+    steal_s: float
+    total_s: float  # busy + idle + iowait
+    own_s: float  # this process tree, user + system (reaped children included)
+
+
+def _machine_ticks() -> tuple[float, float, float]:
+    with open("/proc/stat") as fh:
+        fields = [float(x) for x in fh.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy, steal, busy + idle + iowait
+
+
+def _stat(pid_dir: Path) -> tuple[int, int, float] | None:
+    """(pid, ppid, user + system ticks including reaped children) of one process."""
+    try:
+        text = (pid_dir / "stat").read_text()
+    except OSError:
+        return None  # it exited between the listing and the read
+    rest = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+    # rest[0] is field 3 (state): ppid is field 4, utime..cstime fields 14-17
+    return int(pid_dir.name), int(rest[1]), sum(float(x) for x in rest[11:15])
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds of `root` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(entry)
+            if stat is not None:
+                pid, ppid, used = stat
+                ticks[pid] = used
+                children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total * TICK_S
+
+
+def sample(root: int | None = None) -> MachineSample | None:
+    """The machine's counters now (None where /proc cannot be read)."""
+    try:
+        busy, steal, total = _machine_ticks()
+        own = tree_cpu_s(root or os.getpid())
+    except (OSError, ValueError):
+        return None
+    return MachineSample(time.monotonic(), busy * TICK_S, steal * TICK_S, total * TICK_S, own)
+
+
+@dataclass(frozen=True)
+class Load:
+    """Shares of the machine's CPU time between two samples."""
+
+    steal: float
+    outside: float  # processes outside the run
+    run_s: float  # CPU seconds of the run itself (this process tree)
+    total_s: float  # CPU seconds the machine had (every core)
+
+
+def between(a: MachineSample | None, b: MachineSample | None) -> Load | None:
+    if a is None or b is None or b.total_s <= a.total_s:
+        return None
+    total = b.total_s - a.total_s
+    run = b.own_s - a.own_s
+    outside = (b.busy_s - a.busy_s) - run
+    return Load((b.steal_s - a.steal_s) / total, max(0.0, outside) / total, run, total)

@@ -1,0 +1,447 @@
+"""A scaling sweep from one typed request (`ScaleSpec`): plan it (data, model, points, checked
+before Ray starts), measure every point, fit the forecast, write the report.
+
+Two ways to measure a throughput point:
+  resident  (default) every launcher of the point started once, kept warm, measured in
+            interleaved windows until each ratio is as precise as asked (interleave.py)
+  restart   every repeat starts every launcher again and measures one window per start; the
+            only way for runs in whole epochs (--target, --chaos)
+`--repeats` repeats either protocol with fresh processes: what start-up costs, and how far
+two independent starts of one point disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from raybench import environment, forecast, probes, scaling_report
+from raybench.artifacts import Output
+from raybench.backends import SINGLE_WORKER, Backend, LaunchContext, backend_class
+from raybench.backends.ray_cluster import REPORT_POLL_S, connect, preflight
+from raybench.backends.ray_train import RAY_TRAIN_SWITCHES, startup_floor
+from raybench.chaos import ChaosSpec, parse_chaos
+from raybench.config import Config, resolve
+from raybench.console import Console
+from raybench.data import (
+    Dataset,
+    ParquetDataset,
+    build_dataset,
+    check_source_batches,
+    default_task,
+    load_source,
+    synthetic,
+)
+from raybench.errors import UserError, install_sigterm
+from raybench.interleave import Contender, PointRun, Precision, planned_pairs
+from raybench.loop import LoopOptions, Window
+from raybench.models import build_model, check_model, flops_per_sample
+from raybench.results import (
+    Comparison,
+    MeasuredWindow,
+    RunRecord,
+    RunResult,
+    ScalingDoc,
+    ScalingModelReport,
+    StartupPoint,
+    run_label,
+)
+from raybench.targets import Target, parse_target
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """One `raybench.scale` request, parsed once from the command line (scale.py)."""
+
+    workers: list[int]
+    mode: str = "strong"  # strong: a fixed global batch; weak: batch_size per worker
+    global_batch_size: int | None = None
+    repeats: int = 1  # whole-process repeats
+    backends: list[str] = field(default_factory=lambda: ["raybench", "ddp", "raw"])
+    synthetic_samples: int | None = None
+    ingest: list[str] = field(default_factory=lambda: ["memory"])
+    ingest_ceiling: bool = False
+    allreduce_iters: int = 200
+    startup_floor: bool = False
+    out: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    protocol: str = "resident"
+    precision: Precision = field(default_factory=Precision)
+    window: Window = field(default_factory=Window)  # the restart protocol's one window
+    target: str | None = None
+    lr_scaling: str = "none"
+    chaos: str | None = None
+    predict: list[int] = field(default_factory=list)
+    alpha_us: float | None = None
+    beta_gbps: float | None = None
+    no_model: bool = False
+    ray_train_switches: bool = False  # also each Ray Train helper switched off, in turn
+
+    @property
+    def whole_epochs(self) -> bool:
+        """Runs train whole epochs (time to target, faults), not throughput windows."""
+        return bool(self.target or self.chaos)
+
+
+# ------------------------------------------------------------------ plan
+
+
+def global_batch(spec: ScaleSpec, base: Config) -> int | None:
+    """Strong scaling's fixed global batch (None in weak mode)."""
+    if spec.mode != "strong":
+        return None
+    if spec.global_batch_size is not None:
+        return spec.global_batch_size
+    return base.train.batch_size * min(spec.workers)
+
+
+def point_config(base: Config, workers: int, global_batch_size: int | None) -> Config:
+    """The config of one point: N workers and the per-worker batch its mode asks for."""
+    cfg = copy.deepcopy(base)
+    cfg.scaling.workers = workers
+    if global_batch_size is not None:
+        if global_batch_size % workers:
+            raise UserError(f"strong scaling splits the global batch {global_batch_size} across "
+                            f"workers: it must be divisible by {workers}")
+        cfg.train.batch_size = global_batch_size // workers
+    return cfg
+
+
+LR_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
+
+
+def scale_lr(points: list[tuple[int, Config]], rule: str) -> None:
+    """lr at each point = base lr x (its global batch / the first point's) ^ power: the
+    learning-rate scaling rule, an explicit and recorded choice."""
+    reference = points[0][1].train.batch_size * points[0][0]
+    for n, cfg in points:
+        cfg.train.lr *= (cfg.train.batch_size * n / reference) ** LR_POWER[rule]
+
+
+@dataclass
+class Plan:
+    """Everything a sweep runs, checked before Ray starts."""
+
+    base: Config
+    source: str  # where the data came from
+    points: list[tuple[int, Config]]
+    memory: Dataset | None  # the data in memory (memory ingest, ddp, raw)
+    stream: ParquetDataset | None  # the Parquet dataset (ray_data ingest)
+    model: nn.Module  # built once on the driver: checked, FLOPs and gradient size counted
+    target: Target | None = None
+
+    @property
+    def features(self) -> int:
+        return (self.memory if self.memory is not None else self.stream).n_features
+
+
+def _synthetic(cfg: Config, samples: int, out: Console) -> tuple[Dataset, str, Config]:
+    if cfg.data.parquet_dir:
+        raise UserError("give --synthetic-samples or --parquet_dir, not both")
+    task = cfg.data.task or default_task(cfg.model.kind)
+    t0 = time.perf_counter()
+    arrays = synthetic(samples, cfg.data.window, task, cfg.train.seed, 0.2)
+    out.log(f"Synthetic data: {samples:,} windows of {cfg.data.window} "
+            f"({time.perf_counter() - t0:.1f}s)")
+    source = f"synthetic:{samples}"
+    data = build_dataset(arrays, cfg.data.task, cfg.data.valid_from_train, cfg.data.norm, source)
+    return data, source, resolve(cfg, task=data.task)
+
+
+def with_ingest(cfg: Config, ingest: str) -> Config:
+    out = copy.deepcopy(cfg)
+    out.data.ingest = ingest
+    return out
+
+
+def load_data(cfg: Config, spec: ScaleSpec,
+              out: Console) -> tuple[Dataset | None, ParquetDataset | None, str, Config]:
+    """The data each requested ingest needs, where it came from, the resolved config."""
+    streamed = "ray_data" in spec.ingest
+    if streamed and not cfg.data.parquet_dir:
+        raise UserError("--ingest ray_data streams a Parquet dataset: give --parquet_dir (write "
+                        "one with python -m raybench.data prepare --format parquet)")
+    if spec.synthetic_samples:
+        data, source, resolved = _synthetic(cfg, spec.synthetic_samples, out)
+        return data, None, source, resolved
+    stream = memory = None
+    if streamed:
+        stream, source, resolved = load_source(with_ingest(cfg, "ray_data"), out.log)
+    if "memory" in spec.ingest or set(spec.backends) & {"ddp", "raw"}:
+        memory, source, resolved = load_source(with_ingest(cfg, "memory"), out.log)
+    resolved.data.ingest = cfg.data.ingest
+    return memory, stream, source, resolved
+
+
+def plan(spec: ScaleSpec, base: Config, out: Console) -> Plan:
+    base.train.early_stop_patience = 0  # a benchmark measures steps, it does not early-stop
+    memory, stream, source, base = load_data(base, spec, out)
+    features = (memory if memory is not None else stream).n_features
+    model = build_model(base.model, features, base.data.window, base.data.task)
+    check_model(model, features, base.data.window, base.model.kind)
+    target = parse_target(spec.target, base.data.task) if spec.target else None
+    if target:
+        base.train.warmup_epochs = 0  # throughput from warm-up steps: the target may come first
+    glob = global_batch(spec, base)
+    points = [(n, point_config(base, n, glob)) for n in spec.workers]
+    scale_lr(points, spec.lr_scaling)
+    for n, cfg in points:
+        for data in (memory, stream):
+            if data is not None:
+                check_source_batches(data, n, cfg.train.batch_size, source)
+    return Plan(base, source, points, memory, stream, model, target)
+
+
+@dataclass
+class Measure:
+    """One kind of run every point takes: a launcher, its ingest, and what is measured."""
+
+    name: str
+    backend: Backend
+    ingest: str = "memory"
+    ingest_only: bool = False
+    chaos: ChaosSpec | None = None
+    without: str | None = None  # a Ray Train helper switched off (RAY_TRAIN_SWITCHES)
+
+    @property
+    def label(self) -> str:  # as RunRecord.label
+        return run_label(self.name, self.ingest, self.ingest_only, self.chaos, self.without)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {RAY_TRAIN_SWITCHES[self.without]: "0"} if self.without else {}
+
+
+def measurements(spec: ScaleSpec, p: Plan, context: LaunchContext) -> list[Measure]:
+    out = []
+    for name in spec.backends:
+        if p.memory is not None and ("memory" in spec.ingest or name != "raybench"):
+            out.append(Measure(name, backend_class(name)(p.memory, context)))
+    if p.stream is not None and "raybench" in spec.backends:
+        out.append(Measure("raybench", backend_class("raybench")(p.stream, context), "ray_data"))
+    ray_runs = [m for m in out if m.name == "raybench"]
+    if spec.ingest_ceiling:
+        out += [dataclasses.replace(m, ingest_only=True) for m in ray_runs]
+    if spec.chaos:
+        out += [dataclasses.replace(m, chaos=parse_chaos(spec.chaos)) for m in ray_runs]
+    if spec.ray_train_switches:
+        out += [dataclasses.replace(m, without=name) for m in ray_runs if m.ingest == "memory"
+                for name in RAY_TRAIN_SWITCHES]
+    return out
+
+
+# ------------------------------------------------------------------ run
+
+
+def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
+    out = Console(quiet=spec.quiet)
+    output = Output(spec.out or time.strftime("results/scale_%Y%m%d_%H%M%S"))
+    if output.has("scaling.json"):
+        raise UserError(f"{output.where} already holds a scaling report; pick another --out")
+    p = plan(spec, base, out)
+    handle = None
+    if {"raybench", "ddp-ray"} & set(spec.backends):
+        # A throughput window reports once, at its end: keep Ray's own 2 s controller poll
+        # (faster polling cost steps 4-6% with all cores busy). Runs in whole epochs (--target,
+        # --chaos) report every epoch and each report() waits for the next poll: up to 2 s an
+        # epoch that would count as time to target and as lost goodput, so they poll fast.
+        largest = p.points[-1][1]
+        handle = connect(largest, verbose=spec.verbose,
+                         report_poll_s=REPORT_POLL_S if spec.whole_epochs else None,
+                         extra_cpus=ray_cpus(spec, p, largest))
+        install_sigterm()
+        out.log(f"Ray: {handle.description}")
+        preflight(largest, largest.scaling.wait_for_workers_s)
+    output.local.mkdir(parents=True, exist_ok=True)
+    env = environment.collect()
+    scratch = Path(tempfile.mkdtemp(prefix="raybench-scale-"))
+    context = LaunchContext(scratch_dir=scratch, storage_path=output.storage("ray_train"),
+                            ray=handle, allreduce_iters=spec.allreduce_iters)
+    measures = measurements(spec, p, context)
+    try:
+        sweep = Sweep(spec, p, measures, context, out)
+        sweep.run()
+        model = forecast.fit_model(spec, p, measures, sweep.runs, out)
+    finally:
+        for m in measures:
+            m.backend.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    doc = write(spec, output.local, env, p, sweep, model, out)
+    out.summary(f"Saved → {output.publish()}")
+    return doc
+
+
+def ray_cpus(spec: ScaleSpec, p: Plan, largest: Config) -> int:
+    """Logical CPUs a local Ray needs beyond the largest point's workers: resident launchers
+    of one point hold their workers at once (the idle ones use no CPU, but Ray counts their
+    reservations), and Ray Data's read tasks need room besides the training workers."""
+    extra = 1 if p.stream is not None else 0
+    if spec.protocol != "resident" or spec.whole_epochs:
+        return extra
+    # measured together: the Ray launchers of a ratio (an ingest's ceiling runs alone later)
+    held = len([b for b in spec.backends if b in ("raybench", "ddp-ray")])
+    if "raybench" in spec.backends:
+        held += len(spec.ingest) - 1 + (len(RAY_TRAIN_SWITCHES) if spec.ray_train_switches
+                                        else 0)
+    return extra + (held - 1) * int(largest.scaling.workers * largest.scaling.cpus_per_worker
+                                    + 0.999)
+
+
+class Sweep:
+    """Every (repeat, point) of a sweep, in one of the two protocols."""
+
+    def __init__(self, spec: ScaleSpec, p: Plan, measures: list[Measure],
+                 context: LaunchContext, out: Console) -> None:
+        self.spec, self.p, self.measures, self.context, self.out = spec, p, measures, context, out
+        self.flops = flops_per_sample(p.model, p.features, p.base.data.window)
+        self.runs: list[RunRecord] = []
+        self.startup: list[dict] = []
+        self.comparisons: list[Comparison] = []
+        self.windows: list[MeasuredWindow] = []
+
+    @property
+    def resident(self) -> bool:
+        return self.spec.protocol == "resident" and not self.spec.whole_epochs
+
+    def run(self) -> None:
+        """Repeats outermost, then points, so a drifting machine spreads over every point."""
+        for repeat in range(1, self.spec.repeats + 1):
+            for n, cfg in self.p.points:
+                if self.spec.startup_floor and any(m.name == "raybench" for m in self.measures):
+                    self._floor(n, cfg, repeat)
+                at_n = [m for m in self.measures if m.name not in SINGLE_WORKER or n == 1]
+                if self.resident:
+                    self._resident_point(n, cfg, at_n, repeat)
+                else:
+                    for m in at_n:
+                        self._restart_run(m, n, cfg, repeat)
+
+    def _floor(self, n: int, cfg: Config, repeat: int) -> None:
+        floor = startup_floor(cfg, storage_path=self.context.storage_path,
+                              name=f"floor_n{n}_r{repeat}")
+        self.startup.append({"workers": n, "repeat": repeat, "floor_s": floor})
+        self.out.log(f"repeat {repeat} floor    N={n}: first line of an empty loop "
+                     f"after {floor:.1f}s")
+
+    def _restart_run(self, m: Measure, n: int, cfg: Config, repeat: int) -> None:
+        t0 = time.time()
+        options = dataclasses.replace(run_options(self.spec, self.p.target,
+                                                  self.context.storage_path), launch_time=t0)
+        result = run_one(m, cfg, options, f"n{n}_r{repeat}_{int(t0 * 1000)}")
+        self._record(m, cfg, repeat, result, time.time() - t0)
+
+    def _resident_point(self, n: int, cfg: Config, at_n: list[Measure], repeat: int) -> None:
+        """The launchers of a ratio measured together, interleaved; one that is in no ratio
+        (an ingest's ceiling) alone afterwards, so fewer launchers hold resources at once."""
+        paired = {x for pair in planned_pairs([m.label for m in at_n]) for x in pair}
+        groups = [[m for m in at_n if m.label in paired]]
+        groups += [[m] for m in at_n if m.label not in paired]
+        for group in filter(None, groups):
+            self._resident_group(n, cfg, group, repeat)
+
+    def _resident_group(self, n: int, cfg: Config, group: list[Measure], repeat: int) -> None:
+        self.out.log(f"repeat {repeat} N={n}: starting {', '.join(m.label for m in group)}")
+        contenders = [Contender(m.label, m.backend, with_ingest(cfg, m.ingest), m.ingest_only,
+                                env=m.env) for m in group]
+        options = LoopOptions(checkpoint=False, evaluate=False)
+        run = PointRun(contenders, self.spec.precision, repeat, n, self.out.log)
+        point = run.measure(options, f"n{n}_r{repeat}_{int(time.time() * 1000)}")
+        self.windows += point.windows
+        self.comparisons += point.comparisons
+        for m in group:
+            mine = [w for w in point.windows if w.launcher == m.label]
+            record = self._record(m, cfg, repeat, point.results[m.label], point.wall_s,
+                                  [w for w in mine if not w.excluded], len(mine))
+            record.windows = len(mine)
+        for c in point.comparisons:
+            self.out.log("  " + scaling_report.comparison_sentence(c))
+
+    def _record(self, m: Measure, cfg: Config, repeat: int, result: RunResult, wall: float,
+                kept: list[MeasuredWindow] | None = None, measured: int = 0) -> RunRecord:
+        probes.annotate_flops(result.timing, self.flops, cfg.train.precision)
+        record = scaling_report.run_record(m.name, self.spec.mode, repeat, result, wall,
+                                           m.ingest_only, cfg.train.lr,
+                                           str(m.chaos) if m.chaos else None)
+        record.without = m.without
+        if kept is not None:
+            scaling_report.use_windows(record, kept, measured, self.flops)
+        self.runs.append(record)
+        self.out.log(f"repeat {repeat} {record.label:<8} N={record.workers}: "
+                     f"{_fmt_rate(record)} samples/s, step p50 "
+                     f"{record.step_time_ms_p50 or 0:.2f} ms, data {record.data_share or 0:.0%}, "
+                     f"sync {record.sync_share or 0:.0%}" + _fmt_target(record))
+        return record
+
+
+def run_options(spec: ScaleSpec, target: Target | None,
+                storage: str | None = None) -> LoopOptions:
+    """Throughput: a measured window, no evaluation. Time to target: whole epochs, validation
+    every epoch (on the clock), stop at the target. Chaos: whole epochs, a checkpoint each."""
+    if target:
+        return LoopOptions(checkpoint=False, evaluate=True, target=target,
+                           warmup_steps=spec.window.warmup_steps)
+    if spec.chaos:
+        return LoopOptions(checkpoint=True, evaluate=False, warmup_steps=spec.window.warmup_steps,
+                           storage_dir=storage)
+    return LoopOptions(checkpoint=False, evaluate=False, window=spec.window)
+
+
+def run_one(m: Measure, cfg: Config, options: LoopOptions, run_name: str) -> RunResult:
+    """One run of a measurement: a chaos run may restart without limit."""
+    cfg = with_ingest(cfg, m.ingest)
+    if m.chaos is None:
+        return m.backend.run(cfg, dataclasses.replace(options, ingest_only=m.ingest_only),
+                             run_name)
+    cfg.scaling.max_failures = -1
+    return m.backend.run(cfg, options, run_name, chaos=m.chaos)
+
+
+def _fmt_target(record: RunRecord) -> str:
+    t = record.target
+    if t is None:
+        return ""
+    if not t.reached:
+        return f"; {t.target} not reached in {t.epochs} epoch(s)"
+    return f"; {t.target} after {t.epochs} epoch(s), {t.time_from_first_step_s:.1f}s"
+
+
+def _fmt_rate(record: RunRecord) -> str:
+    return f"{record.samples_per_sec:>12,.0f}" if record.samples_per_sec else f"{'-':>12}"
+
+
+# ------------------------------------------------------------------ write
+
+
+def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
+          model: ScalingModelReport | None, out: Console) -> ScalingDoc:
+    summary_startup: list[StartupPoint] | None = None
+    if sweep.startup:
+        summary_startup = scaling_report.startup_summary(sweep.startup, sweep.runs)
+    w = spec.window
+    doc = scaling_report.write_report(
+        out_dir, environment=env, config=p.base.to_dict(), runs=sweep.runs, mode=spec.mode,
+        repeats=spec.repeats, backends=spec.backends, workers=spec.workers,
+        data_source=p.source,
+        warmup={"steps": w.warmup_steps, "min_steps": w.min_steps,
+                "min_seconds": w.min_seconds, "max_steps": w.max_steps},
+        startup=sweep.startup or None, startup_summary=summary_startup, target=spec.target,
+        lr_scaling=spec.lr_scaling, model=model, chaos=spec.chaos,
+        protocol="resident" if sweep.resident else "restart",
+        precision=dataclasses.asdict(spec.precision) if sweep.resident else None,
+        comparisons=scaling_report.pooled(sweep.comparisons, sweep.windows,
+                                          spec.precision.ci_halfwidth),
+        windows=sweep.windows)
+    for text in scaling_report.printed(doc):
+        out.summary(text)
+    for row in summary_startup or []:
+        out.summary(f"start-up N={row.workers}: Ray floor {row.floor_s:.1f}s, raybench first "
+                    f"step {row.raybench_first_step_s:.1f}s (ratio {row.ratio:.2f})")
+    return doc
