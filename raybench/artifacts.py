@@ -17,7 +17,7 @@ import yaml
 from raybench.errors import UserError
 
 
-def check_writable(directory: str | Path) -> Path:
+def check_writable(directory: str | Path, what: str = "save_dir") -> Path:
     """Create `directory` if needed and prove a file can be written there (root ignores mode
     bits, so os.access would say yes to a read-only mount)."""
     directory = Path(directory)
@@ -26,9 +26,25 @@ def check_writable(directory: str | Path) -> Path:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise UserError(f"save_dir {directory} is not writable: "
+        raise UserError(f"{what} {directory} is not writable: "
                         f"{exc.strerror or exc}") from None
     return directory
+
+
+# URI schemes pyarrow's filesystems (and so Ray Train's storage) understand.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file", "memory")
+
+
+def check_storage(storage: str) -> None:
+    """io.storage_path before Ray starts: a known URI scheme, or a local directory that can be
+    written (checked again by Ray later, but by then workers have started)."""
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise UserError(f"storage_path {storage!r}: unknown URI scheme {scheme!r} (known: "
+                            f"{', '.join(STORAGE_SCHEMES)})")
+        return
+    check_writable(storage, "storage_path")
 
 
 def make_run_dir(save_dir: str | Path, run_name: str | None) -> Path:

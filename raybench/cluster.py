@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from raybench.cli import Parser
 from raybench.errors import UserError, run_cli
 
 RAY_VERSION = "2.60.0"
@@ -246,9 +247,15 @@ def validate_doc(doc: Any, schemas: dict[str, dict]) -> list[str]:
 
     if not isinstance(doc, dict):
         return ["not a mapping"]
-    kind = doc.get("kind")
+    kind, api = doc.get("kind"), str(doc.get("apiVersion") or "")
+    if not kind or not api:
+        return ["not a Kubernetes resource (no apiVersion and kind): a RayJob or RayCluster "
+                "manifest was expected"]
     if kind not in schemas:
-        return []  # not a KubeRay resource (a PersistentVolumeClaim, say): not ours to check
+        if api.startswith("ray.io/"):
+            return [f"kind {kind!r} is not a KubeRay resource this validates (RayJob, "
+                    "RayCluster)"]
+        return []  # another Kubernetes resource (a PersistentVolumeClaim, say): not ours
     if doc.get("apiVersion") != "ray.io/v1":
         return [f"expected apiVersion ray.io/v1 and kind RayJob or RayCluster, got "
                 f"{doc.get('apiVersion')!r} / {kind!r}"]
@@ -271,6 +278,9 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
         except yaml.YAMLError as exc:
             report[str(path)] = [f"malformed YAML: {str(exc).splitlines()[0]}"]
             continue
+        if not docs:
+            report[str(path)] = ["no Kubernetes documents in the file"]
+            continue
         errors = []
         for i, doc in enumerate(docs):
             prefix = f"document {i + 1}: " if len(docs) > 1 else ""
@@ -283,12 +293,9 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raybench.cluster", description=__doc__,
-                                     epilog=EXAMPLE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m raybench.cluster", description=__doc__, epilog=EXAMPLE)
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="one RayJob per worker count",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r = sub.add_parser("render", help="one RayJob per worker count")
     r.add_argument("--workers", required=True, help="worker counts, e.g. 1,2,4,8")
     r.add_argument("--image", required=True, help="image with raybench (cluster/Dockerfile)")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -328,6 +335,7 @@ def render_command(args: argparse.Namespace) -> int:
         extra = shlex.split(args.extra)
     except ValueError as exc:
         raise UserError(f"--extra {args.extra!r}: {exc}") from None
+    check_extra(args.job, extra)
     paths = render(sorted(set(workers)), args.out, image=args.image,
                    cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                    memory_per_worker=args.memory_per_worker, pvc=args.results_pvc,
@@ -337,6 +345,17 @@ def render_command(args: argparse.Namespace) -> int:
         errors = report.get(str(path), [])
         print(f"wrote {path}" + (f"  INVALID: {errors[0]}" if errors else "  (valid)"))
     return 1 if any(report.values()) else 0
+
+
+def check_extra(job: str, extra: list[str]) -> None:
+    """--extra flags are parsed here by the entrypoint's own parser: a flag it does not take,
+    or a bad value, is refused now, not when the RayJob runs on the cluster."""
+    from raybench import run, scale
+
+    parser = scale.build_parser() if job == "scale" else run.build_parser()
+    _, unknown = parser.parse_known_args(extra)
+    if unknown:
+        raise UserError(f"--extra: raybench.{job} does not take {' '.join(unknown)}")
 
 
 def validate_command(args: argparse.Namespace) -> int:

@@ -53,6 +53,19 @@ class PointChange:
         value = getattr(self.new, metric, None)
         return value if isinstance(value, (int, float)) else None
 
+    def interval(self, metric: str) -> Interval | None:
+        """The 95% interval of a metric where NEW has one (change, vs_raw, vs_ddp, ...)."""
+        if metric == "change":
+            return self.change
+        ci = getattr(self.new, f"{metric}_ci", None)
+        return ci if isinstance(ci, Interval) else None
+
+    @property
+    def mde(self) -> float | None:
+        """The smallest relative throughput change these two sets of measurements could have
+        detected (95%, power 0.8): a 'no change' is only as good as this."""
+        return self.change.mde if self.change else None
+
     @property
     def beyond_noise(self) -> bool:
         c = self.change
@@ -72,29 +85,41 @@ def parse_condition(text: str) -> Condition:
     return Condition(metric, m.group(2), float(m.group(3)), " ".join(text.split()))
 
 
-def ratio_interval(new: list[float], base: list[float]) -> Interval | None:
+@dataclass
+class Change(Interval):
+    """NEW / BASE throughput with its interval, and the smallest change detectable."""
+
+    mde: float | None = None
+
+
+def ratio_interval(new: list[float], base: list[float]) -> Change | None:
     """mean(new) / mean(base) with a 95% interval: the log ratio's variance by the delta
-    method, Welch-Satterthwaite degrees of freedom (None without a repeat on each side)."""
+    method, Welch-Satterthwaite degrees of freedom (None without a repeat on each side); and
+    the minimum detectable effect, (t_.975 + t_.8) x the same standard error."""
     if not new or not base:
         return None
     mn, mb = statistics.fmean(new), statistics.fmean(base)
     ratio = mn / mb
     if len(new) < 2 or len(base) < 2:
-        return Interval(ratio, None, None, min(len(new), len(base)))
+        return Change(ratio, None, None, min(len(new), len(base)))
     vn = statistics.variance(new) / (len(new) * mn**2)
     vb = statistics.variance(base) / (len(base) * mb**2)
     if vn + vb == 0:
-        return Interval(ratio, ratio, ratio, min(len(new), len(base)))
-    df = (vn + vb) ** 2 / (vn**2 / (len(new) - 1) + vb**2 / (len(base) - 1))
-    half = stats.t95(max(1, int(df))) * math.sqrt(vn + vb)
-    return Interval(ratio, ratio * math.exp(-half), ratio * math.exp(half),
-                    min(len(new), len(base)))
+        return Change(ratio, ratio, ratio, min(len(new), len(base)), mde=0.0)
+    df = max(1, int((vn + vb) ** 2 / (vn**2 / (len(new) - 1) + vb**2 / (len(base) - 1))))
+    se = math.sqrt(vn + vb)
+    half = stats.t95(df) * se
+    mde = math.exp((stats.t_quantile(0.975, df) + stats.t_quantile(0.8, df)) * se) - 1
+    return Change(ratio, ratio * math.exp(-half), ratio * math.exp(half),
+                  min(len(new), len(base)), mde=mde)
 
 
 def compare(base: ScalingDoc, new: ScalingDoc) -> list[PointChange]:
     def rates(doc: ScalingDoc, label: str, n: int) -> list[float]:
-        return [r.samples_per_sec for r in doc.runs
-                if r.label == label and r.workers == n and r.samples_per_sec]
+        # resident sweeps: every kept window is a measurement; else one per repeat
+        runs = [r for r in doc.runs if r.label == label and r.workers == n]
+        return ([x for r in runs for x in r.window_rates]
+                or [r.samples_per_sec for r in runs if r.samples_per_sec])
 
     base_points = {(p.label, p.workers): p for p in base.summary}
     out = []
@@ -109,14 +134,38 @@ def compare(base: ScalingDoc, new: ScalingDoc) -> list[PointChange]:
 
 
 def failures(changes: list[PointChange], conditions: list[Condition]) -> list[str]:
-    """One line per (condition, point) that holds."""
+    """One line per (condition, point) that holds beyond the noise: for a metric with an
+    interval, the whole interval must be past the threshold; a point whose interval straddles
+    it is reported as not decided, and does not fail. A condition no point can be checked
+    against is a mistake (a gate that checks nothing passes everything)."""
     out = []
     for cond in conditions:
-        for c in changes:
-            x = c.value(cond.metric)
-            if x is not None and cond.holds(x):
-                out.append(f"FAIL {cond.text}: {c.label} N={c.workers} has {cond.metric}={x:.4g}")
+        checked = [c for c in changes if c.value(cond.metric) is not None]
+        if not checked:
+            raise UserError(f"--fail-if {cond.text}: no point of NEW has {cond.metric}; the "
+                            "gate would check nothing")
+        for c in checked:
+            line = _judge(cond, c)
+            if line:
+                out.append(line)
     return out
+
+
+def _judge(cond: Condition, c: PointChange) -> str | None:
+    x = c.value(cond.metric)
+    ci = c.interval(cond.metric)
+    where = f"{c.label} N={c.workers} has {cond.metric}={x:.4g}"
+    if ci is None or ci.low is None:
+        return f"FAIL {cond.text}: {where} (no interval)" if cond.holds(x) else None
+    # the bound nearest the threshold decides: all of the interval must meet the condition
+    bound = ci.high if cond.op in ("<", "<=") else ci.low
+    band = f"(95% CI {ci.low:.4g}-{ci.high:.4g})"
+    if cond.holds(bound):
+        return f"FAIL {cond.text}: {where} {band}, beyond the threshold"
+    if cond.holds(x):
+        print(f"not decided {cond.text}: {where} {band} straddles {cond.value:g}; more "
+              "windows or repeats would decide")
+    return None
 
 
 def _f(x: float | None, spec: str) -> str:
@@ -125,7 +174,7 @@ def _f(x: float | None, spec: str) -> str:
 
 def table(changes: list[PointChange]) -> str:
     head = (f"{'point':<26} {'base/s':>11} {'new/s':>11} {'new/base [95% CI]':<24} {'noise?':<7}"
-            + "".join(f" {k[:14]:>14}" for k in COMPARED))
+            f" {'mde':>6}" + "".join(f" {k[:14]:>14}" for k in COMPARED))
     lines = [head, "-" * len(head)]
     for c in changes:
         ci = c.change
@@ -136,6 +185,7 @@ def table(changes: list[PointChange]) -> str:
                         .rjust(15) for k in COMPARED)
         b = c.base.samples_per_sec.median if c.base.samples_per_sec else None
         n = c.new.samples_per_sec.median if c.new.samples_per_sec else None
+        mde = f"{c.mde:.1%}" if c.mde is not None else "-"
         lines.append(f"{c.label + ' N=' + str(c.workers):<26} {_f(b, ',.0f'):>11} "
-                     f"{_f(n, ',.0f'):>11} {band:<24} {verdict:<7}{cells}")
+                     f"{_f(n, ',.0f'):>11} {band:<24} {verdict:<7} {mde:>6}{cells}")
     return "\n".join(lines)

@@ -9,9 +9,10 @@ them into one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class UserError(Exception):
@@ -31,21 +32,74 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled exactly like Ctrl-C (status interrupted, workers stopped)."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+# The first stop signal this process received (signal.SIGINT or signal.SIGTERM), or None. Code
+# that waits inside Ray, where a KeyboardInterrupt can come back wrapped in a Ray error or be
+# swallowed, asks `stopped()` after every wait instead of trusting the exception to arrive.
+_first_signal: list[int] = []
 
 
-def install_sigterm() -> None:
-    """Turn SIGTERM into Terminated. Call it after ray.init, which installs its own handler
-    (sys.exit(15): a 'failed' run with Ray's stack dump instead of an interruption)."""
+def _on_signal(signum: int, frame: object) -> None:
+    if not _first_signal:
+        _first_signal.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM both stop the command the same way. Installed before anything starts
+    and again after ray.init (which sets its own SIGTERM handler: sys.exit(15))."""
     import threading
 
     if threading.current_thread() is threading.main_thread():  # signals reach only that one
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+install_sigterm = install_signal_handlers  # the name the commands used
+
+
+def stopped() -> int | None:
+    """The stop signal received so far (SIGINT or SIGTERM), or None."""
+    return _first_signal[0] if _first_signal else None
+
+
+def raise_if_stopped() -> None:
+    """Re-raise a stop signal that a library swallowed (see `stopped`)."""
+    if stopped() == signal.SIGTERM:
+        raise Terminated()
+    if stopped() == signal.SIGINT:
+        raise KeyboardInterrupt()
+
+
+def note_signal(signum: int) -> None:
+    """Record a stop signal another handler (Ray Tune's) took instead of ours."""
+    if not _first_signal:
+        _first_signal.append(signum)
+
+
+@contextlib.contextmanager
+def graceful_tune_signals() -> Iterator[None]:
+    """Ray Tune stops a sweep gracefully on SIGINT with a handler of its own (it saves the
+    experiment for a resume, then restores the handler it found): make SIGTERM do the same, and
+    record either, so a stopped sweep is never taken for a finished one."""
+    import os
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        note_signal(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGINT) is _on_signal:  # Tune's handler ran, ours is back
+            note_signal(signal.SIGINT)
+        install_signal_handlers()
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a command's main and exit with the code its outcome deserves (see above)."""
+    install_signal_handlers()
     try:
         code = main(argv)
     except UserError as exc:
@@ -54,10 +108,17 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except Terminated:
-        print("terminated (SIGTERM)", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted(stopped() or signal.SIGINT)
+    except SystemExit as exc:
+        # Ray's own SIGTERM handler (installed inside ray.init) exits with the signal number.
+        if exc.code == signal.SIGTERM or stopped() == signal.SIGTERM:
+            _exit_interrupted(signal.SIGTERM)
+        raise
     sys.exit(code or 0)
+
+
+def _exit_interrupted(signum: int) -> None:
+    name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    print(name, file=sys.stderr)
+    sys.exit(128 + signum)

@@ -74,6 +74,11 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     except ImportError as exc:
         raise UserError(f"model.kind {spec!r}: cannot import {module_name!r} ({exc}); install "
                         "it or put its directory on PYTHONPATH") from None
+    except Exception as exc:  # noqa: BLE001 (a syntax error or a raise in the user's module)
+        where = (f" ({exc.filename}, line {exc.lineno})"
+                 if isinstance(exc, SyntaxError) and exc.lineno else "")
+        raise UserError(f"model.kind {spec!r}: importing {module_name!r} failed: "
+                        f"{type(exc).__name__}: {_first_line(exc)}{where}") from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise UserError(f"model.kind {spec!r}: module {module_name!r} has no {attr!r}")
@@ -87,13 +92,22 @@ def _from_factory(cfg: ModelConfig, n_features: int, window: int, task: str | No
     factory = load_factory(cfg.kind)
     try:
         model = factory(n_features=n_features, window=window, task=task, **cfg.params)
-    except TypeError as exc:
+    except Exception as exc:  # noqa: BLE001 (the user's factory: any error is theirs)
         raise UserError(f"model.kind {cfg.kind!r}: calling it with n_features, window, task "
-                        f"and model.params {sorted(cfg.params)} failed: {exc}") from None
+                        f"and model.params {sorted(cfg.params)} failed: {type(exc).__name__}: "
+                        f"{_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.kind {cfg.kind!r} returned a {type(model).__name__}, not a "
                         "torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"model.kind {cfg.kind!r} built a model with no trainable parameters: "
+                        "there is nothing to train")
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def check_model(model: nn.Module, n_features: int, window: int, name: str) -> None:

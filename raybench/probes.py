@@ -51,6 +51,38 @@ def allreduce_latency(numel: int, device, iters: int = 200, warmup: int = 20) ->
             "allreduce_ms_p90": float(np.percentile(ms, 90))}
 
 
+def _busy(seconds: float, work) -> None:
+    """Compute (small matmuls, one thread) for `seconds` of wall time."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        work @ work
+
+
+def allreduce_under_load(numel: int, iters: int, busy_s: float, warmup: int = 5) -> dict:
+    """All-reduces of `numel` float32 values, each rank computing for busy_s between them, as
+    in training. The latency of one all-reduce is the shortest any rank saw for it: the rank
+    that arrived last waited for nobody, so its time is the communication alone, under the
+    load of the others' compute (waiting for the slowest rank is the model's other term)."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.zeros(numel, dtype=torch.float32)
+    work = torch.randn(48, 48)
+    mine = []
+    for i in range(warmup + iters):
+        _busy(busy_s, work)
+        start = time.perf_counter()
+        dist.all_reduce(tensor)
+        if i >= warmup:
+            mine.append(time.perf_counter() - start)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    ms = np.min(np.asarray(everyone), axis=0) * 1e3
+    return {"numel": numel, "bytes": numel * 4, "iters": iters, "busy_s": busy_s,
+            "allreduce_ms_p50": float(np.percentile(ms, 50)),
+            "allreduce_ms_p90": float(np.percentile(ms, 90))}
+
+
 # Dense peak TFLOP/s per GPU (no sparsity) from NVIDIA's data sheets, by the name torch reports:
 # (bf16/fp16 tensor core, fp32 without TF32). MFU divides achieved model FLOP/s by these.
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from raybench import artifacts, scaling_report
+from raybench.cli import Parser
 from raybench.errors import UserError, run_cli
-from raybench.results import ScalingDoc, Timing, read_doc, read_json
+from raybench.results import ScalingDoc, Timing, read_doc, read_json, read_status
 from raybench.scaling_report import fmt_interval
 
 EXAMPLE = """examples:
@@ -32,10 +33,10 @@ def kind_of(path: Path) -> str:
     if (path / "timing.json").is_file() and (path / "metrics_test.json").is_file():
         return "run"
     if (path / "status.json").is_file():  # a run directory whose run did not complete
-        status = read_json(path / "status.json")
-        why = f": {status['error']}" if status.get("error") else ""
-        raise UserError(f"{path}: that run did not complete (status {status.get('status')}"
-                        f"{why}); nothing to report")
+        status = read_status(path)
+        why = f": {status.error.strip().splitlines()[-1][:200]}" if status.error else ""
+        raise Incomplete(f"{path}: that run did not complete (status {status.status}{why}); "
+                         "nothing to report")
     raise UserError(f"{path}: not a raybench run, scaling or sweep directory (no timing.json + "
                     "metrics_test.json, scaling.json or trials.json)")
 
@@ -122,13 +123,23 @@ def _png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+class Incomplete(UserError):
+    """A run directory whose run did not complete."""
+
+
 def build(paths: list[str], fmt: str) -> str:
     sections = []
     for p in paths:
         path = Path(p)
         if not path.is_dir():
             raise UserError(f"not a directory: {path}")
-        kind = kind_of(path)
+        try:
+            kind = kind_of(path)
+        except Incomplete as exc:
+            if len(paths) == 1:
+                raise
+            print(f"warning: skipped {exc}")  # one incomplete run never sinks the others
+            continue
         sections.append({"run": run_section, "scaling": scaling_section,
                          "sweep": sweep_section}[kind](path))
     runs = [s for s in sections if s["kind"] == "run"]
@@ -169,9 +180,8 @@ def build(paths: list[str], fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raybench.report", description=__doc__,
-                                     epilog=EXAMPLE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m raybench.report", description=__doc__,
+                    epilog=EXAMPLE)
     parser.add_argument("paths", nargs="*", help="run, scaling (scale --out) or sweep "
                         "(tune --out) directories")
     parser.add_argument("--out", help="report.html or report.md (plots embedded)")
@@ -181,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --compare: exit 1 when a point of NEW meets it, e.g. "
                         "'vs_ddp<0.95' or 'change_high<1' (repeatable)")
     args = parser.parse_args(argv)
+    if args.fail_if and not args.compare:
+        raise UserError("--fail-if gates a comparison: give --compare BASE NEW")
     if args.compare:
         return compare_command(args)
     if not args.paths or not args.out:
@@ -202,6 +214,10 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.paths:
         raise UserError("--compare takes exactly two scaling reports; drop the other paths")
     conditions = [compare.parse_condition(c) for c in args.fail_if]
+    a, b = (_scaling_json(p) for p in args.compare)
+    if a == b:
+        raise UserError(f"--compare {args.compare[0]} {args.compare[1]}: the same report twice; "
+                        "a comparison needs two")
     base, new = (scaling_report.load_docs([p])[0] for p in args.compare)
     changes = compare.compare(base, new)
     print(compare.table(changes))
@@ -214,6 +230,11 @@ def compare_command(args: argparse.Namespace) -> int:
     print(f"{len(failed)} condition(s) failed" if failed else
           f"passed: {len(conditions)} condition(s) over {len(changes)} point(s)")
     return 1 if failed else 0
+
+
+def _scaling_json(path: str) -> Path:
+    p = Path(path)
+    return (p / "scaling.json" if p.is_dir() else p).resolve()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,6 +107,8 @@ class RankFacts:
     # This rank's own view of early stopping: identical on every rank, or the ranks disagreed.
     epochs_run: int = 0
     best_epoch: int = 0
+    niceness: int | None = None  # the process's nice value (Ray starts workers at 15)
+    pinned_cores: list[int] | None = None  # scaling.pin_threads: the training thread's cores
 
 
 @dataclass
@@ -220,6 +224,9 @@ class Timing:
     achieved_tflops: float | None = None  # model FLOPs x samples/s, all workers
     peak_tflops: float | None = None  # the GPUs' dense peak for the precision, all workers
     mfu: float | None = None  # achieved / peak (GPUs in probes.GPU_PEAK_TFLOPS only)
+    # rank 0's work per measured step outside sync (data + compute + optimizer), percentiles
+    # 0..100 in ms: the scaling model's one-worker distribution
+    work_ms_quantiles: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -405,6 +412,8 @@ class RunRecord:
     ddp_exposed_comm_ms: float | None = None
     # A Ray Train helper switched off (--ray-train-switches), e.g. preemption_watcher
     without: str | None = None
+    work_ms_quantiles: list[float] = field(default_factory=list)  # as Timing's (N=1 runs)
+    cpu_mfu: float | None = None  # achieved FLOP/s over this machine's calibrated peak
 
     @property
     def label(self) -> str:
@@ -486,8 +495,14 @@ class PointSummary:
     restore_s_total: float | None = None
     checkpoint_save_s_total: float | None = None
     report_s_total: float | None = None
-    predicted_samples_per_sec: float | None = None  # the scaling model (no N >= 2 input)
-    prediction_error: float | None = None  # (predicted - measured) / measured
+    predicted_samples_per_sec: float | None = None  # the kept forecast (no N >= 2 input)
+    prediction_error: float | None = None  # predicted / measured - 1
+    cpu_mfu: float | None = None  # achieved FLOP/s over the calibrated peak of the cores used
+    # Costs (raybench.scale --worker-hour-cost; worker-seconds without it): per million
+    # samples at the measured rate, and to the target from the launch, start-up included
+    cost_per_million_samples: float | None = None
+    cost_to_target: float | None = None
+    time_to_target_from_launch_s: float | None = None  # median over repeats
     data_share_min: float | None = None  # the least and most data-bound rank (medians)
     data_share_max: float | None = None
     first_batch_s: float | None = None
@@ -509,21 +524,26 @@ class StartupPoint:
 
 
 @dataclass
-class Prediction:
-    """The model's step time and throughput at one N; `forecast` marks a worker count that
-    was not run (on the assumed hardware), as opposed to a prediction of a measured point."""
+class Forecast:
+    """The scaling model's throughput at one N (scaling_model.py), made from the N=1 data before
+    any N >= 2 point ran and kept; the measurement is set beside it afterwards. `extrapolated`
+    marks a worker count that was not run (on the hardware the model assumes)."""
 
     backend: str
     workers: int
     batch_size_per_worker: int
-    step_s: float | None
-    samples_per_sec: float | None
-    sync_share: float | None
-    slowdown: float
-    forecast: bool
+    predicted_samples_per_sec: float | None
     measured_samples_per_sec: float | None = None
-    error: float | None = None  # (predicted - measured) / measured
+    error: float | None = None  # predicted / measured - 1
+    extrapolated: bool = False
+    step_ms: float | None = None
+    work_ms: float | None = None  # one rank's mean work per step (contention included)
+    wait_ms: float | None = None  # the slowest of N ranks over the mean: waiting in sync
+    allreduce_ms: float | None = None  # the all-reduce measured under load (or the ring fit)
+    slowdown: float = 1.0  # ranks sharing cores: N x threads / cores, at least 1
+    sync_share: float | None = None  # (wait + all-reduce) / step
     min_batch_sync_under_20pct: int | None = None
+    cost_per_million_samples: float | None = None  # with raybench.scale's cost settings
 
 
 @dataclass
@@ -536,9 +556,11 @@ class ScalingModelReport:
     alpha_s: float | None  # all-reduce latency per ring hop
     beta_s_per_byte: float | None  # all-reduce seconds per byte (1 / bandwidth)
     fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
-    allreduce: list[dict]  # measured: workers, bytes, seconds (p50)
-    profile: dict  # one-worker phase times per per-worker batch (raw loop)
-    predictions: list[Prediction]
+    allreduce: list[dict]  # measured under load: workers, bytes, seconds (p50)
+    profile: dict  # one-worker phase times and work quantiles per per-worker batch (raw loop)
+    # Per launcher, its N=1 work per step over the raw loop's at the same batch.
+    launcher_factor: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None  # this machine's peak (calibrate.py)
 
 
 @dataclass
@@ -586,6 +608,54 @@ class ScalingDoc:
     precision: dict | None = None  # window_s, ci_halfwidth, budget_s, min_pairs, max_outside_load
     comparisons: list[Comparison] = field(default_factory=list)
     windows: list[MeasuredWindow] = field(default_factory=list)
+    forecasts: list[Forecast] = field(default_factory=list)
+    cost: dict | None = None  # worker_hour_cost, unit, deadline_s
+    # "completed", or "interrupted": a sweep stopped by Ctrl-C or SIGTERM keeps what it had
+    # measured, marked so that nothing reads it as the whole sweep
+    status: str = "completed"
+
+
+@dataclass
+class RunStatus:
+    """status.json of a run directory: how the run stands or how it ended."""
+
+    status: str  # running | completed | interrupted | failed | diverged
+    error: str | None = None  # one line: why it did not complete
+    log: str | None = None  # where the whole story is (the driver's log, a worker's)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+# status.json is written padded to this size: on a full disk (no free block, no free inode) the
+# next status still fits in place, in the blocks the file already has.
+STATUS_BYTES = 4096
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def write_status(run_dir: str | Path, status: RunStatus) -> Path:
+    """status.json, atomically when the disk allows; when it does not, rewritten in place over
+    the padded file the run started with, so a failure is never recorded as 'running'."""
+    path = Path(run_dir) / "status.json"
+    if status.error:
+        status = dataclasses.replace(status, error=ANSI.sub("", status.error))
+    text = json.dumps({"schema_version": SCHEMA_VERSION, **to_dict(status)}, indent=2)
+    data = text.encode().ljust(STATUS_BYTES) if len(text) < STATUS_BYTES else text.encode()
+    try:
+        return artifacts.write_bytes(path, data)
+    except OSError:
+        if not path.is_file() or path.stat().st_size < len(data):
+            raise
+        with open(path, "r+b") as fh:  # no new block, no new inode
+            fh.write(data.ljust(path.stat().st_size))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
+
+
+def read_status(run_dir: str | Path) -> RunStatus:
+    return read_doc(Path(run_dir) / "status.json", RunStatus)
 
 
 # ------------------------------------------------------------------ (de)serialisation

@@ -11,6 +11,7 @@ worker starts.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,9 +32,12 @@ def checkpoints(train_dir: Path) -> list[Path]:
 
 
 def _loads(path: Path) -> dict | None:
+    """The checkpoint's training state if all of it loads (weights, best weights, state)."""
     try:
+        for name in (CKPT_MODEL, CKPT_BEST):
+            torch.load(path / name, map_location="cpu", weights_only=True)
         return torch.load(path / CKPT_STATE, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 (a cut-off file: not a usable checkpoint)
+    except Exception:  # noqa: BLE001 (a cut-off or damaged file: not a usable checkpoint)
         return None
 
 
@@ -53,10 +57,20 @@ def model_differences(saved: dict, cfg: ModelConfig) -> list[str]:
             for k in sorted(saved) if k in now and saved[k] != now[k]]
 
 
-def prepare_resume(train_dir: Path, cfg: Config) -> Path | None:
+def prepare_resume(train_dir: Path, cfg: Config,
+                   say: Callable[[str], None] = print) -> Path | None:
     """Check a run's checkpoints against its config; returns a checkpoint directory the trainer
-    must start from when Ray's own snapshot is unusable (None: Ray's snapshot decides)."""
-    usable = [(p, state) for p in checkpoints(train_dir) if (state := _loads(p)) is not None]
+    must start from when Ray's own record is unusable (None: Ray's snapshot decides): its
+    snapshot is cut off, or the newest checkpoint does not load, in which case the newest that
+    does is used, and said."""
+    found = checkpoints(train_dir)
+    usable = [(p, state) for p in found if (state := _loads(p)) is not None]
+    if found and usable and usable[0][0] != found[0]:
+        bad = [p.name for p in found[:found.index(usable[0][0])]]
+        say(f"--resume: checkpoint {', '.join(bad)} does not load; resuming from "
+            f"{usable[0][0].name} (epoch {usable[0][1].get('epoch')}) instead")
+        _set_aside(train_dir)
+        return usable[0][0]
     if usable:
         saved = usable[0][1].get("model_config")
         if saved:
@@ -67,6 +81,13 @@ def prepare_resume(train_dir: Path, cfg: Config) -> Path | None:
                                 "new run")
     if snapshot_ok(train_dir):
         return None
-    broken = train_dir / SNAPSHOT
-    broken.rename(broken.with_name(SNAPSHOT + ".unreadable"))
+    _set_aside(train_dir)
     return usable[0][0] if usable else None
+
+
+def _set_aside(train_dir: Path) -> None:
+    """Ray's record of the run's checkpoints, renamed so that Ray starts clean and the loop
+    loads the checkpoint raybench chose."""
+    snapshot = train_dir / SNAPSHOT
+    if snapshot.exists():
+        snapshot.rename(snapshot.with_name(SNAPSHOT + ".unreadable"))

@@ -16,6 +16,7 @@ from raybench.backends import LaunchContext
 from raybench.backends.local import wants_gpu
 from raybench.backends.ray_cluster import RayHandle, connect, ingest_cpus, preflight
 from raybench.backends.ray_train import RayTrainBackend
+from raybench.cli import Parser
 from raybench.config import (
     Config,
     add_config_args,
@@ -34,10 +35,10 @@ from raybench.data import (
 from raybench.errors import RunFailed, UserError, install_sigterm, run_cli
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import build_model, check_model, count_parameters, flops_per_sample
-from raybench.results import RunResult, write_doc
+from raybench.results import RunResult, RunStatus, read_status, write_doc, write_status
 from raybench.resume import prepare_resume
 from raybench.runlock import RunLock, check_not_live
-from raybench.tracking import TENSORBOARD_DIR, TrackingOptions, flatten
+from raybench.tracking import TENSORBOARD_DIR, TrackingOptions, check_mlflow, flatten
 
 EXAMPLE = """examples:
   python -m raybench.run --workers 4
@@ -48,9 +49,8 @@ EXAMPLE = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m raybench.run", description=__doc__, epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="python -m raybench.run", description=__doc__, epilog=EXAMPLE)
     add_config_args(parser, "run")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a stopped run from its last checkpoint, same directory")
@@ -102,11 +102,10 @@ def _resolve_config(args: argparse.Namespace) -> tuple[Config, Path | None]:
     if not args.resume:
         return config_from_args(args), None
     run_dir = Path(args.resume)
-    status = run_dir / "status.json"
-    if not (run_dir / "config.yaml").is_file() or not status.is_file():
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "status.json").is_file():
         raise UserError(f"--resume {run_dir}: not a raybench run directory (no config.yaml and "
                         "status.json)")
-    if '"completed"' in status.read_text():
+    if read_status(run_dir).completed:
         raise UserError(f"--resume {run_dir}: that run already completed")
     check_not_live(run_dir)
     if args.config:
@@ -136,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Console(quiet=args.quiet)
     if resume_dir is None:
         artifacts.check_writable(cfg.io.save_dir)
+        taken = Path(cfg.io.save_dir) / (cfg.io.run_name or "")
+        if cfg.io.run_name and taken.exists():
+            raise UserError(f"run directory {taken} already exists; pick another --run_name, "
+                            f"or --resume {taken}")
+    if cfg.io.storage_path:
+        artifacts.check_storage(cfg.io.storage_path)
     out.log(f"Set random seed: {cfg.train.seed}")
     data, cfg = load_data(cfg, out)
     if cfg.io.mlflow_uri:
@@ -144,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             raise UserError("--mlflow needs the MLflow client: pip install 'raybench[mlflow]'"
                             ) from None
+        problem = check_mlflow(cfg.io.mlflow_uri)
+        if problem:  # the run goes on, untracked, and says so where the user looks
+            out.warn(f"{problem}: MLflow tracking is off for this run")
+            cfg.io.mlflow_uri = None
     resume_from = None
     if resume_dir is not None:
         resume_from = prepare_resume(storage_of(resume_dir, cfg) / _train_name(resume_dir, cfg),
-                                     cfg)
+                                     cfg, out.warn)
 
     handle = connect(cfg, verbose=args.verbose, dashboard=args.dashboard,
                      extra_cpus=ingest_cpus(cfg))
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{abandoned.get('host')}) is gone")
         if resume_dir is None:
             artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
-        write_doc(run_dir / "status.json", {"status": "running"})
+        write_status(run_dir, RunStatus("running"))
         result = train(cfg, data, run_dir, handle, out, resume_from=resume_from,
                        resumed=resume_dir is not None)
         finish(run_dir, cfg, data, result, out)
@@ -226,7 +235,7 @@ def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Cons
                               tracking=tracking_options(cfg, run_dir))
         return backend.run(cfg, options, _train_name(run_dir, cfg), resume_from=resume_from)
     except KeyboardInterrupt:
-        write_doc(run_dir / "status.json", {"status": "interrupted"})
+        write_status(run_dir, RunStatus("interrupted"))
         handle.shutdown()  # stops the workers with the local Ray we started
         out.summary(f"Interrupted; continue with: python -m raybench.run --resume {run_dir}")
         raise
@@ -234,7 +243,7 @@ def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Cons
         failure = known_failure(exc)
         status = failure.status if failure else "failed"
         message = str(failure) if failure else str(exc).strip()[:2000]
-        write_doc(run_dir / "status.json", {"status": status, "error": message})
+        write_status(run_dir, RunStatus(status, message))
         if failure:
             raise failure from None
         raise
@@ -308,7 +317,7 @@ def write_run(run_dir: Path, cfg: Config, norm_stats: dict, result: RunResult) -
     write_doc(run_dir / "metrics_valid.json", result.metrics_valid)
     write_doc(run_dir / "metrics_test.json", result.metrics_test)
     write_doc(run_dir / "timing.json", timing)
-    write_doc(run_dir / "status.json", {"status": "completed"})
+    write_status(run_dir, RunStatus("completed"))
 
 
 if __name__ == "__main__":

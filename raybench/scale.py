@@ -18,6 +18,7 @@ from pathlib import Path
 from raybench import scaling_report
 from raybench.backends import DEFAULT, NAMES
 from raybench.chaos import parse_chaos
+from raybench.cli import Parser
 from raybench.config import Config, add_config_args, config_from_args
 from raybench.errors import UserError, run_cli
 from raybench.interleave import Precision
@@ -63,9 +64,8 @@ def _backends(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m raybench.scale", description=__doc__,
-                                     epilog=EXAMPLE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m raybench.scale", description=__doc__,
+                    epilog=EXAMPLE)
     parser.add_argument("--workers", type=_workers_list, default=[1, 2, 4], metavar="N,N,...",
                         help="worker counts to measure (default 1,2,4)")
     parser.add_argument("--mode", choices=("strong", "weak"), default="strong",
@@ -182,6 +182,17 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beta-gbps", type=float, metavar="GB/S",
                        help="all-reduce bandwidth for forecasts (default: fitted here)")
     group.add_argument("--no-model", action="store_true", help="skip the scaling model")
+    group.add_argument("--recalibrate", action="store_true",
+                       help="measure this machine's matmul peak and memory bandwidth again "
+                       "(cached per host; it gives each point's CPU MFU)")
+    cost = parser.add_argument_group(
+        "which N to pay for", "each N's cost per million samples and, with --target, to the "
+        "target from launch (start-up included); the verdict names the fastest, the cheapest "
+        "and the cheapest within --deadline-s")
+    cost.add_argument("--worker-hour-cost", type=float, metavar="PRICE",
+                      help="price of one worker for an hour (default: costs in worker-seconds)")
+    cost.add_argument("--deadline-s", type=float, metavar="S",
+                      help="with --target: the cheapest N that reaches it within S seconds")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -207,7 +218,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--global-batch-size must be positive, got {args.global_batch_size}")
     if args.synthetic_samples is not None and args.synthetic_samples < 2:
         raise UserError(f"--synthetic-samples must be at least 2, got {args.synthetic_samples}")
-    for name in ("alpha_us", "beta_gbps"):
+    for name in ("alpha_us", "beta_gbps", "worker_hour_cost", "deadline_s"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
@@ -215,6 +226,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _check_modes(args: argparse.Namespace) -> None:
+    if args.predict and 1 not in args.workers:
+        raise UserError("--predict forecasts from the N=1 point: include 1 in --workers")
+    if args.deadline_s is not None and not args.target:
+        raise UserError("--deadline-s picks the cheapest N that reaches --target in time: give "
+                        "--target")
+    if all(b == "raw" for b in args.backends) and 1 not in args.workers:
+        raise UserError("the raw backend runs one worker: include 1 in --workers, or another "
+                        "backend")
     resident = args.protocol == "resident" and not (args.target or args.chaos)
     if args.ray_train_switches and not resident:
         raise UserError("--ray-train-switches compares interleaved windows of warm launchers: "
@@ -253,7 +272,9 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ScaleSpec, Config]:
                       min_seconds=args.min_seconds, max_steps=args.max_steps or None),
         target=args.target, lr_scaling=args.lr_scaling, chaos=args.chaos,
         predict=args.predict or [], alpha_us=args.alpha_us, beta_gbps=args.beta_gbps,
-        no_model=args.no_model, ray_train_switches=args.ray_train_switches)
+        no_model=args.no_model, ray_train_switches=args.ray_train_switches,
+        recalibrate=args.recalibrate, worker_hour_cost=args.worker_hour_cost,
+        deadline_s=args.deadline_s)
     return spec, config_from_args(args)
 
 
@@ -263,11 +284,12 @@ def run_sweep(args: argparse.Namespace) -> ScalingDoc:
 
 
 def merge(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raybench.scale merge",
-                                     description="Merge scaling results into one report.")
+    parser = Parser(prog="python -m raybench.scale merge",
+                    description="Merge scaling results into one report.")
     parser.add_argument("inputs", nargs="+", help="scaling.json files or directories")
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
+    check_merge(args.inputs, args.out)
     docs = scaling_report.load_docs(args.inputs)
     modes = {doc.mode for doc in docs}
     if len(modes) > 1:
@@ -282,6 +304,26 @@ def merge(argv: list[str]) -> int:
         print(text)
     print(f"Saved → {Path(args.out).resolve()}")
     return 0
+
+
+def check_merge(inputs: list[str], out: str) -> None:
+    """A merge never counts a report twice (that would narrow its interval) and never writes
+    over one of its inputs."""
+    def report_of(path: str) -> Path:
+        p = Path(path)
+        return (p / "scaling.json" if p.is_dir() or not p.suffix else p).resolve()
+
+    seen: dict[Path, str] = {}
+    for path in inputs:
+        if report_of(path) in seen:
+            raise UserError(f"scale merge: {path} and {seen[report_of(path)]} are the same "
+                            "report; merging it twice would count its runs twice")
+        seen[report_of(path)] = path
+    if report_of(out) in seen:
+        raise UserError(f"scale merge --out {out} is one of the inputs; give a new directory")
+    if report_of(out).exists():
+        raise UserError(f"scale merge --out {out} already holds a scaling report; give a new "
+                        "directory")
 
 
 def main(argv: list[str] | None = None) -> int:

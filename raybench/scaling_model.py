@@ -1,17 +1,23 @@
 """A scaling model: the step time and throughput at N workers, predicted from measurements at
-one worker and of the all-reduce alone, never from the N >= 2 runs it is compared with.
+one worker and of the all-reduce, never from the N >= 2 runs it is compared with.
 
-    step(N, b) = slow(N) * (data(b) + compute(b) + optimizer(b)) + allreduce(N, gradient bytes)
+    step(N, b) = E[ max over N ranks of slow(N) * work(b) ] + allreduce_loaded(N, gradient bytes)
 
-- data, compute and optimizer come from one-worker steps at the per-worker batch b (profiled at
-  each batch a point needs; affine in b between and beyond them);
-- slow(N) = max(1, N * threads / cores): workers sharing a node's cores slow each other's
-  compute (1 on a cluster sized for N);
-- allreduce(N, m) is the measured latency of an all-reduce of m bytes among N processes where
-  one was measured, else the ring all-reduce cost 2(N-1) alpha + 2(N-1)/N m beta with alpha
-  (latency per hop) and beta (seconds per byte) fitted to the measured sizes and worker counts,
-  or given for a real network. For the gradient of a model that fits one DDP bucket the whole
-  all-reduce follows the backward pass, so all of it is exposed.
+- work(b) is one rank's time per step outside synchronisation (data + compute + optimizer), as
+  a distribution: the quantiles of the one-worker steps measured at per-worker batch b (the
+  launcher's own N=1 steps where the batch matches, else the raw loop's at b scaled by what the
+  launcher costs at N=1). Every rank must finish its part of a step before the all-reduce can
+  complete, so a step waits for the slowest: the expected maximum of N draws, from the order
+  statistics of the measured distribution. That wait is the part of "sync" an isolated
+  all-reduce never shows (measured here: 0.37 ms alone, 1.15 ms inside the step, MLP b1024 N=2).
+- slow(N) = max(1, N * threads / cores): ranks sharing a node's cores compute slower (1 on a
+  cluster sized for N).
+- allreduce_loaded(N, m) is the latency of an all-reduce of m bytes among N processes while the
+  others compute (backends.ddp.allreduce_sweep with a busy phase between all-reduces), where
+  one was measured; else the ring cost 2(N-1) alpha + 2(N-1)/N m beta fitted to the measured
+  ones, or given for a real network.
+- Where a batch was not profiled, work(b) is the affine fit of the profiled means, never below
+  what the calibrated peak of this machine allows (calibrate.py): FLOPs(b) / peak.
 
 samples/s(N) = N * b / step(N, b).
 """
@@ -23,17 +29,40 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raybench.results import Prediction
+from raybench.results import Forecast
+
+QUANTILES = 101  # work-time quantiles kept per profile: percentiles 0, 1, ..., 100
+
+
+def quantiles_of(samples: np.ndarray) -> list[float]:
+    """Percentiles 0..100 of measured step times (the distribution a forecast samples)."""
+    if len(samples) == 0:
+        return []
+    return [float(x) for x in np.percentile(samples, np.linspace(0, 100, QUANTILES))]
+
+
+def expected_max(quantiles: list[float], n: int) -> float:
+    """E[max of n independent draws] from the distribution with these equally spaced quantiles:
+    the integral of Q(u) d(u^n), trapezoids between quantiles. n = 1 gives the mean."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    if len(q) < 2:
+        return float(q[0]) if len(q) else math.nan
+    u = np.linspace(0.0, 1.0, len(q))
+    weights = np.diff(u ** n)
+    return float(np.sum((q[1:] + q[:-1]) / 2 * weights))
 
 
 @dataclass
 class StepProfile:
-    """One-worker phase times (seconds per step) at per-worker batch sizes."""
+    """One-worker phase times (seconds per step) at per-worker batch sizes, and the quantiles
+    of the work per step (seconds) where they were measured."""
 
     batch: list[int]
     data_s: list[float]
     compute_s: list[float]
     optimizer_s: list[float]
+    work_quantiles: list[list[float]] = field(default_factory=list)  # per batch, may be empty
+    floor_s_per_sample: float = 0.0  # calibrated lower bound: FLOPs per sample / peak FLOP/s
 
     def total(self) -> list[float]:
         return [d + c + o for d, c, o in zip(self.data_s, self.compute_s, self.optimizer_s,
@@ -48,11 +77,32 @@ class StepProfile:
         return float(k0), float(k1)
 
     def at(self, batch: int) -> float:
-        """One-worker step time at a per-worker batch: the measured one, else the fit."""
+        """One-worker mean work per step at a per-worker batch: the measured one, else the
+        fit, never below the machine's calibrated floor for that batch."""
         if batch in self.batch:
             return self.total()[self.batch.index(batch)]
         k0, k1 = self.fit()
-        return max(k0 + k1 * batch, 0.0)
+        return max(k0 + k1 * batch, self.floor_s_per_sample * batch, 0.0)
+
+    def distribution(self, batch: int) -> list[float]:
+        """Quantiles of the work per step at a batch: measured there, else the nearest
+        measured batch's shape scaled to the mean at this batch."""
+        have = [(abs(b - batch), i) for i, b in enumerate(self.batch)
+                if i < len(self.work_quantiles) and self.work_quantiles[i]]
+        if not have:
+            return [self.at(batch)]
+        i = min(have)[1]
+        shape = self.work_quantiles[i]
+        mean = expected_max(shape, 1)
+        k = self.at(batch) / mean if mean > 0 else 1.0
+        return [x * k for x in shape]
+
+    def scaled(self, k: float) -> StepProfile:
+        """The same profile with every time multiplied by k (a launcher's cost over raw)."""
+        return StepProfile(self.batch, [x * k for x in self.data_s],
+                           [x * k for x in self.compute_s], [x * k for x in self.optimizer_s],
+                           [[x * k for x in q] for q in self.work_quantiles],
+                           self.floor_s_per_sample)
 
 
 @dataclass
@@ -107,21 +157,26 @@ def slowdown(workers: int, threads: int, cores: int) -> float:
 
 
 def predict(backend: str, profile: StepProfile, comm: CommModel, workers: int, batch: int,
-            grad_bytes: int, threads: int, cores: int, forecast: bool = False) -> Prediction:
+            grad_bytes: int, threads: int, cores: int, extrapolated: bool = False) -> Forecast:
     slow = slowdown(workers, threads, cores)
     sync = comm.allreduce(workers, grad_bytes)
-    local = profile.at(batch)
-    step = None if sync is None else slow * local + sync
-    out = Prediction(backend, workers, batch, step,
-                     workers * batch / step if step else None,
-                     sync / step if step else None, slow, forecast)
-    out.min_batch_sync_under_20pct = min_batch(profile, sync, slow)
-    return out
+    dist = profile.distribution(batch)
+    mean = slow * expected_max(dist, 1)
+    slowest = slow * expected_max(dist, workers)
+    step = None if sync is None else slowest + sync
+    return Forecast(
+        backend=backend, workers=workers, batch_size_per_worker=batch,
+        predicted_samples_per_sec=workers * batch / step if step else None,
+        extrapolated=extrapolated, step_ms=None if step is None else step * 1e3,
+        work_ms=mean * 1e3, wait_ms=(slowest - mean) * 1e3,
+        allreduce_ms=None if sync is None else sync * 1e3, slowdown=slow,
+        sync_share=(slowest - mean + sync) / step if step else None,
+        min_batch_sync_under_20pct=min_batch(profile, sync, slow))
 
 
 def min_batch(profile: StepProfile, sync: float | None, slow: float,
               share: float = 0.2) -> int | None:
-    """The smallest per-worker batch at which synchronisation is under `share` of a step:
+    """The smallest per-worker batch at which the all-reduce is under `share` of a step:
     sync < share * (slow * (k0 + k1 b) + sync)."""
     if not sync:
         return 1 if sync == 0 else None
@@ -135,8 +190,9 @@ def min_batch(profile: StepProfile, sync: float | None, slow: float,
     return math.floor((need - k0) / k1 + 1e-9) + 1
 
 
-def with_measurement(p: Prediction, measured: float | None) -> Prediction:
-    p.measured_samples_per_sec = measured
-    if measured and p.samples_per_sec:
-        p.error = (p.samples_per_sec - measured) / measured
-    return p
+def with_measurement(f: Forecast, measured: float | None) -> Forecast:
+    """The measurement beside a kept forecast; error = predicted / measured - 1."""
+    f.measured_samples_per_sec = measured
+    if measured and f.predicted_samples_per_sec:
+        f.error = f.predicted_samples_per_sec / measured - 1
+    return f

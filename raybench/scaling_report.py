@@ -17,6 +17,7 @@ from raybench.errors import UserError
 from raybench.interleave import paired_comparison
 from raybench.results import (
     Comparison,
+    Forecast,
     Interval,
     MeasuredWindow,
     PointSummary,
@@ -87,6 +88,7 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         first_batch_s_max=max((r.first_batch_s for r in ranks if r.first_batch_s is not None),
                               default=None),
         object_store_peak_mib=t.object_store_peak_mib, spilled_mib=t.spilled_mib,
+        work_ms_quantiles=t.work_ms_quantiles if t.num_workers == 1 else [],
         **ddp_timers_ms(result.ddp_logging))
 
 
@@ -204,7 +206,7 @@ def printed(doc: ScalingDoc) -> list[str]:
     """What `scale` prints at the end, in order (and `scale merge`)."""
     blocks = [table(doc.summary), comparisons_table(doc.comparisons),
               ingest_table(doc.summary), target_table(doc.summary), faults_table(doc.summary),
-              model_table(doc.model), "\n".join(doc.verdict or [])]
+              forecasts_table(doc.forecasts, doc.model), "\n".join(doc.verdict or [])]
     return [b for b in blocks if b]
 
 
@@ -251,7 +253,7 @@ def _point(label: str, workers: int, rs: list[RunRecord],
         "step_time_ms_p50", "step_time_ms_p90", "data_share", "compute_share", "sync_share",
         "optimizer_share", "epoch_time_s", "time_to_first_step_s", "peak_rss_mib_max",
         "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "achieved_tflops",
-        "mfu", "object_store_peak_mib", "spilled_mib")}
+        "mfu", "cpu_mfu", "object_store_peak_mib", "spilled_mib")}
     shares = [r.data_share_per_rank for r in rs if r.data_share_per_rank]
     recoveries = [x for r in rs for x in r.recovery_s]
     for key in ("goodput_samples_per_sec", "restore_s_total", "checkpoint_save_s_total",
@@ -381,9 +383,11 @@ def write_report(out_dir: str | Path, *, environment: Any, config: dict, runs: l
     runs = add_speedups(runs)
     summary = summarize(runs)
     apply_comparisons(summary, extra.get("comparisons") or [])
-    attach_predictions(summary, extra.get("model"))
+    attach_forecasts(summary, extra.get("forecasts") or [])
+    add_costs(summary, runs, extra.get("cost"))
     doc = ScalingDoc(environment=environment, config=config, mode=mode, runs=runs,
-                     summary=summary, verdict=verdict(summary), **extra)
+                     summary=summary, verdict=verdict(summary)
+                     + cost_verdict(summary, extra.get("cost")), **extra)
     artifacts.write_csv(out_dir / "scaling.csv", [dataclasses.asdict(r) for r in runs],
                         CSV_COLUMNS)
     plot(doc.summary, out_dir / "scaling.png")
@@ -484,15 +488,92 @@ def ingest_table(summary: list[PointSummary]) -> str | None:
     return "\n".join(lines)
 
 
-def attach_predictions(summary: list[PointSummary], model: ScalingModelReport | None) -> None:
-    """The model's throughput beside each measured point it predicted, with the error."""
-    for p in (model.predictions if model else []):
-        if p.forecast:
-            continue
+def attach_forecasts(summary: list[PointSummary], forecasts: list[Forecast]) -> None:
+    """The kept forecast beside each measured point it predicted, with the error."""
+    for f in forecasts:
         for row in summary:
-            if row.label == p.backend and row.workers == p.workers:
-                row.predicted_samples_per_sec = p.samples_per_sec
-                row.prediction_error = p.error
+            if row.label == f.backend and row.workers == f.workers:
+                row.predicted_samples_per_sec = f.predicted_samples_per_sec
+                row.prediction_error = f.error
+
+
+def add_costs(summary: list[PointSummary], runs: list[RunRecord], cost: dict | None) -> None:
+    """Per point: what a million samples cost at its rate, and what reaching the target cost
+    from the launch (start-up included): workers x seconds x the price of a worker-second."""
+    price = (cost or {}).get("worker_hour_cost")
+    per_worker_s = price / 3600 if price is not None else 1.0
+    for row in summary:
+        if row.samples_per_sec:
+            row.cost_per_million_samples = (per_worker_s * row.workers * 1e6
+                                            / row.samples_per_sec.median)
+        times = [r.target.time_from_start_s for r in runs
+                 if r.label == row.label and r.workers == row.workers and r.target
+                 and r.target.reached and r.target.time_from_start_s]
+        if times:
+            row.time_to_target_from_launch_s = statistics.median(times)
+            row.cost_to_target = per_worker_s * row.workers * row.time_to_target_from_launch_s
+
+
+def cost_verdict(summary: list[PointSummary], cost: dict | None) -> list[str]:
+    """Which N to pay for: fastest, cheapest, and cheapest within the deadline (to the target
+    when there is one, else per million samples)."""
+    cost = cost or {}
+    unit = ("" if cost.get("worker_hour_cost") is None else " at "
+            f"{cost['worker_hour_cost']:g} per worker-hour")
+    out = []
+    for label in dict.fromkeys(r.label for r in summary if not r.ingest_only and not r.chaos):
+        rows = [r for r in summary if r.label == label]
+        to_target = [r for r in rows if r.cost_to_target is not None]
+        if to_target:
+            fast = min(to_target, key=lambda r: r.time_to_target_from_launch_s)
+            cheap = min(to_target, key=lambda r: r.cost_to_target)
+            line = (f"{label}: from launch, N={fast.workers} reached the target fastest "
+                    f"({fast.time_to_target_from_launch_s:.1f}s, start-up included) and "
+                    f"N={cheap.workers} cheapest ({_cost(cheap.cost_to_target, cost)}{unit})")
+            out.append(line + _within(to_target, cost.get("deadline_s")) + ".")
+        elif len(rows) > 1 and all(r.cost_per_million_samples for r in rows):
+            cheap = min(rows, key=lambda r: r.cost_per_million_samples)
+            out.append(f"{label}: N={cheap.workers} is the cheapest per million samples "
+                       f"({_cost(cheap.cost_per_million_samples, cost)}{unit}).")
+    return out
+
+
+def _within(rows: list[PointSummary], deadline: float | None) -> str:
+    if not deadline:
+        return ""
+    within = [r for r in rows if r.time_to_target_from_launch_s <= deadline]
+    if not within:
+        return f"; no N reached it within {deadline:g}s"
+    return f"; within {deadline:g}s, N={min(within, key=lambda r: r.cost_to_target).workers}"
+
+
+def _cost(value: float, cost: dict) -> str:
+    if cost.get("worker_hour_cost") is None:
+        return f"{value:,.1f} worker-seconds"
+    return f"{value:,.4g}"
+
+
+def forecasts_table(forecasts: list[Forecast], model: ScalingModelReport | None) -> str | None:
+    """Each kept forecast beside its measurement, with the model's terms: one rank's work, the
+    wait for the slowest of N, the all-reduce under load."""
+    if not forecasts:
+        return None
+    alpha = _fmt(model and model.alpha_s and model.alpha_s * 1e6, ".1f")
+    bw = _fmt(model and model.beta_s_per_byte and 1e-9 / model.beta_s_per_byte, ".2f")
+    head = (f"forecasts (made from the N=1 point before any N>=2 ran; ring fit alpha {alpha} us, "
+            f"bandwidth {bw} GB/s)\n"
+            f"{'backend':<10}{'N':>4} {'batch/w':>7} {'predicted':>11} {'measured':>11} "
+            f"{'error':>7} {'work ms':>8} {'wait ms':>8} {'allred ms':>9} {'slow':>5} "
+            f"{'$/M samples':>11}")
+    lines = [head, "-" * 100]
+    for f in forecasts:
+        kind = "forecast" if f.extrapolated else _fmt(f.measured_samples_per_sec, ",.0f")
+        lines.append(f"{f.backend:<10}{f.workers:>4} {f.batch_size_per_worker:>7} "
+                     f"{_fmt(f.predicted_samples_per_sec, ',.0f'):>11} {kind:>11} "
+                     f"{_fmt(f.error, '+.1%'):>7} {_fmt(f.work_ms, '.3f'):>8} "
+                     f"{_fmt(f.wait_ms, '.3f'):>8} {_fmt(f.allreduce_ms, '.3f'):>9} "
+                     f"{f.slowdown:>5.1f} {_fmt(f.cost_per_million_samples, ',.4g'):>11}")
+    return "\n".join(lines)
 
 
 def target_table(summary: list[PointSummary]) -> str | None:
@@ -511,27 +592,6 @@ def target_table(summary: list[PointSummary]) -> str | None:
         lines.append(f"{r.label:<{width}}N={r.workers:<11} {score:>9} {t.reached:>4}/{t.runs:<3} "
                      f"{_fmt(t.epochs_median, '.0f'):>6} {_fmt(t.samples_median, ',.0f'):>10} "
                      f"{_fmt(t.eval_share, '.0%'):>5}  {each}{note}")
-    return "\n".join(lines)
-
-
-def model_table(model: ScalingModelReport | None) -> str | None:
-    """Predicted against measured throughput, forecasts labelled, and the smallest batch at
-    which synchronisation is under a fifth of a step."""
-    if model is None or not model.predictions:
-        return None
-    alpha = _fmt(model.alpha_s and model.alpha_s * 1e6, ".1f")
-    bw = _fmt(model.beta_s_per_byte and 1e-9 / model.beta_s_per_byte, ".2f")
-    head = (f"scaling model (fitted on N=1 steps and all-reduces only; alpha {alpha} us, "
-            f"bandwidth {bw} GB/s{' fitted' if model.fitted else ''})\n"
-            f"{'backend':<10}{'N':>4} {'batch/w':>7} {'predicted':>11} {'measured':>11} "
-            f"{'error':>7} {'sync':>5} {'batch for sync<20%':>19}")
-    lines = [head, "-" * 78]
-    for p in model.predictions:
-        kind = "forecast" if p.forecast else _fmt(p.measured_samples_per_sec, ",.0f")
-        lines.append(f"{p.backend:<10}{p.workers:>4} {p.batch_size_per_worker:>7} "
-                     f"{_fmt(p.samples_per_sec, ',.0f'):>11} {kind:>11} "
-                     f"{_fmt(p.error, '+.1%'):>7} {_fmt(p.sync_share, '.0%'):>5} "
-                     f"{_fmt(p.min_batch_sync_under_20pct, ',d'):>19}")
     return "\n".join(lines)
 
 

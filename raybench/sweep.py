@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
-from raybench import environment, forecast, probes, scaling_report
+from raybench import calibrate, environment, forecast, probes, scaling_report
 from raybench.artifacts import Output
 from raybench.backends import SINGLE_WORKER, Backend, LaunchContext, backend_class
 from raybench.backends.ray_cluster import REPORT_POLL_S, connect, preflight
@@ -45,6 +46,7 @@ from raybench.loop import LoopOptions, Window
 from raybench.models import build_model, check_model, flops_per_sample
 from raybench.results import (
     Comparison,
+    Forecast,
     MeasuredWindow,
     RunRecord,
     RunResult,
@@ -84,6 +86,13 @@ class ScaleSpec:
     beta_gbps: float | None = None
     no_model: bool = False
     ray_train_switches: bool = False  # also each Ray Train helper switched off, in turn
+    recalibrate: bool = False  # measure this machine's peak again (calibrate.py)
+    worker_hour_cost: float | None = None  # None: costs in worker-seconds
+    deadline_s: float | None = None  # the cheapest N that reaches the target within this
+
+    @property
+    def cost_per_worker_second(self) -> float:
+        return self.worker_hour_cost / 3600 if self.worker_hour_cost is not None else 1.0
 
     @property
     def whole_epochs(self) -> bool:
@@ -266,15 +275,20 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
     context = LaunchContext(scratch_dir=scratch, storage_path=output.storage("ray_train"),
                             ray=handle, allreduce_iters=spec.allreduce_iters)
     measures = measurements(spec, p, context)
+    sweep = Sweep(spec, p, measures, context, out)
     try:
-        sweep = Sweep(spec, p, measures, context, out)
         sweep.run()
-        model = forecast.fit_model(spec, p, measures, sweep.runs, out)
+    except KeyboardInterrupt:
+        if sweep.runs:  # what was measured stays, marked as a part of the sweep
+            write(spec, output.local, env, p, sweep, out, status="interrupted")
+            out.summary(f"Interrupted: {len(sweep.runs)} run(s) measured, saved as a partial "
+                        f"sweep (status interrupted) in {output.publish()}")
+        raise
     finally:
         for m in measures:
             m.backend.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    doc = write(spec, output.local, env, p, sweep, model, out)
+    doc = write(spec, output.local, env, p, sweep, out)
     out.summary(f"Saved → {output.publish()}")
     return doc
 
@@ -302,10 +316,13 @@ class Sweep:
                  context: LaunchContext, out: Console) -> None:
         self.spec, self.p, self.measures, self.context, self.out = spec, p, measures, context, out
         self.flops = flops_per_sample(p.model, p.features, p.base.data.window)
+        self.peak = calibrate.calibrate(recalibrate=spec.recalibrate) if self.flops else None
         self.runs: list[RunRecord] = []
         self.startup: list[dict] = []
         self.comparisons: list[Comparison] = []
         self.windows: list[MeasuredWindow] = []
+        self.model: ScalingModelReport | None = None
+        self.forecasts: list[Forecast] = []
 
     @property
     def resident(self) -> bool:
@@ -323,6 +340,13 @@ class Sweep:
                 else:
                     for m in at_n:
                         self._restart_run(m, n, cfg, repeat)
+                if n == 1 and repeat == 1 and forecast.wanted(self.spec, self.p):
+                    # before any N >= 2 point runs: the forecasts are made blind and kept
+                    self.model, self.forecasts = forecast.make(
+                        self.spec, self.p, self.measures, self.runs, self.context, self.out,
+                        self.spec.recalibrate)
+        forecast.check(self.forecasts, self.runs)
+        forecast.add_costs(self.forecasts, self.spec.cost_per_worker_second)
 
     def _floor(self, n: int, cfg: Config, repeat: int) -> None:
         floor = startup_floor(cfg, storage_path=self.context.storage_path,
@@ -373,12 +397,24 @@ class Sweep:
         record.without = m.without
         if kept is not None:
             scaling_report.use_windows(record, kept, measured, self.flops)
+        record.cpu_mfu = cpu_mfu(record, self.peak)
         self.runs.append(record)
         self.out.log(f"repeat {repeat} {record.label:<8} N={record.workers}: "
                      f"{_fmt_rate(record)} samples/s, step p50 "
                      f"{record.step_time_ms_p50 or 0:.2f} ms, data {record.data_share or 0:.0%}, "
                      f"sync {record.sync_share or 0:.0%}" + _fmt_target(record))
         return record
+
+
+def cpu_mfu(record: RunRecord, peak: dict | None) -> float | None:
+    """Achieved model FLOP/s over what the cores the run used can do (calibrated matmul peak
+    per core x workers x threads, at most this machine's cores when every rank ran here)."""
+    if peak is None or not record.achieved_tflops:
+        return None
+    cores = record.workers * record.threads_per_worker
+    if len(set(record.node_ids)) <= 1:
+        cores = min(cores, os.cpu_count() or cores)
+    return record.achieved_tflops * 1e12 / (peak["matmul_gflops_per_core"] * 1e9 * cores)
 
 
 def run_options(spec: ScaleSpec, target: Target | None,
@@ -421,7 +457,7 @@ def _fmt_rate(record: RunRecord) -> str:
 
 
 def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
-          model: ScalingModelReport | None, out: Console) -> ScalingDoc:
+          out: Console, status: str = "completed") -> ScalingDoc:
     summary_startup: list[StartupPoint] | None = None
     if sweep.startup:
         summary_startup = scaling_report.startup_summary(sweep.startup, sweep.runs)
@@ -433,12 +469,15 @@ def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
         warmup={"steps": w.warmup_steps, "min_steps": w.min_steps,
                 "min_seconds": w.min_seconds, "max_steps": w.max_steps},
         startup=sweep.startup or None, startup_summary=summary_startup, target=spec.target,
-        lr_scaling=spec.lr_scaling, model=model, chaos=spec.chaos,
+        lr_scaling=spec.lr_scaling, model=sweep.model, forecasts=sweep.forecasts,
+        cost={"worker_hour_cost": spec.worker_hour_cost, "deadline_s": spec.deadline_s,
+              "unit": "per worker-hour" if spec.worker_hour_cost is not None
+              else "worker-seconds"}, chaos=spec.chaos,
         protocol="resident" if sweep.resident else "restart",
         precision=dataclasses.asdict(spec.precision) if sweep.resident else None,
         comparisons=scaling_report.pooled(sweep.comparisons, sweep.windows,
                                           spec.precision.ci_halfwidth),
-        windows=sweep.windows)
+        windows=sweep.windows, status=status)
     for text in scaling_report.printed(doc):
         out.summary(text)
     for row in summary_startup or []:

@@ -38,6 +38,64 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# MLflow's HTTP client retries for minutes by default (measured: 272 s before the first step
+# with nothing listening); a tracker gets seconds, then steps aside.
+MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+KNOWN_SCHEMES = ("http", "https", "file", "databricks", "sqlite", "postgresql", "mysql",
+                 "mssql")
+
+
+def check_mlflow(uri: str, timeout_s: float = 3.0) -> str | None:
+    """Why tracking to `uri` cannot work, checked on the driver before anything starts (None:
+    it may). A warning the user sees, where a worker's own message would be hidden."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if "://" not in uri:
+        return None  # a local path: MLflow's file store
+    if parsed.scheme.split("+")[0] not in KNOWN_SCHEMES:
+        return f"--mlflow {uri}: unknown scheme {parsed.scheme!r}"
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+        except OSError as exc:
+            return f"--mlflow {uri}: nothing answers at {parsed.hostname}:{port} ({exc})"
+    return None
+
+
+class _Background:
+    """Runs a tracker's calls in a thread of their own, in order: a slow or dead tracking server
+    never holds up a training step. close() waits a bounded time for what is queued."""
+
+    def __init__(self, target: Any) -> None:
+        import queue
+        import threading
+
+        self.target, self.calls = target, queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="raybench-tracking", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (call := self.calls.get()) is not None:
+            name, args, kwargs = call
+            try:
+                getattr(self.target, name)(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (tracking never fails a run)
+                print(f"raybench: MLflow tracking stopped: {type(exc).__name__}: {exc}",
+                      flush=True)
+                return
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self.calls.put((name, args, kwargs))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.calls.put(("end_run", (), {}))
+        self.calls.put(None)
+        self.thread.join(timeout_s)
+
+
 def _opened(what: str, open_it: Any, arg: Any) -> Any:
     """One tracker, or None with one line saying why (the others still open)."""
     try:
@@ -68,6 +126,8 @@ class Tracker:
     def _mlflow(options: TrackingOptions) -> Any:
         if not options.mlflow_uri:
             return None
+        for key, value in MLFLOW_ENV.items():
+            os.environ.setdefault(key, value)
         import mlflow
 
         if options.mlflow_uri.startswith("file:") or "://" not in options.mlflow_uri:
@@ -77,7 +137,7 @@ class Tracker:
         mlflow.set_experiment(options.mlflow_experiment)
         mlflow.start_run(run_name=options.run_name)
         mlflow.log_params({k: str(v)[:500] for k, v in options.params.items()})
-        return mlflow
+        return _Background(mlflow)
 
     def epoch(self, row: EpochRow, breakdown: StepBreakdown, samples_per_sec: float | None) -> None:
         scalars = {"train/loss": row.train_loss}
@@ -106,13 +166,13 @@ class Tracker:
         if self.mlflow is not None and best_state:
             import torch
 
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "best.ckpt")
-                torch.save(best_state, path)
-                self.mlflow.log_artifact(path)
+            # the artifact outlives this call (the upload is queued): a file of its own
+            path = os.path.join(tempfile.mkdtemp(prefix="raybench-mlflow-"), "best.ckpt")
+            torch.save(best_state, path)
+            self.mlflow.log_artifact(path)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.mlflow is not None:
-            self.mlflow.end_run()
+            self.mlflow.close()

@@ -29,6 +29,7 @@ from raybench.artifacts import Output
 from raybench.backends.local import pick_device, wants_gpu
 from raybench.backends.ray_cluster import connect, preflight
 from raybench.backends.ray_train import TuneSession, build_trainer, train_fn
+from raybench.cli import Parser
 from raybench.config import (
     METRIC_MODES,
     Config,
@@ -37,13 +38,19 @@ from raybench.config import (
     check_metric,
     from_dict,
     load_yaml,
-    resolve,
     set_value,
 )
 from raybench.console import Console
-from raybench.data import check_batches, load_configured
-from raybench.data.ingest import open_ingest
-from raybench.errors import UserError, install_sigterm, run_cli
+from raybench.data import ParquetDataset, check_source_batches, load_source
+from raybench.data.ingest import open_ingest, trainer_datasets
+from raybench.errors import (
+    UserError,
+    graceful_tune_signals,
+    install_sigterm,
+    raise_if_stopped,
+    run_cli,
+    stopped,
+)
 from raybench.loop import LoopOptions, train_worker
 from raybench.models import build_model, check_model
 from raybench.results import metric_key, write_doc
@@ -162,13 +169,22 @@ def trial_config(base: dict, sampled: dict) -> Config:
     return cfg
 
 
-def _single_worker_trial(params: dict, base: dict, data: dict) -> None:
-    """The loop inside the trial's own process: no TorchTrainer start-up per trial."""
+def _trial_data(data: dict) -> Any:
+    """The trial's data: a Dataset from the object store, or a streamed dataset's metadata."""
     import ray
 
+    ref = data["ref"]
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+
+def _single_worker_trial(params: dict, base: dict, data: dict) -> None:
+    """The loop inside the trial's own process: no TorchTrainer start-up per trial. A streamed
+    dataset is read by Ray Data inside the trial (the whole train split: one rank)."""
     cfg = trial_config(base, params)
-    session = TuneSession(pick_device(cfg))
-    ingest = open_ingest(cfg, ray.get(data["ref"]), session)
+    source = _trial_data(data)
+    streams = trainer_datasets(cfg, source)
+    session = TuneSession(pick_device(cfg), streams["datasets"] if streams else None)
+    ingest = open_ingest(cfg, source, session)
     train_worker(cfg, ingest, session, LoopOptions())
 
 
@@ -179,9 +195,11 @@ def _distributed_trial(params: dict, base: dict, data: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, params)
+    source = _trial_data(data)
     trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": data["ref"]}, cfg,
                             name="train", storage_path=ray.tune.get_context().get_trial_dir(),
-                            callbacks=[TuneReportCallback()])
+                            callbacks=[TuneReportCallback()],
+                            datasets=trainer_datasets(cfg, source))
     trainer.fit()
 
 
@@ -233,9 +251,8 @@ def trial_progress(console: Console, total: int, key: str, max_t: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m raybench.tune", description=__doc__,
-                                     epilog=EXAMPLE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m raybench.tune", description=__doc__,
+                    epilog=EXAMPLE)
     parser.add_argument("--num-samples", type=int, help="trials to sample (default: the YAML's)")
     parser.add_argument("--workers-per-trial", type=int, default=1,
                         help="Ray Train workers per trial; >1 runs each trial as a TorchTrainer")
@@ -339,14 +356,13 @@ def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, 
     """Data, the base config resolved against it, the metric and mode, the naive baseline;
     every check that can fail happens here, before Ray starts."""
     base: Config = settings["base"]
-    data, npz_path = load_configured(base.data, base.model.kind, out.log)
+    data, where, base = load_source(base, out.log)
     metric = settings["metric"] or base.early_stop(data.task)[0]
     if metric not in METRIC_MODES:
         raise UserError(f"sweep metric {metric!r} is unknown (known: "
                         f"{', '.join(sorted(METRIC_MODES))})")
     check_metric(metric, data.task, "sweep metric")
     base.train.early_stop_metric = metric
-    base = resolve(base, npz_path=npz_path, task=data.task)
     check_model(build_model(base.model, data.n_features, data.window, data.task), data.n_features,
                 data.window, base.model.kind)
     baseline = baseline_score(data, metric)
@@ -357,7 +373,7 @@ def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, 
     if "train.batch_size" in settings["space"]:
         kind, values = settings["space"]["train.batch_size"]
         batch_values = values if kind in ("choice", "grid") else [values[1]]
-    check_batches(len(data.X_train), base.scaling.workers, max(batch_values), str(npz_path))
+    check_source_batches(data, base.scaling.workers, max(batch_values), where)
     return data, base, metric, METRIC_MODES[metric], baseline
 
 
@@ -418,18 +434,22 @@ def run_sweep(args: argparse.Namespace) -> dict:
         len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
     if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    tuner = _make_tuner(args, settings, base, ray.put(data), output, key, mode, concurrent,
+    # In memory: put once, trials map it. Streamed: trials get the metadata, Ray Data reads.
+    data_ref = data if isinstance(data, ParquetDataset) else ray.put(data)
+    tuner = _make_tuner(args, settings, base, data_ref, output, key, mode, concurrent,
                         expected, out)
     out.log(f"Sweep: {settings['num_samples']} sample(s), metric {metric} ({mode}), scheduler "
             f"{settings['kind']} {settings['scheduler']}, {base.scaling.workers} worker(s) per "
             f"trial, up to {concurrent} at once")
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with graceful_tune_signals():
+        grid = tuner.fit()
     wall = time.perf_counter() - t0
-    rows = trial_rows(grid, key, mode, max_t)
-    # Tune answers Ctrl-C by stopping the experiment and returning what it has; an incomplete
-    # sweep must not look finished.
-    interrupted = len(rows) < expected or grid.num_terminated + grid.num_errors < len(rows)
+    # Tune answers Ctrl-C (and, here, SIGTERM) by stopping the experiment and returning what
+    # it has; an incomplete sweep must not look finished.
+    interrupted = bool(stopped()) or len(grid) < expected or (
+        grid.num_terminated + grid.num_errors < len(grid))
+    rows = trial_rows(grid, key, mode, max_t, interrupted)
     if not rows:
         raise RuntimeError("the sweep produced no trials")
     if all(r["status"] == "error" for r in rows):
@@ -437,8 +457,10 @@ def run_sweep(args: argparse.Namespace) -> dict:
     write_outputs(out_dir, rows, base, metric, mode, settings_doc, wall,
                   "interrupted" if interrupted else "completed", baseline)
     if interrupted:
-        out.summary(f"Sweep interrupted after {len(rows)} of {expected} trials; partial results "
-                    f"in {out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
+        ran = sum(r["epochs_run"] > 0 for r in rows)
+        out.summary(f"Sweep interrupted: {ran} of {expected} trials ran; partial results in "
+                    f"{out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
+        raise_if_stopped()
         raise KeyboardInterrupt
     _print_summary(out, rows, metric, mode, max_t, wall, baseline, output.publish())
     return {"rows": rows, "out_dir": out_dir, "baseline": baseline}
@@ -464,6 +486,10 @@ def baseline_score(data: Any, metric: str) -> float | None:
     """The naive baseline's value of the sweep metric on the validation split."""
     from raybench.metrics import classification_metrics, regression_metrics
 
+    if isinstance(data, ParquetDataset):
+        data = streamed_validation(data)
+        if data is None:
+            return None
     if data.task == "regression":
         m = regression_metrics(data.baseline_valid, data.y_valid)
         m["val_loss"] = m["mse"]
@@ -473,8 +499,42 @@ def baseline_score(data: Any, metric: str) -> float | None:
     return m.get(metric)
 
 
-def trial_rows(grid: Any, key: str, mode: str, max_t: int) -> list[dict]:
-    """One row per trial: its sampled values, status, epochs run, final and best metric."""
+# A streamed dataset's validation split is read whole for the naive baseline only up to this.
+BASELINE_MAX_WINDOWS = 2_000_000
+
+
+def streamed_validation(meta: ParquetDataset) -> Any:
+    """The validation targets and baseline of a Parquet dataset, read through the same
+    evaluation path a worker uses (None when the split is too large to hold for this)."""
+    import torch
+
+    from raybench.data.ingest import RayDataIngest
+
+    if meta.splits["valid"].windows > BASELINE_MAX_WINDOWS:
+        return None
+
+    class OneRank:
+        rank, world_size = 0, 1
+
+    ingest = RayDataIngest(meta, OneRank(), batch=1, device=torch.device("cpu"))
+    ys, bases = [], []
+    for _, y, base, _ in ingest.eval_batches("valid"):
+        ys.append(y)
+        bases.append(base)
+
+    class Validation:
+        task = meta.task
+        y_valid = torch.cat(ys).numpy()
+        baseline_valid = torch.cat(bases).numpy()
+
+    return Validation()
+
+
+def trial_rows(grid: Any, key: str, mode: str, max_t: int,
+               interrupted: bool = False) -> list[dict]:
+    """One row per trial: its sampled values, status, epochs run, final and best metric. A
+    trial that never reported is `not_started`; in an interrupted sweep, one that stopped short
+    of max_t is `incomplete` (ASHA may have stopped it, or the interruption did)."""
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -485,8 +545,10 @@ def trial_rows(grid: Any, key: str, mode: str, max_t: int) -> list[dict]:
             status = "error"
         elif epochs >= max_t:
             status = "completed"
+        elif epochs == 0:
+            status = "not_started"
         else:
-            status = "stopped_early"
+            status = "incomplete" if interrupted else "stopped_early"
         best = (min(values) if mode == "min" else max(values)) if values else None
         best_epoch = values.index(best) + 1 if values else None
         checkpoint = None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from raybench.errors import raise_if_stopped
 from raybench.results import WindowOrder, WindowReport
 
 # How often a waiting driver checks that the launcher it waits for is still alive.
@@ -54,6 +55,7 @@ class LocalConductor:
 
     def _receive(self, conn: Any, deadline: float) -> WindowReport:
         while not conn.poll(ALIVE_POLL_S):
+            raise_if_stopped()
             if not self.alive():
                 raise LauncherDied("a rank exited during a measured window")
             if time.monotonic() > deadline:
@@ -148,6 +150,7 @@ class RayConductor:
         pending = self.board.collect.remote(seq)
         deadline = time.monotonic() + timeout_s
         while not ray.wait([pending], timeout=ALIVE_POLL_S)[0]:
+            raise_if_stopped()
             if not self.alive():
                 raise LauncherDied("the launcher's run ended during a measured window")
             if time.monotonic() > deadline:

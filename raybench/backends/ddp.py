@@ -223,24 +223,25 @@ BACKEND = DdpBackend
 
 
 def _allreduce_rank(rank: int, world: int, port: int, results: Any, sizes: list[int],
-                    iters: int) -> None:
-    from raybench.probes import allreduce_latency
+                    iters: int, busy_s: float) -> None:
+    from raybench.probes import allreduce_under_load
 
     def body() -> None:
         torch.set_num_threads(1)
         with _process_group(rank, world, port, "gloo"):
-            rows = [allreduce_latency(max(1, nbytes // 4), torch.device("cpu"), iters)
-                    for nbytes in sizes]
+            rows = [allreduce_under_load(max(1, nbytes // 4), iters, busy_s) for nbytes in sizes]
             if rank == 0:
                 _deliver(results, rows)
 
     _run_rank(body)
 
 
-def allreduce_sweep(world: int, sizes: list[int], iters: int = 50) -> list[dict]:
+def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
+                    busy_s: float = 0.0) -> list[dict]:
     """p50 latency of all-reduces of each size (bytes of float32) among `world` gloo processes
-    on this machine: the communication the scaling model is fitted to."""
-    rows, _ = _spawn(world, _allreduce_rank, sizes, iters)
+    on this machine, each rank busy computing for busy_s between them (0: an idle machine): the
+    communication the scaling model uses."""
+    rows, _ = _spawn(world, _allreduce_rank, sizes, iters, busy_s)
     if rows is None:
         raise RuntimeError(f"all-reduce benchmark with {world} processes failed")
     return [{"workers": world, "bytes": r["bytes"], "seconds": r["allreduce_ms_p50"] / 1e3}

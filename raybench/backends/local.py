@@ -41,6 +41,7 @@ class LocalSession:
     def __init__(self, device: torch.device, rank: int = 0, world_size: int = 1,
                  on_report: Callable[[dict], None] | None = None, channel: Any = None) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.local_rank = rank  # every rank of a local group runs on this machine
         self._on_report = on_report
         self._channel = channel  # a resident rank's orders (backends.conductor)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from raybench.backends.local import wants_gpu
 from raybench.config import Config
-from raybench.errors import UserError
+from raybench.errors import UserError, install_signal_handlers
 
 # Ray Train V2's report() returns only when the controller next polls its workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): measured here, that added 2 s to every
@@ -91,10 +91,16 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
     needed = math.ceil(cfg.scaling.workers * cfg.scaling.cpus_per_worker)
     num_cpus = max(cores, needed + extra_cpus)
     store = cfg.scaling.object_store_mib
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             object_store_memory=store * 2**20 if store else None,
-             log_to_driver=verbose, logging_level=level)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                 object_store_memory=store * 2**20 if store else None,
+                 log_to_driver=verbose, logging_level=level)
+    except BaseException:  # Ctrl-C or SIGTERM while Ray starts: stop what it started
+        ray.shutdown()
+        raise
+    finally:
+        install_signal_handlers()  # ray.init replaced our SIGTERM handler with sys.exit(15)
     return RayHandle(f"local Ray on 127.0.0.1 with {num_cpus} logical CPUs", started_local=True)
 
 
@@ -115,6 +121,8 @@ def _join(address: str, level: int) -> RayHandle:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to a Ray cluster at {address!r}: {msg}") from None
+    finally:
+        install_signal_handlers()
     return RayHandle(f"Ray cluster at {address}", started_local=False, address=address)
 
 

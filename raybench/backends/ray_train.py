@@ -29,6 +29,7 @@ from raybench.config import Config, elastic, metric_mode
 from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
+from raybench.errors import raise_if_stopped
 from raybench.loop import LoopOptions
 from raybench.results import Recovery, RunResult, WindowOrder, WindowReport, metric_key
 
@@ -45,6 +46,7 @@ class RaySession:
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
         self.device = ray.train.torch.get_device()
         self._progress = progress
         # A resident run's orders (backends.conductor): the driver interleaves its windows.
@@ -96,12 +98,14 @@ class RaySession:
 
 
 class TuneSession:
-    """A one-process Tune trial: the loop runs inside the trial and reports to Tune directly."""
+    """A one-process Tune trial: the loop runs inside the trial and reports to Tune directly;
+    a streamed dataset is the trial's own Ray Data dataset (one rank reads all of it)."""
 
-    rank, world_size = 0, 1
+    rank, local_rank, world_size = 0, 0, 1
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, datasets: dict[str, Any] | None = None) -> None:
         self.device = device
+        self._datasets = datasets or {}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -128,7 +132,7 @@ class TuneSession:
         return node_of_this_process()
 
     def dataset_shard(self, name: str) -> Any:
-        raise RuntimeError("streamed datasets need the Ray Train launcher")
+        return self._datasets[name]
 
     def wait_window(self) -> WindowOrder | None:
         raise RuntimeError("a Tune trial is not a resident launcher")
@@ -289,6 +293,9 @@ def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], 
     thread = threading.Thread(target=fit, name="raybench-fit", daemon=True)
     thread.start()
     while thread.is_alive() or (progress is not None and not progress.empty()):
+        # A Ctrl-C or SIGTERM that arrived inside a Ray call may come back as a Ray error, or
+        # not at all (measured: a busy machine trained all 300 epochs after a Ctrl-C): ask.
+        raise_if_stopped()
         if progress is None:
             thread.join(0.5)
             continue
@@ -297,6 +304,7 @@ def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], 
         except queue_mod.Empty:  # ray.util.queue.Empty subclasses it
             pass
         except ray.exceptions.RayError:  # the queue is gone: training goes on, unwatched
+            raise_if_stopped()
             progress = None
     if "error" in outcome:
         raise outcome["error"]

@@ -14,6 +14,7 @@ must hand it data) and one value of `data.ingest`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -103,44 +104,101 @@ class MemoryIngest:
                    as_tensor(base[lo:hi]), torch.arange(lo, hi))
 
 
+class WindowCollate:
+    """Chunk rows (a pyarrow table from Ray Data) to training tensors: windows (rows x L, T, F)
+    normalised with the train statistics and targets (rows x L,), shuffled within the fetch
+    when asked. Ray Data runs it in its prefetch threads (iter_torch_batches' collate_fn), so
+    cutting and normalising overlap the training step instead of adding to it; the columns are
+    read straight from Arrow buffers, without a per-row Python object."""
+
+    def __init__(self, ingest: RayDataIngest, epoch: int) -> None:
+        self.window, self.features, self.task = ingest.window, ingest.n_features, ingest.task
+        self.row_values, self.length = ingest.meta.row_values, ingest.meta.chunk_windows
+        self.mu, self.sd, self.y_mu, self.y_sd = ingest._mu, ingest._sd, ingest._y_mu, ingest._y_sd
+        self.shuffle, self.seed, self.rank, self.epoch = (ingest.shuffle, ingest.seed,
+                                                          ingest.rank, epoch)
+
+    def __call__(self, table: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _column(table, "x", self.row_values).view(len(table), -1, self.features)
+        y = _column(table, "y", self.length)
+        x = (x - self.mu) / self.sd
+        # (rows, L, T, F): a view of the rows; reshape copies once, into training order
+        windows = x.unfold(1, self.window, 1).permute(0, 1, 3, 2)
+        X = windows.reshape(-1, self.window, self.features)
+        Y = y.reshape(-1)
+        if self.task == "regression":
+            Y = (Y - self.y_mu) / self.y_sd
+        if self.shuffle:
+            first = int(table.column("chunk")[0].as_py())
+            order = shuffle_order(len(X), self.seed, self.rank, self.epoch * 100_003 + first)
+            X, Y = X[order], Y[order]
+        return X, Y
+
+
 class RayDataIngest:
     """A rank's stream of a Parquet dataset. The train split arrives through Ray Data as this
     rank's equal share of chunk rows (streaming_split with equal=True), so every rank has the
     same number of windows and steps; validation and test are sharded by file (or by chunk
-    index) and read directly."""
+    index) and read directly. Ray Data's prefetch threads cut the windows (WindowCollate): the
+    training thread only slices ready tensors into batches."""
 
     name = "ray_data"
 
     def __init__(self, meta: ParquetDataset, session: Any, batch: int, device: torch.device,
                  prefetch: int = 2, shuffle: bool = False, seed: int = 0) -> None:
         self.meta, self.session, self.batch, self.device = meta, session, batch, device
-        self.prefetch, self.shuffle, self.seed = prefetch, shuffle, seed
+        # At least one batch prefetched: the collate runs in Ray Data's threads only then.
+        self.prefetch, self.shuffle, self.seed = max(1, prefetch), shuffle, seed
         self.rank, self.world = session.rank, session.world_size
         self.task, self.window, self.n_features = meta.task, meta.window, meta.features
         self.n_local = meta.splits["train"].chunks // self.world * meta.chunk_windows
         self.steps_per_epoch = -(-self.n_local // batch)
         self.dataset_mib = meta.splits["train"].chunks * meta.row_values * 4 / 2**20
-        # Chunk rows per fetch: about four training batches of windows.
-        self.rows_per_fetch = max(1, math.ceil(4 * batch / meta.chunk_windows))
+        self.rows_per_fetch = rows_per_fetch(batch, meta.chunk_windows)
         stats = meta.norm_stats
         self._mu = torch.tensor(stats["mu"], dtype=torch.float32)
         self._sd = torch.tensor(stats["sd"], dtype=torch.float32)
         self._y_mu, self._y_sd = stats.get("y_mu", 0.0), stats.get("y_sd", 1.0)
         self.first_batch_s = None
+        self.first_batch_at: float | None = None  # epoch seconds the first batch was ready
         self._epochs_started = 0
+        self._primed: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def _train_fetches(self, rows: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _train_fetches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shard = self.session.dataset_shard("train")
-        shuffle = self.shuffle
-        return shard.iter_torch_batches(
-            batch_size=rows, prefetch_batches=self.prefetch, device="cpu",
-            dtypes={"x": torch.float32, "y": torch.float32, "n": torch.int64,
-                    "chunk": torch.int64},
-            local_shuffle_buffer_size=4 * rows if shuffle else None,
-            local_shuffle_seed=self.seed + self._epochs_started if shuffle else None)
+        rows = self.rows_per_fetch
+        return iter(shard.iter_torch_batches(
+            batch_size=rows, prefetch_batches=self.prefetch,
+            collate_fn=WindowCollate(self, epoch),
+            local_shuffle_buffer_size=4 * rows if self.shuffle else None,
+            local_shuffle_seed=self.seed + self._epochs_started if self.shuffle else None))
+
+    def prime(self) -> None:
+        """Start the first epoch's pipeline and wait for its first fetch, before any clock runs:
+        Ray Data's processes and first blocks are paid for here (first_batch_s), not inside a
+        measured epoch or window."""
+        asked = time.perf_counter()
+        self._epochs_started += 1
+        fetches = self._train_fetches(1)
+        first = next(fetches)
+        self.first_batch_s, self.first_batch_at = time.perf_counter() - asked, time.time()
+        self._primed = itertools.chain([first], fetches)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        if self._primed is not None:
+            fetches, self._primed = self._primed, None
+        else:
+            self._epochs_started += 1
+            fetches = self._train_fetches(epoch)
+        seen = 0
+        for x, y in batches_of(fetches, self.batch):
+            seen += len(y)
+            yield self._to_device(x, y)
+        self._check_share(seen)
 
     def _windows(self, fetched: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Normalised windows (rows, L, T, F) as a view of the rows, targets, raw last values."""
+        """Normalised windows (rows, L, T, F) as a view of the rows, targets, raw last values
+        (evaluation: its batches are read here, not through Ray Data)."""
         x = fetched["x"].view(len(fetched["x"]), -1, self.n_features)
         last = unfold(fetched["x"], self.window, self.n_features)[:, :, -1, 0]
         x = (x - self._mu) / self._sd
@@ -149,39 +207,6 @@ class RayDataIngest:
         if self.task == "regression":
             y = (y - self._y_mu) / self._y_sd
         return windows, y, last
-
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        asked = time.perf_counter()
-        self._epochs_started += 1
-        carry_x: list[torch.Tensor] = []
-        carry_y: list[torch.Tensor] = []
-        seen, epoch_no = 0, self._epochs_started
-        for fetched in self._train_fetches(self.rows_per_fetch):
-            windows, y, _ = self._windows(fetched)
-            rows, length = windows.shape[:2]
-            order = torch.arange(rows * length)
-            if self.shuffle:
-                order = shuffle_order(rows * length, self.seed, self.rank, epoch * 100_003
-                                      + seen)
-            X, Y = windows[order // length, order % length], y[order // length, order % length]
-            carry_x.append(X)
-            carry_y.append(Y)
-            have = sum(len(c) for c in carry_x)
-            if have < self.batch:
-                continue
-            X, Y = torch.cat(carry_x), torch.cat(carry_y)
-            full = have // self.batch * self.batch
-            for lo in range(0, full, self.batch):
-                if epoch_no == 1 and self.first_batch_s is None:
-                    self.first_batch_s = time.perf_counter() - asked
-                seen += self.batch
-                yield self._to_device(X[lo:lo + self.batch], Y[lo:lo + self.batch])
-            carry_x, carry_y = [X[full:]], [Y[full:]]
-        tail = sum(len(c) for c in carry_x)
-        if tail:
-            seen += tail
-            yield self._to_device(torch.cat(carry_x), torch.cat(carry_y))
-        self._check_share(seen)
 
     def _check_share(self, seen: int) -> None:
         # Equal shares are what keeps DDP from hanging; say so loudly if Ray Data ever differs.
@@ -233,9 +258,48 @@ class RayDataIngest:
 
 
 def _column(batch: Any, name: str, width: int) -> torch.Tensor:
-    """A fixed-size list column of a record batch as a (rows, width) float tensor."""
-    values = batch.column(name).flatten().to_numpy(zero_copy_only=False)
+    """A fixed-size list column of a record batch or table as a (rows, width) float tensor."""
+    column = batch.column(name)
+    if hasattr(column, "combine_chunks"):  # a table's ChunkedArray
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
     return as_tensor(values.reshape(len(batch), width)).float()
+
+
+def rows_per_fetch(batch: int, chunk_windows: int) -> int:
+    """Chunk rows per fetch: about four training batches of windows, rounded so that a fetch
+    holds whole batches where that costs at most twice as many rows (then no batch straddles
+    two fetches and none is copied together from two)."""
+    rows = max(1, math.ceil(4 * batch / chunk_windows))
+    whole = batch // math.gcd(batch, chunk_windows)  # rows whose windows are whole batches
+    if whole <= 2 * rows:
+        rows = max(whole, rows // whole * whole)
+    return rows
+
+
+def batches_of(fetches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+               batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of `batch` windows from fetches of any size: slices (views) of each fetch, and
+    where a batch straddles two fetches, one small copy of that batch only."""
+    tail_x = tail_y = None
+    for X, Y in fetches:
+        lo = 0
+        if tail_x is not None:
+            need = batch - len(tail_x)
+            X0, Y0 = torch.cat([tail_x, X[:need]]), torch.cat([tail_y, Y[:need]])
+            if len(X0) < batch:  # this fetch was smaller than what the batch still needed
+                tail_x, tail_y = X0, Y0
+                continue
+            yield X0, Y0
+            tail_x = tail_y = None
+            lo = need
+        full = lo + (len(X) - lo) // batch * batch
+        for i in range(lo, full, batch):
+            yield X[i:i + batch], Y[i:i + batch]
+        if full < len(X):
+            tail_x, tail_y = X[full:], Y[full:]
+    if tail_x is not None and len(tail_x):
+        yield tail_x, tail_y
 
 
 def open_ingest(cfg: Any, data: Dataset | ParquetDataset, session: Any) -> Ingest:

@@ -320,7 +320,6 @@ def _write_meta(meta: ParquetDataset) -> None:
 def load_meta(directory: str | Path) -> ParquetDataset:
     """A prepared dataset's metadata, after checking every shard's schema: one line and exit
     2 for a directory that is not one, before any worker starts."""
-    import pyarrow.parquet as pq
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -340,11 +339,32 @@ def load_meta(directory: str | Path) -> ParquetDataset:
     for split in SPLITS:
         if split not in meta.splits or not meta.splits[split].files:
             raise UserError(f"{directory}: the {split} split has no Parquet files")
+        rows = 0
         for f in meta.files(split):
             if not Path(f).is_file():
                 raise UserError(f"{directory}: {f} is listed in {META} but missing")
-            _check_schema(pq.read_schema(f), f, meta)
+            schema, n = _footer(f)
+            _check_schema(schema, f, meta)
+            rows += n
+        if rows != meta.splits[split].chunks:
+            raise UserError(f"{directory}: the {split} split's files hold {rows} chunk rows, "
+                            f"{META} says {meta.splits[split].chunks}: a shard was cut short or "
+                            "replaced; prepare the dataset again")
     return meta
+
+
+def _footer(path: str) -> tuple[object, int]:
+    """A shard's schema and row count from its footer: a truncated or damaged file fails here,
+    in one line naming it, not inside a worker after Ray started."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as pf:
+            return pf.schema_arrow, pf.metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})"
+                        ) from None
 
 
 def _check_schema(schema, path: str, meta: ParquetDataset) -> None:

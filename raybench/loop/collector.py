@@ -100,6 +100,7 @@ class MetricsCollector:
         self.marks["worker_entry"] = worker_entry_time
         self.marks["loop_entry"] = time.time()
         self.pss_start = probes.pss_mib()  # before this worker touches the data
+        self.pinned: list[int] | None = None  # cores the training thread was pinned to
         self.global_step = 0
         self.samples = 0
         self._counting = False
@@ -198,6 +199,14 @@ class MetricsCollector:
     def breakdown(self) -> StepBreakdown:
         return breakdown_of(self._phases)
 
+    def work_quantiles_ms(self) -> list[float]:
+        """Percentiles 0..100 of this rank's work per measured step outside synchronisation
+        (data + compute + optimizer): the distribution the scaling model draws ranks from."""
+        from raybench.scaling_model import quantiles_of
+
+        work = np.delete(self._phases, PHASES.index("sync"), axis=1).sum(axis=1)
+        return quantiles_of(work * 1e3)
+
     def rank_facts(self, rank: int, node: dict[str, str], model: nn.Module, ingest: str,
                    first_batch_s: float | None) -> RankFacts:
         on_gpu = self.device.type == "cuda"
@@ -210,7 +219,9 @@ class MetricsCollector:
             peak_gpu_mem_mib=(torch.cuda.max_memory_allocated(self.device) / 2**20
                               if on_gpu else None),
             startup_epoch_s=dict(self.marks), final_weights_sha256=weights_digest(model),
-            step_breakdown=self.breakdown(), ingest=ingest, first_batch_s=first_batch_s)
+            step_breakdown=self.breakdown(), ingest=ingest, first_batch_s=first_batch_s,
+            niceness=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+            pinned_cores=self.pinned)
 
 
 def breakdown_of(phases: np.ndarray) -> StepBreakdown:

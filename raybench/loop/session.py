@@ -15,6 +15,7 @@ class Session(Protocol):
     """What a launcher provides to the loop on every rank."""
 
     rank: int
+    local_rank: int  # among the ranks on this node
     world_size: int
     device: torch.device
 

@@ -122,9 +122,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pin_cores(local_rank: int, threads: int) -> list[int] | None:
+    """Pin the calling thread (and the intra-op threads it starts later, which inherit it) to
+    `threads` cores chosen by local rank; None where the OS offers no affinity."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = [allowed[(local_rank * threads + i) % len(allowed)] for i in range(threads)]
+    os.sched_setaffinity(0, cores)  # 0: this thread (Linux sets affinity per thread)
+    return cores
+
+
 def setup(cfg: Config, ingest: Ingest, session: Session, collector: MetricsCollector,
           max_steps_per_epoch: int | None = None) -> TrainState:
     """Threads, seeds, the model wrapped for data parallelism, optimizer and loss."""
+    if cfg.scaling.pin_threads:
+        collector.pinned = pin_cores(session.local_rank, worker_threads(cfg))
     torch.set_num_threads(worker_threads(cfg))
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, ingest.n_features, ingest.window, ingest.task)
@@ -528,6 +541,7 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
         stopped_early=state.stopper.should_stop, resumed_from_epoch=state.resumed_from_epoch,
         step_breakdown=mean_breakdown([r.step_breakdown for r in ranks]), ranks=ranks,
         ingest=state.ingest.name, restores=state.restores,
+        work_ms_quantiles=collector.work_quantiles_ms(),
         checkpoint_save_s_total=sum(r.checkpoint_save_s for r in state.history),
         report_s_total=sum(r.report_s for r in state.history))
 

@@ -226,3 +226,27 @@ def test_resume_checks_the_model_and_survives_a_truncated_ray_snapshot(ray_clust
     history = list(csv.DictReader((run_dir / "history.csv").open()))
     assert [int(r["epoch"]) for r in history] == list(range(1, 6))
     assert (run_dir / "ray_train" / "checkpoint_manager_snapshot.json.unreadable").exists()
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(ray_cluster, reg_npz, tmp_path,
+                                                               capsys):
+    """The newest checkpoint is damaged (a node died while writing it): --resume says so and
+    continues from the one before it instead of failing the run."""
+    from raybench import run
+    from raybench.resume import checkpoints
+
+    run_dir = tmp_path / "fallback"
+    assert run.main(["--npz_path", str(reg_npz), "--epochs", "2", "--patience", "0",
+                     "--save_dir", str(tmp_path), "--run_name", "fallback", "--quiet"]) == 0
+    (run_dir / "status.json").write_text('{"schema_version": 2, "status": "interrupted"}')
+    (good,) = checkpoints(run_dir / "ray_train")[:1]
+    newer = good.with_name(good.name + "9")  # sorts after it: the newest
+    shutil.copytree(good, newer)
+    state = newer / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
+    assert run.main(["--resume", str(run_dir), "--epochs", "4", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newer.name} does not load; resuming from {good.name}" in err
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == list(range(1, 5))

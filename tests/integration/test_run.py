@@ -164,12 +164,26 @@ def wrong_shape(n_features, window, task):
 
 
 not_callable = 42
+
+
+def raises(n_features, window, task):
+    raise RuntimeError("my factory is broken")
+
+
+class NoParams(nn.Module):
+    def forward(self, x):
+        return x[:, -1, 0]
+
+
+def no_params(n_features, window, task):
+    return NoParams()
 '''
 
 
 @pytest.fixture
 def user_module(tmp_path):
     (tmp_path / "mymodels.py").write_text(FACTORY)
+    (tmp_path / "broken.py").write_text("def build(n_features, window, task)\n    return 1\n")
     return tmp_path
 
 
@@ -217,6 +231,9 @@ def test_a_users_own_model_runs_through_run_scale_and_tune(user_module, reg_npz)
     ("mymodels:missing", "module 'mymodels' has no 'missing'"),
     ("mymodels:not_callable", "'not_callable' is a int, not a callable"),
     ("mymodels:wrong_shape", "returned output of shape (2, 20, 3)"),
+    ("mymodels:raises", "failed: RuntimeError: my factory is broken"),
+    ("mymodels:no_params", "no trainable parameters"),
+    ("broken:build", "importing 'broken' failed: SyntaxError"),
 ])
 def test_a_broken_factory_fails_before_any_worker(user_module, reg_npz, spec, message,
                                                   monkeypatch, capsys):

@@ -40,17 +40,27 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
     assert by_point[("ddp", 2)].allreduce_ms_p50 > 0
     run2 = [r for r in saved["runs"] if r["backend"] == "raybench" and r["workers"] == 2][0]
     assert len(run2["nodes"]) == 2 and len(run2["peak_rss_mib_per_rank"]) == 2
-    # the scaling model: fitted on N=1 and all-reduces, compared with N=2, forecasting N=8
+    # the forecasts: made from the N=1 point (and all-reduces under load) before N=2 ran,
+    # kept, and set against what N=2 then measured
+    forecasts = {(f.backend, f.workers): f for f in doc.forecasts}
+    assert {("raybench", 1), ("raybench", 2), ("ddp", 1), ("ddp", 2), ("raw", 1),
+            ("raybench", 8)} <= forecasts.keys()
+    f2 = forecasts[("raybench", 2)]
+    assert not f2.extrapolated and f2.measured_samples_per_sec == ray2.samples_per_sec.median
+    assert f2.error == pytest.approx(f2.predicted_samples_per_sec
+                                     / f2.measured_samples_per_sec - 1)
+    assert f2.work_ms > 0 and f2.wait_ms >= 0 and f2.allreduce_ms > 0 and f2.step_ms > 0
+    assert f2.cost_per_million_samples == pytest.approx(2 * 1e6 / f2.predicted_samples_per_sec)
+    eight = forecasts[("raybench", 8)]
+    assert eight.extrapolated and eight.measured_samples_per_sec is None
     model = doc.model
-    predicted = {(p.backend, p.workers): p for p in model.predictions}
-    assert {("raybench", 1), ("raybench", 2), ("ddp", 1), ("ddp", 2), ("raybench", 8)} <= (
-        predicted.keys())
-    assert predicted[("raybench", 2)].error is not None and not predicted[("raybench", 2)].forecast
-    forecast = predicted[("raybench", 8)]
-    assert forecast.forecast and forecast.measured_samples_per_sec is None
     assert model.allreduce and all(a["workers"] == 2 for a in model.allreduce)
     assert model.alpha_s is not None and model.gradient_bytes == 4 * 193
-    assert ray2.predicted_samples_per_sec == predicted[("raybench", 2)].samples_per_sec
+    assert model.calibration["matmul_gflops_per_core"] > 0 and "raybench" in model.launcher_factor
+    assert ray2.predicted_samples_per_sec == f2.predicted_samples_per_sec
+    assert ray2.cpu_mfu is not None and 0 < ray2.cpu_mfu < 1
+    assert {"backend", "workers", "predicted_samples_per_sec", "measured_samples_per_sec",
+            "error"} <= set(saved["forecasts"][0])
 
 
 def test_time_to_target_is_scored_per_point(ray_cluster, reg_npz, tmp_path):

@@ -80,6 +80,23 @@ def test_bad_flags():
         parse("--config", "/nonexistent.yaml")
 
 
+@pytest.mark.parametrize("flags", [
+    ("--set", "train.lr=0.1", "--set", "train.lr=0.2"),
+    ("--hidden", "64", "--hidden_dim", "32"),
+    ("--set", "train.lr=0.1", "--lr", "0.2"),
+])
+def test_a_key_given_twice_is_refused(flags):
+    with pytest.raises(UserError, match="given twice on the command line"):
+        parse(*flags)
+
+
+def test_every_flag_is_listed_once_in_help():
+    from raybench import run
+
+    text = run.build_parser().format_help()
+    assert "--compile, --compile" not in text and "--compile " in text
+
+
 def test_early_stop_metric_must_fit_task():
     cfg = config.Config()
     assert cfg.early_stop("classification") == ("auc", "max")

@@ -106,7 +106,7 @@ def test_prepare_cli_writes_a_dataset(tmp_path, capsys):
     d = prepared(tmp_path)
     assert "chunks of 16" in capsys.readouterr().out
     assert len(list((d / "train").glob("*.parquet"))) == 2
-    with pytest.raises(UserError, match="is not empty"):
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
         prepared(tmp_path)
 
 
@@ -130,3 +130,61 @@ def test_bad_datasets_fail_in_one_line(tmp_path):
     with pytest.raises(UserError, match="a series of 500 values is too short for windows of 600"):
         parquet.plan_chunks([500], 600, 8, 0.1, 0.2)
     assert isinstance(table.schema.field("x").type, pa.FixedSizeListType)
+
+
+def test_the_collate_cuts_the_same_windows_as_memory_bit_for_bit(tmp_path):
+    """What Ray Data's prefetch threads hand the training thread (WindowCollate over the train
+    split's rows) is exactly the in-memory path's training windows and targets."""
+    import torch
+
+    from raybench.data.ingest import RayDataIngest, WindowCollate, batches_of
+
+    prices = 100 + np.cumsum(np.random.default_rng(1).normal(size=900))
+    meta = parquet.write_dataset(iter([prices]), [900], task="regression", window=20,
+                                 out=tmp_path / "d", shards=2, chunk=32, valid_ratio=0.1,
+                                 test_ratio=0.2, source="test")
+    memory = parquet.load_memory(meta)
+
+    class Session:
+        rank, world_size = 0, 1
+
+    ingest = RayDataIngest(meta, Session(), batch=50, device=torch.device("cpu"))
+    table = pq.read_table(meta.files("train")[0])
+    for path in meta.files("train")[1:]:
+        table = pa.concat_tables([table, pq.read_table(path)])
+    X, Y = WindowCollate(ingest, epoch=1)(table)
+    assert torch.equal(X, torch.from_numpy(memory.X_train[:len(X)]))
+    assert torch.equal(Y, torch.from_numpy(memory.y_train[:len(Y)]))
+    assert X.is_contiguous() and len(X) == ingest.n_local
+    # sliced into batches across fetches of uneven size: the same windows, in order
+    fetches = [(X[:70], Y[:70]), (X[70:75], Y[70:75]), (X[75:], Y[75:])]
+    batches = list(batches_of(iter(fetches), 50))
+    assert [len(b[0]) for b in batches[:-1]] == [50] * (len(X) // 50)
+    assert torch.equal(torch.cat([b[0] for b in batches]), X)
+    assert torch.equal(torch.cat([b[1] for b in batches]), Y)
+
+
+def test_a_fetch_holds_whole_batches_where_it_costs_little():
+    from raybench.data.ingest import rows_per_fetch
+
+    assert rows_per_fetch(1024, 256) == 16  # 4096 windows: four whole batches
+    assert rows_per_fetch(64, 256) == 1
+    assert rows_per_fetch(96, 256) == 3  # 768 windows: eight whole batches
+    assert rows_per_fetch(1000, 256) == 16  # a whole-batch fetch would take 125 rows
+
+
+def test_a_cut_or_damaged_shard_is_refused_before_any_worker(tmp_path):
+    prices = 100 + np.cumsum(np.random.default_rng(2).normal(size=600))
+    meta = parquet.write_dataset(iter([prices]), [600], task="regression", window=20,
+                                 out=tmp_path / "d", shards=2, chunk=16, valid_ratio=0.1,
+                                 test_ratio=0.2, source="test")
+    shard = Path(meta.files("train")[1])
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])  # cut short: no footer
+    with pytest.raises(UserError, match=f"{shard}: not a readable Parquet file"):
+        parquet.load_meta(meta.path)
+    # a shard replaced by a valid file with fewer rows: the row count gives it away
+    table = pq.read_table(meta.files("train")[0])
+    pq.write_table(table.slice(0, 1).replace_schema_metadata(table.schema.metadata), shard)
+    with pytest.raises(UserError, match="cut short or replaced"):
+        parquet.load_meta(meta.path)

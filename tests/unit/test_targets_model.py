@@ -1,5 +1,6 @@
 """Time-to-target scoring (MLPerf's rules) and the scaling model's arithmetic by hand."""
 
+import dataclasses
 import math
 
 import pytest
@@ -59,9 +60,63 @@ def test_step_prediction_and_the_smallest_batch_under_20_percent_sync():
     p = sm.predict("raybench", profile, comm, workers=4, batch=100, grad_bytes=800, threads=1,
                    cores=2)
     assert p.slowdown == 2.0  # four single-thread workers on two cores
-    assert p.step_s == pytest.approx(2 * 0.0011 + 0.002)
-    assert p.samples_per_sec == pytest.approx(400 / p.step_s)
+    # no distribution measured: every rank takes the mean, nobody waits
+    assert p.step_ms == pytest.approx((2 * 0.0011 + 0.002) * 1e3) and p.wait_ms == 0
+    assert p.predicted_samples_per_sec == pytest.approx(400 / (p.step_ms / 1e3))
     # sync < 20% of a step: 2 * (0.001 + 1e-6 b) > 4 * 0.002 -> b > 3000
     assert p.min_batch_sync_under_20pct == 3001
-    measured = sm.with_measurement(p, p.samples_per_sec * 1.25)
+    measured = sm.with_measurement(p, p.predicted_samples_per_sec * 1.25)
     assert measured.error == pytest.approx(1 / 1.25 - 1)
+
+
+def test_the_slowest_of_n_ranks_from_order_statistics():
+    uniform = [i / 100 for i in range(101)]  # U(0, 1): E[max of n] = n / (n + 1)
+    assert sm.expected_max(uniform, 1) == pytest.approx(0.5)
+    for n in (2, 4, 8):
+        assert sm.expected_max(uniform, n) == pytest.approx(n / (n + 1), abs=2e-4)
+    # half the steps take 1 ms, half 3 ms: two ranks wait for a 3 ms one 3/4 of the time
+    two_point = [1.0] * 50 + [2.0] + [3.0] * 50
+    assert sm.expected_max(two_point, 2) == pytest.approx(0.25 * 1 + 0.75 * 3, abs=0.02)
+    # the model: the step is the slowest rank's work plus the all-reduce under load
+    profile = sm.StepProfile(batch=[64], data_s=[0.0], compute_s=[0.002], optimizer_s=[0.0],
+                             work_quantiles=[[x / 1000 for x in two_point]])
+    comm = sm.CommModel(measured={(2, 400): 0.0005})
+    f = sm.predict("ddp", profile, comm, workers=2, batch=64, grad_bytes=400, threads=1,
+                   cores=2)
+    # E[max] = 2.5 ms against a mean of 2 ms: half a millisecond of waiting per step
+    assert f.work_ms == pytest.approx(2.0, abs=0.01) and f.wait_ms == pytest.approx(0.5, abs=0.03)
+    assert f.step_ms == pytest.approx(2.5 + 0.5, abs=0.03)
+    assert f.sync_share == pytest.approx((0.5 + 0.5) / 3.0, abs=0.01)
+    # a batch never profiled takes the nearest shape, scaled to the fitted mean, and never
+    # less than the calibrated floor of this machine
+    floored = dataclasses.replace(profile, floor_s_per_sample=1e-4)
+    assert floored.at(64) == pytest.approx(0.002) and floored.at(128) == pytest.approx(0.0128)
+
+
+def test_what_each_n_costs_and_which_to_pay_for():
+    from raybench.scaling_report import add_costs, cost_verdict, summarize
+
+    runs = [run_with_target(n, t, rate) for n, t, rate in ((1, 100.0, 1000.0),
+                                                          (2, 60.0, 1500.0),
+                                                          (4, 40.0, 1600.0))]
+    rows = summarize(runs)
+    add_costs(rows, runs, {"worker_hour_cost": 3.6, "deadline_s": 50})
+    # 3.6 per worker-hour = 0.001 per worker-second
+    assert rows[0].cost_per_million_samples == pytest.approx(0.001 * 1 * 1e6 / 1000)
+    assert rows[2].cost_per_million_samples == pytest.approx(0.001 * 4 * 1e6 / 1600)
+    assert [r.cost_to_target for r in rows] == pytest.approx([0.1, 0.12, 0.16])
+    (line,) = cost_verdict(rows, {"worker_hour_cost": 3.6, "deadline_s": 50})
+    assert "N=4 reached the target fastest (40.0s" in line and "N=1 cheapest" in line
+    assert "within 50s, N=4" in line
+    add_costs(rows, [], None)  # no price: worker-seconds
+    assert rows[1].cost_per_million_samples == pytest.approx(2 * 1e6 / 1500)
+
+
+def run_with_target(workers, seconds, rate):
+    from raybench.results import TargetResult
+    from tests.unit.test_scaling_report import rec
+
+    r = rec("raybench", workers, 1, rate)
+    r.target = TargetResult(target="val_r2>=0.9", reached=True, epochs=3,
+                            time_from_first_step_s=seconds - 10, time_from_start_s=seconds)
+    return r
