@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from raybench.cli import Parser
-from raybench.errors import UserError, run_cli
+from raybench.errors import UserError, missing_file, run_cli
 
 RAY_VERSION = "2.60.0"
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
@@ -272,7 +272,7 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise UserError(f"manifest not found: {path}")
+            raise missing_file(path, "manifest")
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         except yaml.YAMLError as exc:
@@ -293,6 +293,11 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return render_command(args) if args.command == "render" else validate_command(args)
+
+
+def build_parser() -> Parser:
     parser = Parser(prog="python -m raybench.cluster", description=__doc__, epilog=EXAMPLE)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="one RayJob per worker count")
@@ -317,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--schemas", help="directory with rayjob-v1.schema.json and "
                    "raycluster-v1.schema.json (default: $RAYBENCH_KUBERAY_SCHEMAS, else the "
                    "KubeRay v1.7.0 schemas shipped with raybench)")
-    args = parser.parse_args(argv)
-    return render_command(args) if args.command == "render" else validate_command(args)
+    return parser
 
 
 def render_command(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from raybench.errors import UserError
+from raybench.errors import UserError, missing_file
 
 TASKS = ("regression", "classification")
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:callable
@@ -336,7 +336,7 @@ def load_yaml(path: str | Path) -> Any:
     if path.is_dir():
         raise UserError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise missing_file(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -446,12 +446,6 @@ def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
         spellings = list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
         group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",
                            const=const, default=None, help=help_text)
-
-
-def flag_given(args: argparse.Namespace, key: str) -> bool:
-    """Whether a flag for config `key` was given on the command line."""
-    return any(dest.startswith(f"cfg:{key}:") and value is not None
-               for dest, value in vars(args).items())
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

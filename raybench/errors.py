@@ -28,6 +28,35 @@ class RunFailed(Exception):
         self.status = status
 
 
+def printable(text: str, limit: int = 160) -> str:
+    """One line of a library's message that is safe to print: its first line, control and
+    undecodable bytes (a binary file read as text) replaced, cut to `limit` characters."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def missing_file(path: object, what: str) -> UserError:
+    """Why a path the user gave is not a readable file, in their terms: not found, a broken
+    symlink, a symlink loop, a directory, unreadable."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return UserError(f"{what} {path}: a symlink loop (too many levels of symbolic links)")
+        if os.path.islink(path):
+            return UserError(f"{what} {path}: a broken symlink (to {os.readlink(path)})")
+        if exc.errno == errno.EACCES:
+            return UserError(f"{what} {path}: permission denied")
+        return UserError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        return UserError(f"{what} {path} is a directory, not a file")
+    return UserError(f"{what} {path}: not a regular file")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled exactly like Ctrl-C (status interrupted, workers stopped)."""
 

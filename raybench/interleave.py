@@ -273,6 +273,7 @@ def merge_reports(reports: list[WindowReport], label: str, workers: int, repeat:
     p50s = [r.step_ms_p50 for r in reports if r.step_ms_p50 is not None]
     return MeasuredWindow(
         launcher=label, workers=workers, repeat=repeat, round=round_no, slot=slot, steps=steps,
+        started_at=min(r.started_at for r in reports),
         samples=samples, seconds=seconds, samples_per_sec=samples / seconds if seconds else 0.0,
         phase_ms=phase_ms, step_ms_p50=max(p50s) if p50s else None,
         cpu_s=sum(r.cpu_s for r in reports), nivcsw=sum(r.nivcsw for r in reports),

@@ -180,16 +180,7 @@ def build(paths: list[str], fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m raybench.report", description=__doc__,
-                    epilog=EXAMPLE)
-    parser.add_argument("paths", nargs="*", help="run, scaling (scale --out) or sweep "
-                        "(tune --out) directories")
-    parser.add_argument("--out", help="report.html or report.md (plots embedded)")
-    parser.add_argument("--compare", nargs=2, metavar=("BASE", "NEW"),
-                        help="two scaling reports: what changed point by point beyond the noise")
-    parser.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
-                        help="with --compare: exit 1 when a point of NEW meets it, e.g. "
-                        "'vs_ddp<0.95' or 'change_high<1' (repeatable)")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.fail_if and not args.compare:
         raise UserError("--fail-if gates a comparison: give --compare BASE NEW")
@@ -205,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     artifacts.write_bytes(out, build(args.paths, fmt).encode())
     print(f"Saved → {out}")
     return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m raybench.report", description=__doc__, epilog=EXAMPLE)
+    parser.add_argument("paths", nargs="*", help="run, scaling (scale --out) or sweep "
+                        "(tune --out) directories")
+    parser.add_argument("--out", help="report.html or report.md (plots embedded)")
+    parser.add_argument("--compare", nargs=2, metavar=("BASE", "NEW"),
+                        help="two scaling reports: what changed point by point beyond the noise")
+    parser.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
+                        help="with --compare: exit 1 when a point of NEW meets it, e.g. "
+                        "'vs_ddp<0.95' or 'change_high<1' (repeatable)")
+    return parser
 
 
 def compare_command(args: argparse.Namespace) -> int:

@@ -104,6 +104,7 @@ class RankFacts:
     step_breakdown: StepBreakdown
     ingest: str = "memory"
     first_batch_s: float | None = None  # streamed ingest: asking for the first batch to having it
+    first_batch_at: float | None = None  # epoch seconds the first batch was ready
     # This rank's own view of early stopping: identical on every rank, or the ranks disagreed.
     epochs_run: int = 0
     best_epoch: int = 0
@@ -252,6 +253,7 @@ class WindowReport:
     step_ms_p50: float | None
     cpu_s: float  # this rank's process, user + system, over the window
     nivcsw: int  # involuntary context switches of the process over the window
+    started_at: float = 0.0  # epoch seconds the window's clock started
 
 
 @dataclass
@@ -271,6 +273,7 @@ class MeasuredWindow:
     step_ms_p50: float | None
     cpu_s: float  # the launcher's ranks
     nivcsw: int
+    started_at: float  # epoch seconds the window started (the earliest rank)
     steal_share: float | None  # of the machine's CPU time over the window (/proc/stat)
     outside_share: float | None  # CPU used by processes outside the run, share of the machine
     excluded: bool = False  # its pair was dropped: outside load crossed the threshold
@@ -397,6 +400,7 @@ class RunRecord:
     samples_per_sec_per_rank: list[float | None] = field(default_factory=list)
     data_share_per_rank: list[float] = field(default_factory=list)
     first_batch_s_max: float | None = None
+    first_batch_at: float | None = None  # epoch seconds the slowest rank's first batch was ready
     object_store_peak_mib: float | None = None
     spilled_mib: float | None = None
     speedup: float | None = None

@@ -87,6 +87,8 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         data_share_per_rank=[r.step_breakdown.data_share for r in ranks],
         first_batch_s_max=max((r.first_batch_s for r in ranks if r.first_batch_s is not None),
                               default=None),
+        first_batch_at=max((r.first_batch_at for r in ranks if r.first_batch_at is not None),
+                           default=None),
         object_store_peak_mib=t.object_store_peak_mib, spilled_mib=t.spilled_mib,
         work_ms_quantiles=t.work_ms_quantiles if t.num_workers == 1 else [],
         **ddp_timers_ms(result.ddp_logging))

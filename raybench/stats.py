@@ -77,21 +77,6 @@ def paired_ratio(numerators: dict[int, float], denominators: dict[int, float]) -
     return Interval(mean, low, high, len(ratios))
 
 
-def overlaps(a: Interval | Spread, b: Interval | Spread) -> bool | None:
-    """Whether two 95% intervals overlap (None when either has no interval)."""
-    lo_a, hi_a = _bounds(a)
-    lo_b, hi_b = _bounds(b)
-    if None in (lo_a, hi_a, lo_b, hi_b):
-        return None
-    return lo_a <= hi_b and lo_b <= hi_a
-
-
-def _bounds(x: Interval | Spread) -> tuple[float | None, float | None]:
-    if isinstance(x, Spread):
-        return x.ci95_low, x.ci95_high
-    return x.low, x.high
-
-
 # ------------------------------------------------------------------ paired windows
 
 

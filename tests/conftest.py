@@ -39,3 +39,14 @@ def write_npz(path, **overrides):
     arrays = {k: v for k, v in arrays.items() if v is not None}
     np.savez(path, **arrays)
     return path
+
+
+def run_raw(cfg, ds, options=None):
+    """The loop once in this process, as the raw launcher runs it (tests and notebooks)."""
+    from pathlib import Path
+
+    from raybench.backends import LaunchContext
+    from raybench.backends.raw import RawBackend
+    from raybench.loop import LoopOptions
+
+    return RawBackend(ds, LaunchContext(scratch_dir=Path("."))).run(cfg, options or LoopOptions())

@@ -35,12 +35,4 @@ class RawBackend:
         pass
 
 
-def run_raw(cfg: Config, data: Dataset, options: LoopOptions | None = None) -> RunResult:
-    """The loop once in this process (for tests and notebooks)."""
-    from pathlib import Path
-
-    return RawBackend(data, LaunchContext(scratch_dir=Path("."))).run(cfg, options or
-                                                                      LoopOptions())
-
-
 BACKEND = RawBackend

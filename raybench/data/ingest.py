@@ -44,6 +44,9 @@ class Ingest(Protocol):
     dataset_mib: float
     first_batch_s: float | None  # from asking for the first epoch's batches to having one
 
+    def prime(self) -> None:
+        """Start what the first batch needs before any clock runs (a streamed pipeline)."""
+
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """The epoch's training batches of this rank, on its device."""
 
@@ -80,6 +83,9 @@ class MemoryIngest:
         self.steps_per_epoch = -(-self.n_local // batch)
         self._eval_batch = max(batch, EVAL_BATCH)
         self.first_batch_s = None
+
+    def prime(self) -> None:
+        pass  # in memory already
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         X, y, batch = self._X, self._y, self.batch
@@ -135,6 +141,18 @@ class WindowCollate:
         return X, Y
 
 
+def arrow_collate(fn: WindowCollate) -> Any:
+    """fn as the Arrow-table collate Ray Data recognises (a callable it does not know gets
+    numpy batches, with every fixed-size list row turned into an object first)."""
+    from ray.data.collate_fn import ArrowBatchCollateFn
+
+    class Collate(ArrowBatchCollateFn):
+        def __call__(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return fn(batch)
+
+    return Collate()
+
+
 class RayDataIngest:
     """A rank's stream of a Parquet dataset. The train split arrives through Ray Data as this
     rank's equal share of chunk rows (streaming_split with equal=True), so every rank has the
@@ -169,7 +187,7 @@ class RayDataIngest:
         rows = self.rows_per_fetch
         return iter(shard.iter_torch_batches(
             batch_size=rows, prefetch_batches=self.prefetch,
-            collate_fn=WindowCollate(self, epoch),
+            collate_fn=arrow_collate(WindowCollate(self, epoch)),
             local_shuffle_buffer_size=4 * rows if self.shuffle else None,
             local_shuffle_seed=self.seed + self._epochs_started if self.shuffle else None))
 
@@ -185,8 +203,11 @@ class RayDataIngest:
         self._primed = itertools.chain([first], fetches)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        if self._primed is not None:
-            fetches, self._primed = self._primed, None
+        primed, self._primed = self._primed, None
+        # the primed stream is epoch 1's; a resumed run's first epoch is later, which only a
+        # shuffled stream can tell apart
+        if primed is not None and (epoch == 1 or not self.shuffle):
+            fetches = primed
         else:
             self._epochs_started += 1
             fetches = self._train_fetches(epoch)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raybench.errors import UserError
+from raybench.errors import UserError, missing_file
 
 KEYS = ("X_train", "y_train", "X_test", "y_test")
 
@@ -21,7 +21,7 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         raise UserError(f"NPZ path {path} is a directory, not an NPZ file")
     if not path.is_file():
-        raise UserError(f"NPZ file not found: {path}")
+        raise missing_file(path, "NPZ file")
     with path.open("rb") as fh:
         if fh.read(4) != b"PK\x03\x04":  # np.load would take any other file for a pickle
             raise UserError(f"{path}: not an NPZ file (expected a zip archive of .npy arrays)")

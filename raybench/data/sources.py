@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from raybench.data.npz import save_npz
-from raybench.errors import UserError
+from raybench.errors import UserError, missing_file, printable
 
 # Synthetic prices come as independent GBM paths of this many trading days (about 10 years), so
 # prices stay in a realistic range however many samples are asked for.
@@ -64,11 +64,13 @@ def file_prices(path: str | Path, column: str) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"price file not found: {path}")
+        raise missing_file(path, "price file")
     try:
         table = pq.read_table(path) if path.suffix in (".parquet", ".pq") else pacsv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it as "
+                        f"{'Parquet' if path.suffix in ('.parquet', '.pq') else 'CSV'} "
+                        f"({printable(exc)})") from None
     if column not in table.column_names:
         raise UserError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")
     try:

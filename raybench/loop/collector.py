@@ -208,7 +208,7 @@ class MetricsCollector:
         return quantiles_of(work * 1e3)
 
     def rank_facts(self, rank: int, node: dict[str, str], model: nn.Module, ingest: str,
-                   first_batch_s: float | None) -> RankFacts:
+                   first_batch_s: float | None, first_batch_at: float | None = None) -> RankFacts:
         on_gpu = self.device.type == "cuda"
         return RankFacts(
             rank=rank, node=node["ip"], node_id=node["id"], hostname=socket.gethostname(),
@@ -220,6 +220,7 @@ class MetricsCollector:
                               if on_gpu else None),
             startup_epoch_s=dict(self.marks), final_weights_sha256=weights_digest(model),
             step_breakdown=self.breakdown(), ingest=ingest, first_batch_s=first_batch_s,
+            first_batch_at=first_batch_at,
             niceness=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
             pinned_cores=self.pinned)
 

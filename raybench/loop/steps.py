@@ -149,6 +149,7 @@ def setup(cfg: Config, ingest: Ingest, session: Session, collector: MetricsColle
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
     collector.mark("model_ready")
+    ingest.prime()  # a streamed pipeline's start and first blocks: before any clock
     metric = cfg.early_stop(ingest.task)[0]
     steps = ingest.steps_per_epoch
     if max_steps_per_epoch:
@@ -485,7 +486,8 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
         state.module.load_state_dict(state.best_state)
         valid, test = evaluate(state, "valid"), evaluate(state, "test")
     facts = collector.rank_facts(state.session.rank, state.session.node(), state.module,
-                                 state.ingest.name, state.ingest.first_batch_s)
+                                 state.ingest.name, state.ingest.first_batch_s,
+                                 getattr(state.ingest, "first_batch_at", None))
     facts.epochs_run, facts.best_epoch = len(state.history), state.stopper.best_epoch
     ranks = gather_objects(facts, state.session)
     if state.session.rank != 0:

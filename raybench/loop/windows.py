@@ -65,7 +65,7 @@ def train_window(state: steps.TrainState, collector: MetricsCollector, batches: 
     step = drain_step(state, collector) if ingest_only else steps.Stepper(state, collector)
     _synchronise(session)
     before, used = collector.measured_steps, resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     t0 = collector.clock()
     samples = 0
     for xb, yb in islice(batches, order.steps):
@@ -84,7 +84,7 @@ def train_window(state: steps.TrainState, collector: MetricsCollector, batches: 
         phase_s={p: float(rows[:, i].sum()) for i, p in enumerate(PHASES)},
         step_ms_p50=float(np.median(rows.sum(axis=1)) * 1e3) if len(rows) else None,
         cpu_s=(after.ru_utime + after.ru_stime) - (used.ru_utime + used.ru_stime),
-        nivcsw=after.ru_nivcsw - used.ru_nivcsw)
+        nivcsw=after.ru_nivcsw - used.ru_nivcsw, started_at=started_at)
 
 
 def _check_finite(step: steps.Stepper, session: Session, state: steps.TrainState) -> None:

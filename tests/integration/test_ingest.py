@@ -80,3 +80,6 @@ def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp
     assert ceiling.compute_share == 0 and ceiling.samples_per_sec.median > 0
     run1 = [r for r in doc.runs if r.label == "raybench+ray_data"][0]
     assert len(run1.data_share_per_rank) == 1 and len(run1.samples_per_sec_per_rank) == 1
+    # the pipeline was started, and its first batch fetched, before any measured window
+    streamed = [w for w in doc.windows if w.launcher == "raybench+ray_data"]
+    assert streamed and run1.first_batch_at < min(w.started_at for w in streamed)

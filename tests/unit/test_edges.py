@@ -167,3 +167,20 @@ def test_a_full_disk_cannot_leave_the_status_at_running(full_disk):
     write_status(full_disk, RunStatus("failed", "\x1b[31mno space left on device\x1b[0m"))
     status = read_status(full_disk)
     assert status.status == "failed" and status.error == "no space left on device"
+
+
+def test_a_path_that_cannot_be_read_says_why(tmp_path, capsys):
+    from raybench import run
+
+    loop = tmp_path / "loop.npz"
+    loop.symlink_to(loop)
+    err = one_line_error(capsys, run.main, ["--npz_path", str(loop)])
+    assert "symlink loop" in err
+    dangling = tmp_path / "gone.npz"
+    dangling.symlink_to(tmp_path / "nowhere.npz")
+    assert "broken symlink" in one_line_error(capsys, run.main, ["--npz_path", str(dangling)])
+    binary = tmp_path / "prices.csv"
+    binary.write_bytes(bytes(range(256)) * 8)
+    err = one_line_error(capsys, data_main, ["prepare", "--source", "csv", "--path", str(binary),
+                                             "--out", str(tmp_path / "x.npz")])
+    assert "cannot read it as CSV" in err and all(c.isprintable() for c in err)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from raybench import data
-from raybench.backends.raw import run_raw
 from raybench.config import Config
 from raybench.data import shard_bounds
 from raybench.loop import LoopOptions
+from tests.conftest import run_raw
 
 
 def small_cfg(**train):

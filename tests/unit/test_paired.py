@@ -16,6 +16,7 @@ T80_3 = 0.9784723123633042
 def window(label, rate, *, phases=(0.1, 0.6, 0.2, 0.1), round_no=0, repeat=1, excluded=False):
     return MeasuredWindow(
         launcher=label, workers=1, repeat=repeat, round=round_no, slot=0, steps=100,
+        started_at=float(round_no),
         samples=int(rate), seconds=1.0, samples_per_sec=rate,
         phase_ms=dict(zip(("data", "compute", "sync", "optimizer"), phases, strict=True)),
         step_ms_p50=sum(phases), cpu_s=1.0, nivcsw=0, steal_share=0.0, outside_share=0.0,

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from raybench import artifacts, data, plots, report, scaling_report
-from raybench.backends.raw import run_raw
 from raybench.config import Config, resolve
 from raybench.errors import UserError
 from raybench.results import write_doc
 from raybench.run import write_run
+from tests.conftest import run_raw
 from tests.unit.test_scaling_report import RUNS
 
 
