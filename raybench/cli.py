@@ -22,11 +22,33 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a UserError: run_cli prints one line, exit 2."""
+    """An ArgumentParser whose errors are a UserError (run_cli prints one line, exit 2), and
+    whose flags take either spelling: `--batch-size` is canonical (the one help shows),
+    `--batch_size` is the same flag (the original training scripts' spelling)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        import sys
+
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args([self._spelling(a) for a in args], namespace)
+
+    def _spelling(self, arg: str) -> str:
+        """`--foo_bar[=x]` as `--foo-bar[=x]` when only the hyphenated flag exists (and the
+        reverse): one flag, two spellings, one line in help."""
+        if not arg.startswith("--") or arg == "--":
+            return arg
+        name, eq, value = arg.partition("=")
+        known = self._option_string_actions
+        if name in known:
+            return arg
+        for other in (name[:2] + name[2:].replace("_", "-"), name[:2] + name[2:].replace("-", "_")):
+            if other in known:
+                return other + eq + value
+        return arg
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message} (see --help)")

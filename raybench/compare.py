@@ -168,24 +168,25 @@ def _judge(cond: Condition, c: PointChange) -> str | None:
     return None
 
 
-def _f(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def table(changes: list[PointChange]) -> str:
-    head = (f"{'point':<26} {'base/s':>11} {'new/s':>11} {'new/base [95% CI]':<24} {'noise?':<7}"
-            f" {'mde':>6}" + "".join(f" {k[:14]:>14}" for k in COMPARED))
-    lines = [head, "-" * len(head)]
+    """NEW against BASE point by point: the throughput change with its interval, whether it is
+    beyond the noise, the smallest change the data could have seen, and the other figures."""
+    from raybench.report import format as f
+    from raybench.report.tables import Table
+
+    rows = []
     for c in changes:
         ci = c.change
-        band = ("-" if ci is None else f"{ci.value:.3f}" if ci.low is None else
-                f"{ci.value:.3f} [{ci.low:.3f}-{ci.high:.3f}]")
         verdict = "CHANGED" if c.beyond_noise else ("noise" if ci and ci.low else "n<2")
-        cells = "".join(f" {_f(getattr(c.base, k), '.3g')}->{_f(getattr(c.new, k), '.3g'):<6}"
-                        .rjust(15) for k in COMPARED)
-        b = c.base.samples_per_sec.median if c.base.samples_per_sec else None
-        n = c.new.samples_per_sec.median if c.new.samples_per_sec else None
-        mde = f"{c.mde:.1%}" if c.mde is not None else "-"
-        lines.append(f"{c.label + ' N=' + str(c.workers):<26} {_f(b, ',.0f'):>11} "
-                     f"{_f(n, ',.0f'):>11} {band:<24} {verdict:<7} {mde:>6}{cells}")
-    return "\n".join(lines)
+        rows.append([f"{c.label} N={c.workers}", f.rate(_median(c.base)), f.rate(_median(c.new)),
+                     f.interval(ci, lambda x: f.ratio(x, 3), min_n=2), verdict,
+                     f.pct(c.mde, 1),
+                     *(f"{f.number(getattr(c.base, k))} -> {f.number(getattr(c.new, k))}"
+                       for k in COMPARED)])
+    return Table("NEW against BASE", ["point", "base samples/s", "new samples/s", "new / base",
+                                      "beyond noise?", "smallest detectable", *COMPARED],
+                 rows).text()
+
+
+def _median(p: PointSummary) -> float | None:
+    return p.samples_per_sec.median if p.samples_per_sec else None

@@ -389,7 +389,9 @@ FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
     ("device", "train.device", "auto|cpu|cuda|mps", ALL),
     ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput", RUN),
     ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)", ALL),
-    ("save_dir", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/", RUN),
+    ("out", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/ (as --out of the "
+     "other commands; --save_dir is the same flag)", RUN),
+    ("save_dir", "io.save_dir", argparse.SUPPRESS, RUN),
     ("run_name", "io.run_name", "run directory name instead of the timestamp", RUN),
     ("workers", "scaling.workers", "Ray Train workers; MIN-MAX runs elastically", RUN),
     ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker", ALL),
@@ -433,7 +435,8 @@ def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
     for name, key, help_text, commands in FLAGS:
         if command not in commands:
             continue
-        spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        # the hyphenated spelling is the flag; cli.Parser takes `--batch_size` for it too
+        spellings = [f"--{name.replace('_', '-')}"]
         section, field_name = key.split(".")
         default = getattr(getattr(defaults, section), field_name)
         if help_text != argparse.SUPPRESS:
@@ -443,8 +446,8 @@ def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
     for name, key, help_text, commands, const in BOOL_FLAGS:
         if command not in commands:
             continue
-        spellings = list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
-        group.add_argument(*spellings, dest=f"cfg:{key}:{name}", action="store_const",
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg:{key}:{name}",
+                           action="store_const",
                            const=const, default=None, help=help_text)
 
 

@@ -9,24 +9,23 @@ at N >= 2 ever reaches the model.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
 from typing import TYPE_CHECKING
 
-from raybench import calibrate
+from raybench import calibrate, stats
 from raybench.backends import LaunchContext
 from raybench.backends.ddp import allreduce_sweep
 from raybench.backends.raw import RawBackend
-from raybench.config import Config
 from raybench.console import Console
+from raybench.interleave import Contender, PointRun, Precision
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import count_parameters, flops_per_sample
-from raybench.results import Forecast, RunRecord, ScalingModelReport, WindowOrder
+from raybench.results import Forecast, RunRecord, ScalingModelReport
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
-    expected_max,
+    normalised,
     predict,
     quantiles_of,
     with_measurement,
@@ -35,7 +34,9 @@ from raybench.scaling_model import (
 if TYPE_CHECKING:
     from raybench.sweep import Measure, Plan, ScaleSpec
 
-PROFILE_S = 2.0  # measured seconds per profiled batch
+# The one-worker profile: short interleaved windows of a raw process per batch, a bounded time.
+PROFILE = Precision(window_s=0.5, min_pairs=6, max_pairs=12, budget_s=90.0, warmup_steps=20,
+                    max_outside_load=0.10)
 ALLREDUCE_SIZES = (4 << 10, 256 << 10, 4 << 20)  # besides the gradient: for the ring fit
 
 
@@ -46,36 +47,48 @@ def wanted(spec: ScaleSpec, p: Plan) -> bool:
             and (len(spec.workers) > 1 or bool(spec.predict)))
 
 
-def profile_batch(backend: RawBackend, cfg: Config) -> tuple[float, float, float, list[float]]:
-    """One worker (a resident raw process) at cfg's batch: mean data, compute and optimizer
-    seconds per step and the quantiles of its work per step (seconds)."""
-    resident = backend.start(cfg, LoopOptions(checkpoint=False, evaluate=False), "profile")
-    try:
-        warm = resident.measure(WindowOrder(50, warmup=True), timeout_s=600)[0]
-        steps = max(20, math.ceil(PROFILE_S / max(warm.seconds / 50, 1e-6)))
-        resident.measure(WindowOrder(steps), timeout_s=600)
-        result = resident.stop()
-    except BaseException:
-        resident.abort()
-        raise
-    b = result.timing.step_breakdown
-    return (b.data_s, b.compute_s, b.optimizer_s,
-            [q / 1e3 for q in result.timing.work_ms_quantiles])
-
-
-def one_worker_profile(p: Plan, batches: list[int], floor_s_per_sample: float,
-                       backend: RawBackend) -> StepProfile:
+def one_worker_profile(p: Plan, batches: list[int], anchor: int, backend: RawBackend,
+                       out: Console) -> StepProfile:
+    """One raw worker at each per-worker batch, measured in interleaved windows (a resident
+    process per batch, rounds in alternating order) so that the machine's drift cancels from
+    their ratios: mean work per step at each batch relative to the anchor batch (the N=1
+    point's), and the shape of its distribution. Absolute times come from the N=1 point."""
     from raybench.sweep import point_config
 
-    rows = []
+    contenders = []
     for b in batches:
         cfg = point_config(p.base, 1, None)
         cfg.train.batch_size = b
-        rows.append(profile_batch(backend, cfg))
-    return StepProfile(batch=batches, data_s=[r[0] for r in rows],
-                       compute_s=[r[1] for r in rows], optimizer_s=[r[2] for r in rows],
-                       work_quantiles=[r[3] for r in rows],
-                       floor_s_per_sample=floor_s_per_sample)
+        contenders.append(Contender(f"raw b={b}", backend, cfg))
+    run = PointRun(contenders, PROFILE, 1, 1, out.log)
+    measured = run.measure(LoopOptions(checkpoint=False, evaluate=False), "profile")
+    ratio = {b: _paired_step_ratio(measured.windows, f"raw b={b}", f"raw b={anchor}")
+             for b in batches}
+    rows = [measured.results[f"raw b={b}"].timing for b in batches]
+    means = [sum((t.step_breakdown.data_s, t.step_breakdown.compute_s,
+                  t.step_breakdown.optimizer_s)) for t in rows]
+    # the phase split of each batch's mean, at the anchor-relative mean (seconds per unit)
+    return StepProfile(
+        batch=batches,
+        data_s=[t.step_breakdown.data_s / m * ratio[b] for t, m, b in zip(rows, means, batches,
+                                                                          strict=True)],
+        compute_s=[t.step_breakdown.compute_s / m * ratio[b]
+                   for t, m, b in zip(rows, means, batches, strict=True)],
+        optimizer_s=[t.step_breakdown.optimizer_s / m * ratio[b]
+                     for t, m, b in zip(rows, means, batches, strict=True)],
+        work_quantiles=[normalised([q / 1e3 for q in t.work_ms_quantiles]) for t in rows])
+
+
+def _paired_step_ratio(windows: list, label: str, anchor: str) -> float:
+    """Step time at `label` over step time at `anchor`, from windows of the same rounds."""
+    if label == anchor:
+        return 1.0
+    by_round: dict[int, dict[str, float]] = {}
+    for w in windows:
+        if not w.excluded:
+            by_round.setdefault(w.round, {})[w.launcher] = w.seconds / max(w.steps, 1)
+    ratios = [r[label] / r[anchor] for r in by_round.values() if label in r and anchor in r]
+    return stats.log_mean_interval(ratios)[0] if ratios else 1.0
 
 
 def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: int,
@@ -109,32 +122,36 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     glob = global_batch(spec, p.base)
     extra = [n for n in spec.predict if n not in spec.workers]
     ns = sorted(set(spec.workers) | set(extra))
-    batches = sorted({glob // n if glob else p.base.train.batch_size for n in ns
-                      if not glob or glob % n == 0})
+    anchor = glob if glob else p.base.train.batch_size  # the N=1 point's batch
+    batches = sorted({glob // n if glob else anchor for n in ns if not glob or glob % n == 0})
     threads, cores = worker_threads(p.base), os.cpu_count() or 1
     flops = flops_per_sample(p.model, p.features, p.base.data.window) or 0.0
     peak = calibrate.calibrate(recalibrate=recalibrate)
-    floor = flops / (peak["matmul_gflops_per_core"] * 1e9 * threads) if flops else 0.0
-    out.log(f"Scaling model: one-worker profile at batch {', '.join(map(str, batches))}")
+    out.log(f"Scaling model: one-worker profile at batch {', '.join(map(str, batches))}, "
+            "interleaved")
     raw = next((m.backend for m in measures if m.name == "raw"), None) or RawBackend(
         p.memory, context)
-    profile = one_worker_profile(p, batches, floor, raw)
-    comm = comm_under_load(spec, p, profile, grad_bytes, out)
+    profile = one_worker_profile(p, batches, anchor, raw, out)
     forecasts, factors = [], {}
+    comm = None
     for backend in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
                                  and not m.chaos and not m.without and not m.ingest_only):
-        mine = launcher_profile(profile, runs, backend)
+        mine = launcher_profile(profile, runs, backend, anchor)
         if mine is None:
             continue
-        factors[backend] = mine[1]
+        mine.floor_s_per_sample = flops / (peak["matmul_gflops_per_core"] * 1e9 * threads)
+        factors[backend] = mine.at(anchor)
+        if comm is None:
+            comm = comm_under_load(spec, p, mine, grad_bytes, out)
         for n in ns if backend == "raybench" else spec.workers:  # extrapolate raybench only
             if (backend == "raw" and n > 1) or (glob and glob % n):
                 continue
-            b = glob // n if glob else p.base.train.batch_size
+            b = glob // n if glob else anchor
             # a worker count not run is assumed to have its own cores (a cluster sized for it)
-            forecasts.append(predict(backend, mine[0], comm, n, b, grad_bytes, threads,
+            forecasts.append(predict(backend, mine, comm, n, b, grad_bytes, threads,
                                      cores if n in spec.workers else n * threads,
                                      extrapolated=n not in spec.workers))
+    comm = comm or CommModel()
     report = ScalingModelReport(
         cores=cores, threads=threads, gradient_bytes=grad_bytes, alpha_s=comm.alpha_s,
         beta_s_per_byte=comm.beta_s_per_byte, fitted=comm.fitted,
@@ -143,21 +160,22 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     return report, forecasts
 
 
-def launcher_profile(profile: StepProfile, runs: list[RunRecord],
-                     backend: str) -> tuple[StepProfile, float] | None:
-    """The raw profile scaled by what the launcher costs at one worker (its N=1 mean work over
-    raw's at the same batch), with the launcher's own N=1 distribution at that batch."""
-    ones = [r for r in runs if r.label == backend and r.workers == 1 and r.work_ms_quantiles]
+def launcher_profile(profile: StepProfile, runs: list[RunRecord], backend: str,
+                     anchor: int) -> StepProfile | None:
+    """A launcher's work per step at every profiled batch: its own N=1 mean work (the N=1
+    point, measured precisely) times the raw profile's ratio at each batch, with its own N=1
+    distribution's shape at the anchor batch and the profile's shapes elsewhere."""
+    ones = [r for r in runs if r.label == backend and r.workers == 1 and r.samples_per_sec]
     if not ones:
         return None
-    batch = ones[0].batch_size_per_worker
-    own = [statistics.median(q[i] for q in (r.work_ms_quantiles for r in ones)) / 1e3
-           for i in range(len(ones[0].work_ms_quantiles))]
-    k = expected_max(own, 1) / profile.at(batch) if profile.at(batch) > 0 else 1.0
-    scaled = profile.scaled(k)
-    if batch in scaled.batch:
-        scaled.work_quantiles[scaled.batch.index(batch)] = own
-    return scaled, k
+    # at N=1 nothing synchronises: the work per step is the whole step, from the rate
+    mean = statistics.median(r.batch_size_per_worker / r.samples_per_sec for r in ones)
+    k = mean / profile.at(anchor)
+    mine = profile.scaled(k)
+    own = [r.work_ms_quantiles for r in ones if r.work_ms_quantiles]
+    if own and anchor in mine.batch:
+        mine.work_quantiles[mine.batch.index(anchor)] = normalised(own[0])
+    return mine
 
 
 def check(forecasts: list[Forecast], runs: list[RunRecord]) -> None:

@@ -129,6 +129,14 @@ def check_model(model: nn.Module, n_features: int, window: int, name: str) -> No
                         f"{n_features}) batch; a model must return one value per sample: (2,)")
 
 
+def build_checked(cfg: ModelConfig, n_features: int, window: int, task: str) -> nn.Module:
+    """The model a command is about to train, built on the driver and tried on a batch of two
+    before any worker starts: every mistake in it is one line here, not a traceback later."""
+    model = build_model(cfg, n_features, window, task)
+    check_model(model, n_features, window, cfg.kind)
+    return model
+
+
 def build_model(cfg: ModelConfig, n_features: int, window: int,
                 task: str | None = None) -> nn.Module:
     if ":" in cfg.kind:

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from raybench.artifacts import write_bytes
-from raybench.results import EpochRow, metric_key
+from raybench.results import EpochRow, TrialRow, metric_key
 
 
 def pyplot():
@@ -63,23 +63,26 @@ def curves_png(history: list[EpochRow], metric: str, best_epoch: int, path: str 
     return save_figure(fig, path)
 
 
-def trials_png(rows: list[dict], metric: str, path: str | Path) -> Path:
-    """The metric per epoch for every trial of a sweep: short lines are trials ASHA stopped."""
+def trials_png(rows: list[TrialRow], metric: str, path: str | Path) -> Path:
+    """The metric per epoch for every trial of a sweep: short dashed lines are trials ASHA
+    stopped; each line is labelled with its trial at its last point."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in rows:
-        values = [v for v in row["history"] if v is not None]
+        values = [v for v in row.history if v is not None]
         if not values:
             continue
         epochs = list(range(1, len(values) + 1))
-        stopped = row["status"] == "stopped_early"
+        stopped = row.status == "stopped_early"
         ax.plot(epochs, values, color="tab:red" if stopped else "tab:blue",
-                alpha=0.5 if stopped else 0.9, linewidth=1)
+                linestyle="--" if stopped else "-", alpha=0.6 if stopped else 0.9, linewidth=1)
         ax.plot(epochs[-1], values[-1], "x" if stopped else "o",
                 color="tab:red" if stopped else "tab:blue", markersize=4)
-    ax.plot([], [], color="tab:blue", label="ran to max_t")
-    ax.plot([], [], color="tab:red", label="stopped early (ASHA)")
+        ax.annotate(str(row.trial_id or "?")[:12], (epochs[-1], values[-1]), fontsize=6,
+                    xytext=(3, 0), textcoords="offset points", va="center")
+    ax.plot([], [], color="tab:blue", marker="o", label="ran to max_t")
+    ax.plot([], [], color="tab:red", linestyle="--", marker="x", label="stopped early (ASHA)")
     ax.set_xlabel("epoch (training_iteration)")
     ax.set_ylabel(metric)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     return save_figure(fig, path)

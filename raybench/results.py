@@ -562,7 +562,7 @@ class ScalingModelReport:
     fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
     allreduce: list[dict]  # measured under load: workers, bytes, seconds (p50)
     profile: dict  # one-worker phase times and work quantiles per per-worker batch (raw loop)
-    # Per launcher, its N=1 work per step over the raw loop's at the same batch.
+    # Per launcher, its mean work per step at the N=1 point's batch (seconds, from its rate).
     launcher_factor: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None  # this machine's peak (calibrate.py)
 
@@ -617,6 +617,38 @@ class ScalingDoc:
     # "completed", or "interrupted": a sweep stopped by Ctrl-C or SIGTERM keeps what it had
     # measured, marked so that nothing reads it as the whole sweep
     status: str = "completed"
+
+
+@dataclass
+class TrialRow:
+    """One Tune trial of a sweep (a row of trials.csv)."""
+
+    trial_id: str | None
+    config: dict[str, Any]  # the sampled values, by dotted config key
+    status: str  # completed | stopped_early | incomplete | not_started | error
+    epochs_run: int
+    final: float | None  # the sweep metric at its last epoch
+    best: float | None
+    best_epoch: int | None
+    wall_time_sec: float | None
+    checkpoint: str | None  # its best checkpoint's directory
+    history: list[float | None] = field(default_factory=list)  # the metric per epoch
+    error: str | None = None
+
+
+@dataclass
+class TrialsDoc:
+    """trials.json: a Tune sweep and how it ended."""
+
+    status: str  # completed | interrupted
+    metric: str
+    mode: str  # min | max
+    trials: list[TrialRow]
+    settings: dict = field(default_factory=dict)
+    baseline_valid: float | None = None  # the naive baseline's value of the metric
+    wall_time_sec: float | None = None
+    environment: dict = field(default_factory=dict)
+    best: TrialRow | None = None
 
 
 @dataclass
@@ -682,6 +714,8 @@ def _build(annotation: Any, value: Any, where: str) -> Any:
         return from_dict(annotation, value, where)
     if origin is list and args and dataclasses.is_dataclass(args[0]):
         return [from_dict(args[0], v, where) for v in value]
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return {k: from_dict(args[1], v, where) for k, v in value.items()}
     return value
 
 

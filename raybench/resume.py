@@ -18,7 +18,7 @@ import torch
 
 from raybench.config import Config, ModelConfig
 from raybench.errors import UserError
-from raybench.loop.steps import CKPT_BEST, CKPT_MODEL, CKPT_STATE
+from raybench.loop.checkpoint import CKPT_BEST, CKPT_MODEL, CKPT_STATE
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 

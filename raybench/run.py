@@ -14,7 +14,7 @@ import raybench
 from raybench import artifacts, environment, plots, probes
 from raybench.backends import LaunchContext
 from raybench.backends.local import wants_gpu
-from raybench.backends.ray_cluster import RayHandle, connect, ingest_cpus, preflight
+from raybench.backends.ray_cluster import RayHandle, ingest_cpus, start_ray
 from raybench.backends.ray_train import RayTrainBackend
 from raybench.cli import Parser
 from raybench.config import (
@@ -32,9 +32,9 @@ from raybench.data import (
     load_source,
     train_windows,
 )
-from raybench.errors import RunFailed, UserError, install_sigterm, run_cli
+from raybench.errors import RunFailed, UserError, run_cli
 from raybench.loop import LoopOptions, worker_threads
-from raybench.models import build_model, check_model, count_parameters, flops_per_sample
+from raybench.models import build_checked, build_model, count_parameters, flops_per_sample
 from raybench.results import RunResult, RunStatus, read_status, write_doc, write_status
 from raybench.resume import prepare_resume
 from raybench.runlock import RunLock, check_not_live
@@ -42,7 +42,7 @@ from raybench.tracking import TENSORBOARD_DIR, TrackingOptions, check_mlflow, fl
 
 EXAMPLE = """examples:
   python -m raybench.run --workers 4
-  python -m raybench.run --model lstm --epochs 50 --batch_size 128 --lr 0.001 \\
+  python -m raybench.run --model lstm --epochs 50 --batch-size 128 --lr 0.001 \\
       --hidden 128 --layers 2
   python -m raybench.run --config configs/lstm_classification.yaml --workers 2
   python -m raybench.run --resume outputs/run_20251105_143015"""
@@ -118,8 +118,7 @@ def load_data(cfg: Config, out: Console) -> tuple[Source, Config]:
     t0 = time.perf_counter()
     data, label, cfg = load_source(cfg, out.log)
     check_source_batches(data, cfg.scaling.workers, cfg.train.batch_size, label)
-    model = build_model(cfg.model, data.n_features, cfg.data.window, cfg.data.task)
-    check_model(model, data.n_features, cfg.data.window, cfg.model.kind)
+    model = build_checked(cfg.model, data.n_features, cfg.data.window, cfg.data.task)
     n_params = count_parameters(model)
     out.log(f"Data loading took {time.perf_counter() - t0:.2f}s: {describe_source(data)}")
     shard = train_windows(data, cfg.scaling.workers)
@@ -158,11 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = prepare_resume(storage_of(resume_dir, cfg) / _train_name(resume_dir, cfg),
                                      cfg, out.warn)
 
-    handle = connect(cfg, verbose=args.verbose, dashboard=args.dashboard,
-                     extra_cpus=ingest_cpus(cfg))
-    install_sigterm()  # after ray.init, which sets its own handler
-    preflight(cfg, cfg.scaling.wait_for_workers_s)
-    out.log(f"Ray: {handle.description}")
+    handle = start_ray(cfg, out.log, verbose=args.verbose, dashboard=args.dashboard,
+                       extra_cpus=ingest_cpus(cfg))
     for warning in resource_warnings(cfg, train_windows(data, cfg.scaling.workers), handle):
         out.warn(warning)
     run_dir = resume_dir or artifacts.make_run_dir(cfg.io.save_dir, cfg.io.run_name)

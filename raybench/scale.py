@@ -23,6 +23,7 @@ from raybench.config import Config, add_config_args, config_from_args
 from raybench.errors import UserError, run_cli
 from raybench.interleave import Precision
 from raybench.loop import Window
+from raybench.report.sections import printed
 from raybench.results import ScalingDoc
 from raybench.sweep import ScaleSpec
 from raybench.sweep import run_sweep as run_spec
@@ -30,7 +31,7 @@ from raybench.sweep import run_sweep as run_spec
 EXAMPLE = """examples:
   python -m raybench.scale --workers 1,2,4 --synthetic-samples 1000000 --repeats 3
   python -m raybench.scale --config configs/lstm_classification.yaml --workers 1,2 --mode weak \\
-      --batch_size 256 --synthetic-samples 200000
+      --batch-size 256 --synthetic-samples 200000
   python -m raybench.scale merge results/n1 results/n2 results/n4 --out results/merged"""
 
 
@@ -300,7 +301,7 @@ def merge(argv: list[str]) -> int:
         merged_from=[str(p) for p in args.inputs], configs=[d.config for d in docs],
         comparisons=[c for d in docs for c in d.comparisons],
         windows=[w for d in docs for w in d.windows])
-    for text in scaling_report.printed(doc):
+    for text in printed(doc):
         print(text)
     print(f"Saved → {Path(args.out).resolve()}")
     return 0

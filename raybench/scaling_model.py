@@ -31,25 +31,35 @@ import numpy as np
 
 from raybench.results import Forecast
 
-QUANTILES = 101  # work-time quantiles kept per profile: percentiles 0, 1, ..., 100
+QUANTILES = 100  # work-time quantiles kept per profile, at the middle of 100 equal bins
 
 
 def quantiles_of(samples: np.ndarray) -> list[float]:
-    """Percentiles 0..100 of measured step times (the distribution a forecast samples)."""
+    """The distribution a forecast draws ranks from: the quantiles at the middle of 100 equally
+    likely bins (0.5%, 1.5%, ..., 99.5%), each standing for a hundredth of the steps. The
+    slowest half-percent is represented by its middle, not by the single slowest step, which a
+    hiccup of the machine can make 10x a step."""
     if len(samples) == 0:
         return []
-    return [float(x) for x in np.percentile(samples, np.linspace(0, 100, QUANTILES))]
+    return [float(x) for x in np.percentile(samples, (np.arange(QUANTILES) + 0.5)
+                                            * 100 / QUANTILES)]
 
 
 def expected_max(quantiles: list[float], n: int) -> float:
-    """E[max of n independent draws] from the distribution with these equally spaced quantiles:
-    the integral of Q(u) d(u^n), trapezoids between quantiles. n = 1 gives the mean."""
-    q = np.asarray(quantiles, dtype=np.float64)
-    if len(q) < 2:
-        return float(q[0]) if len(q) else math.nan
-    u = np.linspace(0.0, 1.0, len(q))
-    weights = np.diff(u ** n)
-    return float(np.sum((q[1:] + q[:-1]) / 2 * weights))
+    """E[max of n independent draws] from the distribution whose equally likely bins these
+    quantiles stand for (sorted): bin k is the maximum with probability ((k+1)^n - k^n) / K^n.
+    n = 1 gives the mean."""
+    q = np.sort(np.asarray(quantiles, dtype=np.float64))
+    if len(q) == 0:
+        return math.nan
+    k = np.arange(len(q) + 1, dtype=np.float64) / len(q)
+    return float(np.sum(q * np.diff(k ** n)))
+
+
+def normalised(quantiles: list[float]) -> list[float]:
+    """The shape of a distribution: its quantiles over its mean."""
+    mean = expected_max(quantiles, 1)
+    return [x / mean for x in quantiles] if mean > 0 else list(quantiles)
 
 
 @dataclass
@@ -85,17 +95,14 @@ class StepProfile:
         return max(k0 + k1 * batch, self.floor_s_per_sample * batch, 0.0)
 
     def distribution(self, batch: int) -> list[float]:
-        """Quantiles of the work per step at a batch: measured there, else the nearest
-        measured batch's shape scaled to the mean at this batch."""
+        """Quantiles of the work per step at a batch: the shape measured there (else at the
+        nearest measured batch) scaled to the mean work at this batch."""
         have = [(abs(b - batch), i) for i, b in enumerate(self.batch)
                 if i < len(self.work_quantiles) and self.work_quantiles[i]]
         if not have:
             return [self.at(batch)]
-        i = min(have)[1]
-        shape = self.work_quantiles[i]
-        mean = expected_max(shape, 1)
-        k = self.at(batch) / mean if mean > 0 else 1.0
-        return [x * k for x in shape]
+        mean = self.at(batch)
+        return [x * mean for x in normalised(self.work_quantiles[min(have)[1]])]
 
     def scaled(self, k: float) -> StepProfile:
         """The same profile with every time multiplied by k (a launcher's cost over raw)."""

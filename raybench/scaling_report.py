@@ -24,7 +24,6 @@ from raybench.results import (
     RunRecord,
     RunResult,
     ScalingDoc,
-    ScalingModelReport,
     StartupPoint,
     TargetSummary,
     read_doc,
@@ -149,17 +148,18 @@ def comparison_sentence(c: Comparison) -> str:
     where = f"{c.pairs} pairs" + (f", {c.excluded_pairs} excluded" if c.excluded_pairs else "")
     if c.ci95 is None:
         return f"{head}: {c.ratio:.3f} ({where}, too few for an interval)"
-    text = (f"{head}: {c.ratio:.3f} (95% CI {c.ci95[0]:.3f}-{c.ci95[1]:.3f}, "
-            f"+-{c.halfwidth:.1%}, {where})")
+    text = (f"{head}: {c.ratio:.3f} (95% CI {c.ci95[0]:.3f}–{c.ci95[1]:.3f}, "
+            f"±{c.halfwidth:.1%}, {where})")
     low, high = c.ci95
     if low > 1 or high < 1:
         faster = c.ratio > 1
         text += (f": {c.numerator} is {abs(c.ratio - 1):.1%} {'faster' if faster else 'slower'}"
                  f" than {c.denominator}")
-        gaps = sorted(c.phases.items(), key=lambda kv: -abs(kv[1].share))
+        gaps = [f"{phase} {g.share * 100:+.1f} pts" for phase, g in
+                sorted(c.phases.items(), key=lambda kv: -abs(kv[1].share))
+                if abs(g.share) >= 5e-4]
         if gaps:
-            text += "; step-time gap by phase: " + ", ".join(
-                f"{phase} {g.share * 100:+.1f} pts" for phase, g in gaps if abs(g.share) >= 5e-4)
+            text += "; step-time gap by phase: " + ", ".join(gaps)
     else:
         text += f": no difference beyond the noise (would detect {c.mde:.1%})" if c.mde else ""
     if not c.reached and c.note:
@@ -174,27 +174,7 @@ def comparison_sentence(c: Comparison) -> str:
 NOISY_IQR = 0.10
 
 
-def comparisons_table(comparisons: list[Comparison]) -> str | None:
-    """One row per decided ratio: the pooled one where repeats were pooled."""
-    rows = _headline(comparisons)
-    if not rows:
-        return None
-    head = (f"{'comparison':<28}{'N':>3} {'ratio':>7} {'95% CI':>13} {'+-':>6} {'pairs':>6} "
-            f"{'excl':>4} {'window':>7} {'mde':>6}  gap by phase (points of the step)")
-    lines = [head, "-" * len(head)]
-    for c in rows:
-        ci = f"{c.ci95[0]:.3f}-{c.ci95[1]:.3f}" if c.ci95 else "-"
-        gaps = " ".join(f"{p[:4]} {g.share * 100:+.1f}" for p, g in c.phases.items())
-        lines.append(f"{c.numerator + '/' + c.denominator:<28}{c.workers:>3} "
-                     f"{_fmt(c.ratio, '.3f'):>7} {ci:>13} "
-                     f"{_fmt(c.halfwidth and c.halfwidth * 100, '.1f'):>5}% {c.pairs:>6} "
-                     f"{c.excluded_pairs:>4} {c.window_s:>6.2f}s "
-                     f"{_fmt(c.mde and c.mde * 100, '.1f'):>5}%  {gaps}"
-                     + ("" if c.reached else "  (not precise)"))
-    return "\n".join(lines)
-
-
-def _headline(comparisons: list[Comparison]) -> list[Comparison]:
+def headline(comparisons: list[Comparison]) -> list[Comparison]:
     """Per (numerator, denominator, N): the pooled comparison if there is one, else the only."""
     best: dict[tuple[str, str, int], Comparison] = {}
     for c in comparisons:
@@ -202,14 +182,6 @@ def _headline(comparisons: list[Comparison]) -> list[Comparison]:
         if key not in best or c.repeat is None:
             best[key] = c
     return list(best.values())
-
-
-def printed(doc: ScalingDoc) -> list[str]:
-    """What `scale` prints at the end, in order (and `scale merge`)."""
-    blocks = [table(doc.summary), comparisons_table(doc.comparisons),
-              ingest_table(doc.summary), target_table(doc.summary), faults_table(doc.summary),
-              forecasts_table(doc.forecasts, doc.model), "\n".join(doc.verdict or [])]
-    return [b for b in blocks if b]
 
 
 def _median(rows: list[RunRecord], key: str) -> float | None:
@@ -332,7 +304,7 @@ RATIO_KEYS = {"raw": "vs_raw", "ddp": "vs_ddp", "ddp-ray": "vs_ddp", "raybench":
 def apply_comparisons(summary: list[PointSummary], comparisons: list[Comparison]) -> None:
     """Resident measurements decide the ratios: vs_raw, vs_ddp and vs_memory become the paired
     windows' ratio and its interval (not the ratio of medians of separate starts)."""
-    for c in _headline(comparisons):
+    for c in headline(comparisons):
         key = RATIO_KEYS.get(c.denominator)
         row = next((r for r in summary if r.label == c.numerator and r.workers == c.workers),
                    None)
@@ -345,28 +317,6 @@ def apply_comparisons(summary: list[PointSummary], comparisons: list[Comparison]
 
 def _goodput(rows: list[RunRecord]) -> dict[int, float]:
     return {r.repeat: r.goodput_samples_per_sec for r in rows if r.goodput_samples_per_sec}
-
-
-def faults_table(summary: list[PointSummary]) -> str | None:
-    """What faults cost: goodput against the same point without them, failures survived,
-    recovery (failure -> next step), and the totals spent saving, reporting and restoring."""
-    rows = [r for r in summary if r.chaos or any(
-        s.chaos and s.label.removesuffix(" chaos") == r.label and s.workers == r.workers
-        for s in summary)]
-    if not rows:
-        return None
-    width = max(len(r.label) + 1 for r in rows)
-    head = (f"{'faults':<{width}}{'N':>3} {'goodput/s':>11} {'vs clean [95% CI]':<26} "
-            f"{'fails':>5} {'recovery':>8} {'ckpt save':>9} {'report':>7} {'restore':>7}")
-    lines = [f"chaos: {next(r.chaos for r in rows if r.chaos)}", head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.label:<{width}}{r.workers:>3} "
-                     f"{_fmt(r.goodput_samples_per_sec, ',.0f'):>11} "
-                     f"{fmt_interval(r.goodput_vs_clean):<26} {_fmt(r.failures, '.0f'):>5} "
-                     f"{_fmt(r.recovery_s, '.1f'):>7}s "
-                     f"{_fmt(r.checkpoint_save_s_total, '.2f'):>8}s "
-                     f"{_fmt(r.report_s_total, '.1f'):>6}s {_fmt(r.restore_s_total, '.2f'):>6}s")
-    return "\n".join(lines)
 
 
 def _ratio(row: PointSummary, key: str, mine: list[RunRecord],
@@ -429,65 +379,6 @@ def plot(summary: list[PointSummary], path: str | Path) -> Path:
     for ax in (ax_t, ax_e):
         ax.set_xticks(sorted({r.workers for r in summary}))
     return save_figure(fig, path)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def fmt_interval(ci: Interval | None, spec: str = ".3f") -> str:
-    """'0.951 [0.93-0.97] n=3', or the bare value without an interval."""
-    if ci is None:
-        return "-"
-    if ci.low is None:
-        return f"{ci.value:{spec}} n={ci.n}"
-    return f"{ci.value:{spec}} [{ci.low:{spec}}-{ci.high:{spec}}] n={ci.n}"
-
-
-def table(summary: list[PointSummary]) -> str:
-    width = max([9] + [len(r.label) + 1 for r in summary])
-    head = (f"{'backend':<{width}}{'N':>3} {'samples/s':>11} {'[min-max]':>23} {'speed-up':>9} "
-            f"{'eff':>5} {'step p50 ms [95% CI]':>22} {'data':>5} {'comp':>5} {'sync':>5} "
-            f"{'opt':>5}  {'vs raw [95% CI]':<26} {'vs ddp [95% CI]':<26}")
-    lines = [head, "-" * len(head)]
-    for r in summary:
-        s = r.samples_per_sec
-        if s is None:
-            why = (f"all {r.windows} windows excluded: the machine was busy outside the run"
-                   if r.windows and r.windows == r.excluded_windows else
-                   "every step was warm-up")
-            lines.append(f"{r.label:<{width}}{r.workers:>3} {'-':>11}  ({why})")
-            continue
-        lines.append(
-            f"{r.label:<{width}}{r.workers:>3} {s.median:>11,.0f} "
-            f"{'[' + format(s.min, ',.0f') + '-' + format(s.max, ',.0f') + ']':>23} "
-            f"{_fmt(r.speedup, '.2f'):>9} {_fmt(r.efficiency, '.2f'):>5} "
-            f"{fmt_interval(r.step_time_ms_p50_ci, '.3f'):>22} "
-            + " ".join(f"{_fmt(getattr(r, k), '.0%'):>5}" for k in (
-                "data_share", "compute_share", "sync_share", "optimizer_share"))
-            + f"  {fmt_interval(r.vs_raw_ci):<26} {fmt_interval(r.vs_ddp_ci):<26}")
-    return "\n".join(lines)
-
-
-def ingest_table(summary: list[PointSummary]) -> str | None:
-    """Ingest figures where a run streamed its data or measured the ingest alone: exposed data
-    wait of the least and most data-bound rank, first batch, object store, spill, and the
-    streamed run against the same launcher with the data in memory."""
-    rows = [r for r in summary if (r.ingest != "memory" or r.ingest_only) and r.samples_per_sec]
-    if not rows:
-        return None
-    width = max(len(r.label) + 1 for r in rows)
-    head = (f"{'ingest':<{width}}{'N':>3} {'samples/s':>11} {'data wait [ranks]':>18} "
-            f"{'1st batch':>9} {'store peak':>10} {'spilled':>8}  {'vs memory [95% CI]':<26}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        wait = (f"{_fmt(r.data_share_min, '.1%')}-{_fmt(r.data_share_max, '.1%')}"
-                if r.data_share_min is not None else "-")
-        lines.append(
-            f"{r.label:<{width}}{r.workers:>3} {r.samples_per_sec.median:>11,.0f} {wait:>18} "
-            f"{_fmt(r.first_batch_s, '.2f'):>8}s {_fmt(r.object_store_peak_mib, ',.0f'):>7}MiB "
-            f"{_fmt(r.spilled_mib, ',.0f'):>5}MiB  {fmt_interval(r.vs_memory_ci):<26}")
-    return "\n".join(lines)
 
 
 def attach_forecasts(summary: list[PointSummary], forecasts: list[Forecast]) -> None:
@@ -553,48 +444,6 @@ def _cost(value: float, cost: dict) -> str:
     if cost.get("worker_hour_cost") is None:
         return f"{value:,.1f} worker-seconds"
     return f"{value:,.4g}"
-
-
-def forecasts_table(forecasts: list[Forecast], model: ScalingModelReport | None) -> str | None:
-    """Each kept forecast beside its measurement, with the model's terms: one rank's work, the
-    wait for the slowest of N, the all-reduce under load."""
-    if not forecasts:
-        return None
-    alpha = _fmt(model and model.alpha_s and model.alpha_s * 1e6, ".1f")
-    bw = _fmt(model and model.beta_s_per_byte and 1e-9 / model.beta_s_per_byte, ".2f")
-    head = (f"forecasts (made from the N=1 point before any N>=2 ran; ring fit alpha {alpha} us, "
-            f"bandwidth {bw} GB/s)\n"
-            f"{'backend':<10}{'N':>4} {'batch/w':>7} {'predicted':>11} {'measured':>11} "
-            f"{'error':>7} {'work ms':>8} {'wait ms':>8} {'allred ms':>9} {'slow':>5} "
-            f"{'$/M samples':>11}")
-    lines = [head, "-" * 100]
-    for f in forecasts:
-        kind = "forecast" if f.extrapolated else _fmt(f.measured_samples_per_sec, ",.0f")
-        lines.append(f"{f.backend:<10}{f.workers:>4} {f.batch_size_per_worker:>7} "
-                     f"{_fmt(f.predicted_samples_per_sec, ',.0f'):>11} {kind:>11} "
-                     f"{_fmt(f.error, '+.1%'):>7} {_fmt(f.work_ms, '.3f'):>8} "
-                     f"{_fmt(f.wait_ms, '.3f'):>8} {_fmt(f.allreduce_ms, '.3f'):>9} "
-                     f"{f.slowdown:>5.1f} {_fmt(f.cost_per_million_samples, ',.4g'):>11}")
-    return "\n".join(lines)
-
-
-def target_table(summary: list[PointSummary]) -> str | None:
-    rows = [r for r in summary if r.target is not None]
-    if not rows:
-        return None
-    width = max(len(r.label) + 1 for r in rows)
-    head = (f"{'time to ' + rows[0].target.target:<{width + 14}} {'score (s)':>9} "
-            f"{'reached':>8} {'epochs':>6} {'samples':>10} {'eval':>5}  per repeat (s)")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        t = r.target
-        score = _fmt(t.score_s, ".1f") if t.valid else "INVALID"
-        each = ", ".join("-" if x is None else f"{x:.1f}" for x in t.times_s)
-        note = f"  ({t.note})" if t.note else ""
-        lines.append(f"{r.label:<{width}}N={r.workers:<11} {score:>9} {t.reached:>4}/{t.runs:<3} "
-                     f"{_fmt(t.epochs_median, '.0f'):>6} {_fmt(t.samples_median, ',.0f'):>10} "
-                     f"{_fmt(t.eval_share, '.0%'):>5}  {each}{note}")
-    return "\n".join(lines)
 
 
 def verdict(summary: list[PointSummary]) -> list[str]:

@@ -26,7 +26,7 @@ from torch import nn
 from raybench import calibrate, environment, forecast, probes, scaling_report
 from raybench.artifacts import Output
 from raybench.backends import SINGLE_WORKER, Backend, LaunchContext, backend_class
-from raybench.backends.ray_cluster import REPORT_POLL_S, connect, preflight
+from raybench.backends.ray_cluster import REPORT_POLL_S, start_ray
 from raybench.backends.ray_train import RAY_TRAIN_SWITCHES, startup_floor
 from raybench.chaos import ChaosSpec, parse_chaos
 from raybench.config import Config, resolve
@@ -40,10 +40,11 @@ from raybench.data import (
     load_source,
     synthetic,
 )
-from raybench.errors import UserError, install_sigterm
+from raybench.errors import UserError
 from raybench.interleave import Contender, PointRun, Precision, planned_pairs
 from raybench.loop import LoopOptions, Window
-from raybench.models import build_model, check_model, flops_per_sample
+from raybench.models import build_checked, flops_per_sample
+from raybench.report.sections import printed
 from raybench.results import (
     Comparison,
     Forecast,
@@ -194,8 +195,7 @@ def plan(spec: ScaleSpec, base: Config, out: Console) -> Plan:
     base.train.early_stop_patience = 0  # a benchmark measures steps, it does not early-stop
     memory, stream, source, base = load_data(base, spec, out)
     features = (memory if memory is not None else stream).n_features
-    model = build_model(base.model, features, base.data.window, base.data.task)
-    check_model(model, features, base.data.window, base.model.kind)
+    model = build_checked(base.model, features, base.data.window, base.data.task)
     target = parse_target(spec.target, base.data.task) if spec.target else None
     if target:
         base.train.warmup_epochs = 0  # throughput from warm-up steps: the target may come first
@@ -263,12 +263,9 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
         # --chaos) report every epoch and each report() waits for the next poll: up to 2 s an
         # epoch that would count as time to target and as lost goodput, so they poll fast.
         largest = p.points[-1][1]
-        handle = connect(largest, verbose=spec.verbose,
-                         report_poll_s=REPORT_POLL_S if spec.whole_epochs else None,
-                         extra_cpus=ray_cpus(spec, p, largest))
-        install_sigterm()
-        out.log(f"Ray: {handle.description}")
-        preflight(largest, largest.scaling.wait_for_workers_s)
+        handle = start_ray(largest, out.log, verbose=spec.verbose,
+                           report_poll_s=REPORT_POLL_S if spec.whole_epochs else None,
+                           extra_cpus=ray_cpus(spec, p, largest))
     output.local.mkdir(parents=True, exist_ok=True)
     env = environment.collect()
     scratch = Path(tempfile.mkdtemp(prefix="raybench-scale-"))
@@ -478,7 +475,7 @@ def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
         comparisons=scaling_report.pooled(sweep.comparisons, sweep.windows,
                                           spec.precision.ci_halfwidth),
         windows=sweep.windows, status=status)
-    for text in scaling_report.printed(doc):
+    for text in printed(doc):
         out.summary(text)
     for row in summary_startup or []:
         out.summary(f"start-up N={row.workers}: Ray floor {row.floor_s:.1f}s, raybench first "

@@ -27,7 +27,7 @@ from typing import Any
 from raybench import artifacts, environment
 from raybench.artifacts import Output
 from raybench.backends.local import pick_device, wants_gpu
-from raybench.backends.ray_cluster import connect, preflight
+from raybench.backends.ray_cluster import start_ray
 from raybench.backends.ray_train import TuneSession, build_trainer, train_fn
 from raybench.cli import Parser
 from raybench.config import (
@@ -46,14 +46,13 @@ from raybench.data.ingest import open_ingest, trainer_datasets
 from raybench.errors import (
     UserError,
     graceful_tune_signals,
-    install_sigterm,
     raise_if_stopped,
     run_cli,
     stopped,
 )
 from raybench.loop import LoopOptions, train_worker
-from raybench.models import build_model, check_model
-from raybench.results import metric_key, write_doc
+from raybench.models import build_checked
+from raybench.results import TrialRow, TrialsDoc, metric_key, write_doc
 
 KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
          "randint": "range"}
@@ -321,7 +320,6 @@ def _capacity(cfg: Config) -> int:
     """How many trials the cluster can run at once (fails fast when not even one fits)."""
     import ray
 
-    preflight(cfg, cfg.scaling.wait_for_workers_s)  # one trial's workers must fit
     total = ray.cluster_resources()
     per_trial_cpu = cfg.scaling.workers * cfg.scaling.cpus_per_worker
     if cfg.scaling.workers > 1:
@@ -363,8 +361,7 @@ def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, 
                         f"{', '.join(sorted(METRIC_MODES))})")
     check_metric(metric, data.task, "sweep metric")
     base.train.early_stop_metric = metric
-    check_model(build_model(base.model, data.n_features, data.window, data.task), data.n_features,
-                data.window, base.model.kind)
+    build_checked(base.model, data.n_features, data.window, data.task)
     baseline = baseline_score(data, metric)
     if baseline is not None:
         out.log(f"Naive baseline on the validation split: {metric}={baseline:.4f} "
@@ -419,9 +416,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     out_dir = output.local
     data, base, metric, mode, baseline = _prepare_data(settings, out)
     # Tune's clean-up of stopped TorchTrainer runs goes through the dashboard's State API.
-    handle = connect(base, verbose=args.verbose, dashboard=True, extra_cpus=1)
-    install_sigterm()
-    out.log(f"Ray: {handle.description}")
+    start_ray(base, out.log, verbose=args.verbose, dashboard=True, extra_cpus=1)
     capacity = _capacity(base)
     concurrent = min(settings["max_concurrent"] or capacity, capacity)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -452,12 +447,12 @@ def run_sweep(args: argparse.Namespace) -> dict:
     rows = trial_rows(grid, key, mode, max_t, interrupted)
     if not rows:
         raise RuntimeError("the sweep produced no trials")
-    if all(r["status"] == "error" for r in rows):
-        raise RuntimeError(f"every trial failed; the first: {rows[0]['error']}")
+    if all(r.status == "error" for r in rows):
+        raise RuntimeError(f"every trial failed; the first: {rows[0].error}")
     write_outputs(out_dir, rows, base, metric, mode, settings_doc, wall,
                   "interrupted" if interrupted else "completed", baseline)
     if interrupted:
-        ran = sum(r["epochs_run"] > 0 for r in rows)
+        ran = sum(r.epochs_run > 0 for r in rows)
         out.summary(f"Sweep interrupted: {ran} of {expected} trials ran; partial results in "
                     f"{out_dir}. Continue with: python -m raybench.tune --resume {out_dir}")
         raise_if_stopped()
@@ -468,16 +463,16 @@ def run_sweep(args: argparse.Namespace) -> dict:
 
 def _print_summary(out: Console, rows: list[dict], metric: str, mode: str, max_t: int,
                    wall: float, baseline: float | None, where: str) -> None:
-    stopped = sum(r["status"] == "stopped_early" for r in rows)
+    stopped = sum(r.status == "stopped_early" for r in rows)
     out.summary(top_table(rows, metric, mode))
-    run_epochs = sum(r["epochs_run"] for r in rows)
+    run_epochs = sum(r.epochs_run for r in rows)
     full = len(rows) * max_t
     out.summary(f"{len(rows)} trials, {stopped} stopped early by ASHA: {run_epochs} epochs run "
                 f"of {full} without early stopping ({1 - run_epochs / full:.0%} saved), "
                 f"{wall:.0f}s")
     best = best_row(rows, mode)
     if baseline is not None:
-        out.summary(f"Best trial {best['trial_id']}: validation {metric}={best['best']:.4f}; naive "
+        out.summary(f"Best trial {best.trial_id}: validation {metric}={best.best:.4f}; naive "
                     f"baseline {baseline:.4f}")
     out.summary(f"Saved → {where}")
 
@@ -531,7 +526,7 @@ def streamed_validation(meta: ParquetDataset) -> Any:
 
 
 def trial_rows(grid: Any, key: str, mode: str, max_t: int,
-               interrupted: bool = False) -> list[dict]:
+               interrupted: bool = False) -> list[TrialRow]:
     """One row per trial: its sampled values, status, epochs run, final and best metric. A
     trial that never reported is `not_started`; in an interrupted sweep, one that stopped short
     of max_t is `incomplete` (ASHA may have stopped it, or the interruption did)."""
@@ -560,67 +555,62 @@ def trial_rows(grid: Any, key: str, mode: str, max_t: int,
         if checkpoint is None and history:
             checkpoint = next((h["checkpoint_path"] for h in reversed(history)
                                if h.get("checkpoint_path")), None)
-        rows.append({
-            "trial_id": (result.metrics or {}).get("trial_id") or (
+        rows.append(TrialRow(
+            trial_id=(result.metrics or {}).get("trial_id") or (
                 history[-1].get("trial_id") if history else None),
-            "config": dict(result.config or {}),
-            "status": status,
-            "epochs_run": epochs,
-            "final": values[-1] if values else None,
-            "best": best,
-            "best_epoch": best_epoch,
-            "wall_time_sec": history[-1].get("time_total_s") if history else None,
-            "checkpoint": checkpoint,
-            "history": [h.get(key) for h in history],
-            "error": str(result.error).splitlines()[0] if result.error else None,
-        })
+            config=dict(result.config or {}), status=status, epochs_run=epochs,
+            final=values[-1] if values else None, best=best, best_epoch=best_epoch,
+            wall_time_sec=history[-1].get("time_total_s") if history else None,
+            checkpoint=checkpoint, history=[h.get(key) for h in history],
+            error=str(result.error).splitlines()[0] if result.error else None))
     return rows
 
 
-def best_row(rows: list[dict], mode: str) -> dict:
-    scored = [r for r in rows if r["best"] is not None]
+def best_row(rows: list[TrialRow], mode: str) -> TrialRow:
+    scored = [r for r in rows if r.best is not None]
     if not scored:
         raise RuntimeError("no trial reported the metric")
-    return (min if mode == "min" else max)(scored, key=lambda r: r["best"])
+    return (min if mode == "min" else max)(scored, key=lambda r: r.best)
 
 
-def write_outputs(out_dir: Path, rows: list[dict], base: Config, metric: str, mode: str,
+CSV_FIELDS = ("status", "epochs_run", "final", "best", "best_epoch", "wall_time_sec",
+              "checkpoint", "error")
+
+
+def write_outputs(out_dir: Path, rows: list[TrialRow], base: Config, metric: str, mode: str,
                   settings: dict, wall: float, status: str, baseline: float | None) -> None:
-    keys = sorted({k for r in rows for k in r["config"]})
-    flat = [{"trial_id": r["trial_id"], **{k: r["config"].get(k) for k in keys},
-             **{k: r[k] for k in ("status", "epochs_run", "final", "best", "best_epoch",
-                                  "wall_time_sec", "checkpoint", "error")}} for r in rows]
+    keys = sorted({k for r in rows for k in r.config})
+    flat = [{"trial_id": r.trial_id, **{k: r.config.get(k) for k in keys},
+             **{k: getattr(r, k) for k in CSV_FIELDS}} for r in rows]
     artifacts.write_csv(out_dir / "trials.csv", flat)
     best = best_row(rows, mode)
-    cfg = trial_config(base.to_dict(), best["config"])
+    cfg = trial_config(base.to_dict(), best.config)
     cfg.train.early_stop_metric = metric
     artifacts.write_yaml(out_dir / "best_config.yaml", cfg.to_dict())
     from raybench.plots import trials_png
 
     trials_png(rows, metric, out_dir / "trials.png")
-    write_doc(out_dir / "trials.json", {
-        "status": status, "metric": metric, "mode": mode, "settings": settings,
-        "baseline_valid": baseline,
-        "wall_time_sec": wall, "environment": environment.collect(), "best": best,
-        "trials": rows})
+    write_doc(out_dir / "trials.json", TrialsDoc(
+        status=status, metric=metric, mode=mode, trials=rows, settings=settings,
+        baseline_valid=baseline, wall_time_sec=wall, environment=environment.collect(),
+        best=best))
 
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def top_table(rows: list[dict], metric: str, mode: str, top: int = 8) -> str:
-    scored = sorted((r for r in rows if r["best"] is not None), key=lambda r: r["best"],
+def top_table(rows: list[TrialRow], metric: str, mode: str, top: int = 8) -> str:
+    from raybench.report import format as f
+    from raybench.report.tables import Table
+
+    scored = sorted((r for r in rows if r.best is not None), key=lambda r: r.best,
                     reverse=mode == "max")
-    keys = sorted({k for r in rows for k in r["config"]})
-    head = (f"{'trial':<12} {'status':<14} {'epochs':>6} {'best ' + metric:>12}  "
-            + "  ".join(f"{k:>{len(k)}}" for k in keys))
-    lines = [head, "-" * len(head)]
-    for r in scored[:top]:
-        vals = "  ".join(f"{_short(r['config'].get(k)):>{len(k)}}" for k in keys)
-        lines.append(f"{r['trial_id'] or '-':<12} {r['status']:<14} {r['epochs_run']:>6} "
-                     f"{r['best']:>12.4f}  {vals}")
-    return "\n".join(lines)
+    keys = sorted({k for r in rows for k in r.config})
+    return Table(f"Best trials by {metric} ({mode})",
+                 ["trial", "status", "epochs", f"best {metric}", *keys],
+                 [[str(r.trial_id or "-"), f.label(r.status), str(r.epochs_run), f.number(r.best),
+                   *(_short(r.config.get(k)) for k in keys)] for r in scored[:top]]).text()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import LocalConductor, PipeChannel
-from raybench.backends.local import LocalSession, wants_gpu
+from raybench.backends.local import LocalSession, train_rank, wants_gpu
 from raybench.config import Config
 from raybench.data.dataset import Dataset
 from raybench.loop import LoopOptions
@@ -40,9 +40,6 @@ def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, d
     resident process is one rank with no group at all."""
     from raybench.config import from_dict
     from raybench.data.dataset import load_dataset
-    from raybench.data.ingest import open_ingest
-    from raybench.loop import train_worker
-    from raybench.probes import allreduce_latency
 
     def body() -> None:
         cfg = from_dict(cfg_dict)
@@ -53,14 +50,7 @@ def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, d
         channel = PipeChannel(conn) if conn is not None else None
         with _process_group(rank, world, port, "nccl" if gpu else "gloo", group):
             session = LocalSession(device, rank, world, channel=channel)
-            result = train_worker(cfg, open_ingest(cfg, load_dataset(data_dir), session), session,
-                                  options)
-            if group:
-                numel = _broadcast_int(result.num_parameters if result else 0, device)
-                if allreduce_iters:
-                    comm = allreduce_latency(numel, device, allreduce_iters)
-                    if result is not None:
-                        result.allreduce = comm
+            result = train_rank(cfg, load_dataset(data_dir), session, options, allreduce_iters)
             if rank == 0:
                 assert result is not None
                 _deliver(results, result)
@@ -102,12 +92,6 @@ def _deliver(results: Any, value: Any) -> None:
     results.put(value)
     results.close()
     results.join_thread()  # flush the queue's feeder thread before os._exit
-
-
-def _broadcast_int(value: int, device: torch.device) -> int:
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.broadcast(t, src=0)
-    return int(t.item())
 
 
 class DdpBackend:

@@ -77,3 +77,26 @@ class LocalSession:
 
     def report_window(self, report: WindowReport) -> None:
         self._channel.report(report)
+
+
+def train_rank(cfg: Config, data: Any, session: LocalSession, options: Any,
+               allreduce_iters: int) -> Any:
+    """One rank of a plain DDP group (local processes or Ray actors), inside its process group:
+    the loop on this rank's shard, then, on every rank together, an all-reduce of the
+    gradient's size timed for the scaling model. Rank 0's result, None elsewhere."""
+    import torch.distributed as dist
+
+    from raybench.data.ingest import open_ingest
+    from raybench.loop import train_worker
+    from raybench.probes import allreduce_latency
+
+    result = train_worker(cfg, open_ingest(cfg, data, session), session, options)
+    if session.world_size == 1 and not dist.is_initialized():
+        return result  # the raw launcher: no group to time
+    numel = torch.tensor([result.num_parameters if result else 0], device=session.device)
+    dist.broadcast(numel, src=0)
+    if allreduce_iters:
+        comm = allreduce_latency(int(numel.item()), session.device, allreduce_iters)
+        if result is not None:
+            result.allreduce = comm
+    return result

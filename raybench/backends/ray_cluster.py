@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from raybench.backends.local import wants_gpu
@@ -102,6 +103,18 @@ def connect(cfg: Config, *, verbose: bool = False, dashboard: bool = False,
     finally:
         install_signal_handlers()  # ray.init replaced our SIGTERM handler with sys.exit(15)
     return RayHandle(f"local Ray on 127.0.0.1 with {num_cpus} logical CPUs", started_local=True)
+
+
+def start_ray(cfg: Config, log: Callable[[str], None], *, verbose: bool = False,
+              dashboard: bool = False, extra_cpus: int = 0,
+              report_poll_s: float | None = REPORT_POLL_S) -> RayHandle:
+    """What every command does to get a Ray: connect (or start one), with the signal handlers
+    in place again after ray.init, say which, and check that the workers can be placed."""
+    handle = connect(cfg, verbose=verbose, dashboard=dashboard, extra_cpus=extra_cpus,
+                     report_poll_s=report_poll_s)
+    log(f"Ray: {handle.description}")
+    preflight(cfg, cfg.scaling.wait_for_workers_s)
+    return handle
 
 
 def ingest_cpus(cfg: Config) -> int:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import ActorChannel, RayConductor, window_board
-from raybench.backends.local import LocalSession, wants_gpu
+from raybench.backends.local import LocalSession, train_rank, wants_gpu
 from raybench.backends.ray_cluster import node_of_this_process, place_workers
 from raybench.config import Config
 from raybench.data.dataset import Dataset
@@ -43,9 +43,6 @@ class DdpRank:
               data: Dataset, options: LoopOptions, allreduce_iters: int,
               board: Any = None) -> RunResult | None:
         from raybench.config import from_dict
-        from raybench.data.ingest import open_ingest
-        from raybench.loop import train_worker
-        from raybench.probes import allreduce_latency
 
         cfg = from_dict(cfg_dict)
         gpu = wants_gpu(cfg)
@@ -55,14 +52,7 @@ class DdpRank:
         try:
             channel = ActorChannel(board, rank) if board is not None else None
             session = _RaySideSession(device, rank, world, channel=channel)
-            result = train_worker(cfg, open_ingest(cfg, data, session), session, options)
-            numel = torch.tensor([result.num_parameters if result else 0])
-            dist.broadcast(numel, src=0)
-            comm = (allreduce_latency(int(numel), device, allreduce_iters)
-                    if allreduce_iters else None)
-            if result is not None:
-                result.allreduce = comm
-            return result
+            return train_rank(cfg, data, session, options, allreduce_iters)
         finally:
             dist.destroy_process_group()
 

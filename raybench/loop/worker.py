@@ -10,7 +10,7 @@ from typing import Any
 
 from raybench.config import Config
 from raybench.data.ingest import Ingest
-from raybench.loop import steps, windows
+from raybench.loop import checkpoint, steps, windows
 from raybench.loop.collector import MetricsCollector, Window
 from raybench.loop.session import Session
 from raybench.results import RunResult
@@ -65,7 +65,7 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
     state.launch_time = options.launch_time
     checkpoint_dir = session.get_checkpoint_dir() or options.resume_from
     if checkpoint_dir:
-        steps.resume(state, checkpoint_dir)
+        checkpoint.resume(state, checkpoint_dir)
     if options.resident:
         windows.serve_windows(state, collector, session, options.ingest_only)
         return steps.finish(state, collector, False, options.launch_time)
@@ -91,7 +91,7 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
             if collector.window_complete:
                 break
         else:
-            steps.report_epoch(state, row, options.checkpoint, options.storage_dir)
+            checkpoint.report_epoch(state, row, options.checkpoint, options.storage_dir)
             if options.evaluate and state.stopper.should_stop:
                 break
         epoch += 1

@@ -32,7 +32,7 @@ def test_asha_stops_bad_trials_and_best_config_runs(ray_cluster, reg_npz, tmp_pa
     assert any(r["status"] == "completed" and int(r["epochs_run"]) == 3 for r in rows)
     doc = json.loads((out / "trials.json").read_text())
     assert doc["best"]["config"]["train.lr"] in (0.01, 0.003)
-    assert all(r["checkpoint"] for r in result["rows"])
+    assert all(r.checkpoint for r in result["rows"])
 
     best = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best["train"]["lr"] == doc["best"]["config"]["train.lr"]
@@ -61,7 +61,7 @@ def test_a_sweep_streams_a_parquet_dataset_with_ray_data(ray_cluster, tmp_path):
     result = tune.run_sweep(tune.build_parser().parse_args([
         "--config", str(sweep), "--max-concurrent", "1", "--out", str(out), "--quiet"]))
     rows = result["rows"]
-    assert len(rows) == 2 and all(r["epochs_run"] == 2 for r in rows)
+    assert len(rows) == 2 and all(r.epochs_run == 2 for r in rows)
     saved = yaml.safe_load((out / "sweep.yaml").read_text())
     assert saved["base"]["data"]["ingest"] == "ray_data"
     assert result["baseline"] is not None  # the naive baseline, read from the validation files

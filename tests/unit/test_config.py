@@ -43,6 +43,8 @@ def test_both_spellings_of_flags():
     assert parse("--batch-size", "8").train.batch_size == 8
     assert parse("--hidden", "16").model.hidden == 16
     assert parse("--cpus-per-worker", "0.5").scaling.cpus_per_worker == 0.5
+    assert parse("--cpus_per_worker", "0.5").scaling.cpus_per_worker == 0.5  # either spelling
+    assert parse("--out", "runs").io.save_dir == parse("--save_dir", "runs").io.save_dir == "runs"
 
 
 @pytest.mark.parametrize("yaml_text, message", [
@@ -90,11 +92,14 @@ def test_a_key_given_twice_is_refused(flags):
         parse(*flags)
 
 
-def test_every_flag_is_listed_once_in_help():
-    from raybench import run
+def test_every_flag_is_listed_once_in_help_and_takes_either_spelling():
+    from raybench import run, scale
 
     text = run.build_parser().format_help()
     assert "--compile, --compile" not in text and "--compile " in text
+    assert "--batch-size" in text and "--batch_size" not in text
+    args = scale.build_parser().parse_args(["--synthetic_samples", "100", "--min_pairs=3"])
+    assert (args.synthetic_samples, args.min_pairs) == (100, 3)
 
 
 def test_early_stop_metric_must_fit_task():
@@ -153,16 +158,16 @@ def test_each_command_shows_only_the_flags_it_honours():
     run_flags = _flags(run.build_parser())
     scale_flags = _flags(scale.build_parser())
     tune_flags = _flags(tune.build_parser())
-    assert {"--patience", "--save_dir", "--run_name", "--workers", "--max_failures"} <= run_flags
+    assert {"--patience", "--save-dir", "--run-name", "--workers", "--max-failures"} <= run_flags
     # scale runs without early stopping, writes to --out and takes a list of worker counts
-    for flag in ("--patience", "--save_dir", "--run_name", "--early_stop_metric",
-                 "--storage_path", "--warmup_epochs"):
+    for flag in ("--patience", "--save-dir", "--run-name", "--early-stop-metric",
+                 "--storage-path", "--warmup-epochs"):
         assert flag not in scale_flags, flag
-    assert {"--global-batch-size", "--min-steps", "--min-seconds", "--batch_size"} <= scale_flags
+    assert {"--global-batch-size", "--min-steps", "--min-seconds", "--batch-size"} <= scale_flags
     # tune: ASHA decides when a trial stops, max_t its epochs, --out where it writes
-    for flag in ("--patience", "--epochs", "--save_dir", "--run_name", "--workers"):
+    for flag in ("--patience", "--epochs", "--save-dir", "--run-name", "--workers"):
         assert flag not in tune_flags, flag
-    assert {"--workers-per-trial", "--max-t", "--placement_strategy"} <= tune_flags
+    assert {"--workers-per-trial", "--max-t", "--placement-strategy"} <= tune_flags
 
 
 def test_resolve_is_pure_and_fills_what_the_data_decides():

@@ -89,7 +89,7 @@ def test_the_gate_fails_only_beyond_the_interval(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "not decided vs_ddp<0.95" in out and "straddles 0.95" in out and "FAIL" not in out
     assert report.main([*args, "--fail-if", "vs_ddp<1.05"]) == 1  # the whole interval < 1.05
-    assert "mde" in capsys.readouterr().out
+    assert "smallest detectable" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,40 +1,26 @@
 """raybench.report over real run/scaling/sweep directories written by the project's writers."""
 
 import json
+import re
 
 import pytest
 import yaml
 
-from raybench import artifacts, data, plots, report, scaling_report
-from raybench.config import Config, resolve
+from raybench import artifacts, report, scaling_report
 from raybench.errors import UserError
 from raybench.results import write_doc
-from raybench.run import write_run
-from tests.conftest import run_raw
 from tests.unit.test_scaling_report import RUNS
 
 
 @pytest.fixture
 def dirs(tmp_path, cls_npz):
     """A real run directory from a real (raw) run, a scaling report and a sweep."""
-    run = tmp_path / "run_1"
-    run.mkdir()
-    ds = data.build_dataset(data.load_npz(cls_npz), None, 0.1, "zscore")
-    cfg = resolve(Config(), npz_path=cls_npz, task=ds.task)
-    cfg.train.epochs = 3
-    result = run_raw(cfg, ds)
-    write_run(run, cfg, ds.norm_stats, result)
+    from tests.report_inputs import a_run, tune_sweep
+
+    run = a_run(tmp_path, cls_npz)
     scale = tmp_path / "scale"
     scaling_report.write_report(scale, environment={}, config={}, runs=RUNS, mode="strong")
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    trials = [{"trial_id": "a", "status": "completed", "epochs_run": 4, "best": 0.56,
-               "config": {"train.lr": 0.01}, "history": [0.5, 0.52, 0.55, 0.56]},
-              {"trial_id": "b", "status": "stopped_early", "epochs_run": 1, "best": 0.5,
-               "config": {"train.lr": 1e-5}, "history": [0.5]}]
-    write_doc(sweep / "trials.json", {"metric": "auc", "mode": "max", "trials": trials})
-    plots.trials_png(trials, "auc", sweep / "trials.png")
-    return run, scale, sweep
+    return run, scale, tune_sweep(tmp_path)
 
 
 @pytest.mark.parametrize("suffix", [".html", ".md"])
@@ -42,11 +28,15 @@ def test_report_is_self_contained_with_every_section(dirs, tmp_path, suffix):
     out = tmp_path / f"report{suffix}"
     assert report.main([*map(str, dirs), "--out", str(out)]) == 0
     text = out.read_text()
-    # curves, two confusion matrices, scaling, trials
-    assert text.count("data:image/png;base64,") == 5
+    if suffix == ".html":  # curves, two confusion matrices, throughput, phases, trials
+        assert text.count("data:image/png;base64,") == 6
+    else:  # figures beside the Markdown, linked: code hosts strip data: images
+        assert "data:image" not in text
+        linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+        assert len(linked) == 6 and all((tmp_path / p).is_file() for p in linked)
     rate = json.loads((dirs[0] / "timing.json").read_text())["samples_per_sec"]
-    for needle in ("run_1", f"{rate:,.0f}", "Scaling: scale", "Sweep: sweep", "stopped early",
-                   "raybench", "[95% CI]"):
+    for needle in ("run_1", f"{rate:,.0f}", "Scaling sweep scale", "Tune sweep sweep",
+                   "stopped early", "95% CI", "Findings", "naive baseline"):
         assert needle in text, needle
 
 

@@ -119,8 +119,11 @@ def test_strong_and_weak_batches():
 
 
 def test_table_lists_every_point():
-    text = sr.table(sr.summarize(RUNS))
-    assert len(text.splitlines()) == 2 + 5
+    from raybench.report.sections import throughput_table
+
+    table = throughput_table(sr.summarize(RUNS))
+    assert len(table.rows) == 5
+    assert len(table.text().splitlines()) == 3 + 5 + 1  # caption, head, rule, rows, note
 
 
 def test_exact_quantiles_against_scipy():

@@ -12,7 +12,7 @@ from raybench import data
 from raybench.backends.local import LocalSession
 from raybench.config import Config, resolve
 from raybench.data.ingest import MemoryIngest
-from raybench.loop import Diverged, steps
+from raybench.loop import Diverged, checkpoint, steps
 from raybench.loop.collector import MetricsCollector, Window, breakdown_of
 
 
@@ -99,14 +99,14 @@ def test_checkpoint_round_trip_resumes_where_it_stopped(ds, tmp_path):
         row = steps.train_epoch(state, epoch, collector)
         steps.validate_and_decide(state, row)
         steps.close_epoch(state, row, 0.0)
-        steps.report_epoch(state, row, checkpoint=True)
+        checkpoint.report_epoch(state, row, checkpoint=True)
     metrics, kept = session.reports[-1]
     assert (metrics["epoch"], metrics["metric"], metrics["pid"]) == (2, "val_loss", os.getpid())
-    assert sorted(os.listdir(kept)) == sorted([steps.CKPT_MODEL, steps.CKPT_STATE,
-                                               steps.CKPT_BEST])
+    assert sorted(os.listdir(kept)) == sorted([checkpoint.CKPT_MODEL, checkpoint.CKPT_STATE,
+                                               checkpoint.CKPT_BEST])
 
     fresh, _ = make(ds)
-    steps.resume(fresh, kept)
+    checkpoint.resume(fresh, kept)
     assert fresh.first_epoch == 3 and fresh.resumed_from_epoch == 2
     assert [r.epoch for r in fresh.history] == [1, 2]
     assert fresh.stopper.best == state.stopper.best

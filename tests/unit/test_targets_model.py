@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from raybench import scaling_model as sm
@@ -70,13 +71,16 @@ def test_step_prediction_and_the_smallest_batch_under_20_percent_sync():
 
 
 def test_the_slowest_of_n_ranks_from_order_statistics():
-    uniform = [i / 100 for i in range(101)]  # U(0, 1): E[max of n] = n / (n + 1)
+    uniform = [(i + 0.5) / 100 for i in range(100)]  # U(0, 1): E[max of n] = n / (n + 1)
     assert sm.expected_max(uniform, 1) == pytest.approx(0.5)
     for n in (2, 4, 8):
-        assert sm.expected_max(uniform, n) == pytest.approx(n / (n + 1), abs=2e-4)
+        assert sm.expected_max(uniform, n) == pytest.approx(n / (n + 1), abs=2e-3)
     # half the steps take 1 ms, half 3 ms: two ranks wait for a 3 ms one 3/4 of the time
-    two_point = [1.0] * 50 + [2.0] + [3.0] * 50
-    assert sm.expected_max(two_point, 2) == pytest.approx(0.25 * 1 + 0.75 * 3, abs=0.02)
+    two_point = [1.0] * 50 + [3.0] * 50
+    assert sm.expected_max(two_point, 2) == pytest.approx(0.25 * 1 + 0.75 * 3)
+    # the quantiles stand for equal bins: one hiccup of 100x does not move them
+    steps = np.concatenate([np.full(9999, 1.0), [100.0]])
+    assert sm.expected_max(sm.quantiles_of(steps), 1) == pytest.approx(1.0)
     # the model: the step is the slowest rank's work plus the all-reduce under load
     profile = sm.StepProfile(batch=[64], data_s=[0.0], compute_s=[0.002], optimizer_s=[0.0],
                              work_quantiles=[[x / 1000 for x in two_point]])
