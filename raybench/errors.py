@@ -14,6 +14,8 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 
+import raybench
+
 
 class UserError(Exception):
     """A mistake in input (file, flag, config, cluster size): reported in one line, exit code 2."""
@@ -129,6 +131,7 @@ def graceful_tune_signals() -> Iterator[None]:
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a command's main and exit with the code its outcome deserves (see above)."""
     install_signal_handlers()
+    raybench.from_cli()
     try:
         code = main(argv)
     except UserError as exc:

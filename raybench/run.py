@@ -129,6 +129,7 @@ def load_data(cfg: Config, out: Console) -> tuple[Source, Config]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = raybench.command_started()
     args = build_parser().parse_args(argv)
     cfg, resume_dir = _resolve_config(args)
     out = Console(quiet=args.quiet)
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             artifacts.write_yaml(run_dir / "config.yaml", cfg.to_dict())  # what --resume reads
         write_status(run_dir, RunStatus("running"))
         result = train(cfg, data, run_dir, handle, out, resume_from=resume_from,
-                       resumed=resume_dir is not None)
+                       resumed=resume_dir is not None, started=started)
+        result.timing.wall_time_s = time.time() - started
         finish(run_dir, cfg, data, result, out)
     finally:
         lock.release()
@@ -208,7 +210,7 @@ def storage_of(run_dir: Path, cfg: Config) -> Path:
 
 
 def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Console, *,
-          resume_from: Path | None, resumed: bool) -> RunResult:
+          resume_from: Path | None, resumed: bool, started: float) -> RunResult:
     """The Ray Train run, with status.json saying how it ended if it did not complete."""
     metric = cfg.train.early_stop_metric
     out.log(f"Workers: {cfg.scaling.workers} x {cfg.scaling.cpus_per_worker:g} CPU"
@@ -226,7 +228,7 @@ def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Cons
         out.section("TRAINING")
         out.log(f"Starting training for {cfg.train.epochs} epochs; early stopping on {metric}, "
                 f"patience {cfg.train.early_stop_patience}")
-        options = LoopOptions(launch_time=raybench.START_TIME, progress_interval_s=1.0,
+        options = LoopOptions(launch_time=started, progress_interval_s=1.0,
                               storage_dir=str(storage_of(run_dir, cfg)),
                               tracking=tracking_options(cfg, run_dir))
         return backend.run(cfg, options, _train_name(run_dir, cfg), resume_from=resume_from)
@@ -303,7 +305,6 @@ def write_run(run_dir: Path, cfg: Config, norm_stats: dict, result: RunResult) -
     write_doc(run_dir / "environment.json", environment.collect())
     artifacts.write_csv(run_dir / "history.csv", [row.flat() for row in result.history])
     timing = result.timing
-    timing.wall_time_s = time.time() - raybench.START_TIME
     plots.curves_png(result.history, result.metric, timing.best_epoch, run_dir / "curves.png")
     if cfg.data.task == "classification" and cfg.eval.save_cm:
         for split in ("valid", "test"):

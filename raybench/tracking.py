@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,37 @@ def check_mlflow(uri: str, timeout_s: float = 3.0) -> str | None:
         except OSError as exc:
             return f"--mlflow {uri}: nothing answers at {parsed.hostname}:{port} ({exc})"
     return None
+
+
+class _MlflowRun:
+    """One MLflow run addressed by its id. MLflow's fluent API keeps the active run per thread,
+    so a metric logged from the background thread would open a second, empty run."""
+
+    def __init__(self, mlflow: Any, options: TrackingOptions) -> None:
+        from mlflow.entities import Param
+
+        self.client = mlflow.MlflowClient(tracking_uri=options.mlflow_uri)
+        experiment = self.client.get_experiment_by_name(options.mlflow_experiment)
+        experiment_id = (experiment.experiment_id if experiment is not None
+                         else self.client.create_experiment(options.mlflow_experiment))
+        self.run_id = self.client.create_run(experiment_id,
+                                             run_name=options.run_name).info.run_id
+        params = [Param(k, str(v)[:500]) for k, v in options.params.items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                    for k, v in metrics.items()])
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def end_run(self) -> None:
+        self.client.set_terminated(self.run_id)
 
 
 class _Background:
@@ -133,11 +165,7 @@ class Tracker:
         if options.mlflow_uri.startswith("file:") or "://" not in options.mlflow_uri:
             # MLflow 3 keeps its file store only for those who ask: a file URI is asking
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri(options.mlflow_uri)
-        mlflow.set_experiment(options.mlflow_experiment)
-        mlflow.start_run(run_name=options.run_name)
-        mlflow.log_params({k: str(v)[:500] for k, v in options.params.items()})
-        return _Background(mlflow)
+        return _Background(_MlflowRun(mlflow, options))
 
     def epoch(self, row: EpochRow, breakdown: StepBreakdown, samples_per_sec: float | None) -> None:
         scalars = {"train/loss": row.train_loss}
