@@ -50,3 +50,21 @@ def run_raw(cfg, ds, options=None):
     from raybench.loop import LoopOptions
 
     return RawBackend(ds, LaunchContext(scratch_dir=Path("."))).run(cfg, options or LoopOptions())
+
+
+@pytest.fixture
+def cpu_burner():
+    """A busy loop on every core for the test's duration, at the niceness Ray gives its workers
+    (15): timing-dependent paths (signals, chaos recoveries, status writes) must hold on a
+    machine that is busy, not only on an idle one."""
+    import os
+    import subprocess
+    import sys
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                preexec_fn=lambda: os.nice(15))
+               for _ in range(os.cpu_count() or 1)]
+    yield len(burners)
+    for proc in burners:
+        proc.kill()
+        proc.wait()

@@ -78,8 +78,10 @@ def _until_epoch(proc, epoch: int, total: int) -> list[str]:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, sig, code):
-    """Kubernetes evicts a pod with SIGTERM: the same as Ctrl-C, exit 128 + the signal.
+def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, sig, code,
+                                                            cpu_burner):
+    """Kubernetes evicts a pod with SIGTERM: the same as Ctrl-C, exit 128 + the signal; with
+    every core busy (a Ctrl-C once went unnoticed there and all 300 epochs trained).
     (Resuming is tested after a SIGKILL below: the same path, with a lock to take over.)"""
     proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--patience", "0",
                    "--save_dir", str(tmp_path)], tmp_path)
@@ -89,8 +91,8 @@ def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, s
     start = time.monotonic()
     proc.send_signal(sig)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == code, rest
-    assert time.monotonic() - start < 30
+    assert proc.wait(timeout=120) == code, rest
+    assert time.monotonic() - start < 60
     assert "Traceback" not in rest and "stack" not in rest.lower(), rest
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[p.pid for p in alive]}"
@@ -99,6 +101,22 @@ def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, s
     assert not (run_dir / "metrics_test.json").exists()
     assert not (run_dir / ".raybench.lock").exists()
     assert f"--resume {run_dir}" in rest
+
+
+@pytest.mark.parametrize("delay", [0.5, 3.0])
+def test_sigterm_while_ray_starts_is_an_interruption_with_a_message(reg_npz, tmp_path, delay):
+    """SIGTERM before or inside ray.init (Ray installs a handler of its own there): exit 143,
+    one line, no traceback, nothing left running."""
+    proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--save_dir",
+                   str(tmp_path)], tmp_path)
+    time.sleep(delay)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143, rest
+    assert "terminated (SIGTERM)" in rest and "Traceback" not in rest, rest
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.pid for p in alive]}"
 
 
 def test_a_live_run_cannot_be_resumed_and_an_abandoned_one_is_taken_over(reg_npz, tmp_path):

@@ -99,7 +99,7 @@ def long_npz(tmp_path_factory):
 
 
 def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_cluster, long_npz,
-                                                                       tmp_path):
+                                                                       tmp_path, cpu_burner):
     # An epoch schedule: the kill lands once Ray has registered epoch 2's checkpoint, however
     # slow the machine is to start workers or to train (a timed kill could land in start-up).
     doc = scale.run_sweep(scale.build_parser().parse_args([

@@ -157,7 +157,7 @@ def _fill(mount):
         os.close(fd)
 
 
-def test_a_full_disk_cannot_leave_the_status_at_running(full_disk):
+def test_a_full_disk_cannot_leave_the_status_at_running(full_disk, cpu_burner):
     from raybench.results import RunStatus, read_status, write_status
 
     write_status(full_disk, RunStatus("running"))
