@@ -18,6 +18,34 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+# What each rank sums over its shard of a regression split, for its model and its baseline:
+# the metrics follow exactly from these totals, with no rank holding the whole split.
+REGRESSION_SUMS = ("n", "sq_err", "abs_err", "y", "y_sq", "base_sq_err", "base_abs_err")
+
+
+def regression_sums(pred: np.ndarray, y: np.ndarray, base: np.ndarray) -> np.ndarray:
+    pred, y, base = (np.asarray(a, np.float64) for a in (pred, y, base))
+    err, berr = pred - y, base - y
+    return np.array([len(y), (err**2).sum(), np.abs(err).sum(), y.sum(), (y**2).sum(),
+                     (berr**2).sum(), np.abs(berr).sum()])
+
+
+def regression_from_sums(sums: np.ndarray) -> dict:
+    """The regression metrics of a whole split from the totals of REGRESSION_SUMS (equal to
+    regression_metrics on the concatenated split up to the order of the additions)."""
+    n, sq, ab, sy, syy, bsq, bab = (float(x) for x in sums)
+    ss_tot = syy - sy * sy / n if n else 0.0
+
+    def of(sq_err: float, abs_err: float) -> dict[str, float]:
+        return {"mse": sq_err / n, "mae": abs_err / n,
+                "r2": 1.0 - sq_err / ss_tot if ss_tot > 0 else 0.0}
+
+    metrics = of(sq, ab)
+    metrics["loss"] = sq / n  # MSE is the regression loss
+    metrics["baseline_persistence"] = of(bsq, bab)
+    return metrics
+
+
 def roc_auc(score: np.ndarray, y: np.ndarray) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic, ties counted as half."""
     score, y = np.asarray(score, np.float64), np.asarray(y).astype(bool)

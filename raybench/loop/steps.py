@@ -19,11 +19,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from raybench import probes
 from raybench.config import Config, metric_mode
 from raybench.data.ingest import Ingest
 from raybench.loop.collector import MetricsCollector, SyncClock, mean_breakdown, startup_marks
 from raybench.loop.session import Session
-from raybench.metrics import evaluate_split
+from raybench.metrics import (
+    REGRESSION_SUMS,
+    evaluate_split,
+    regression_from_sums,
+    regression_sums,
+)
 from raybench.models import build_model, count_parameters, loss_fn
 from raybench.results import EpochRow, RankFacts, Restore, RunResult, TargetResult, Timing
 from raybench.targets import Target
@@ -284,18 +290,32 @@ def gather_rows(local: torch.Tensor, session: Session) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(state: TrainState, split: str) -> dict[str, Any]:
     """Every rank predicts its shard of the split; all ranks get the same full metrics. The bare
-    module predicts: no DDP collective depends on how many eval batches a rank has."""
-    model = state.module
+    module predicts: no DDP collective depends on how many eval batches a rank has. A
+    regression split is reduced to a few totals per rank (one all-reduce): no rank ever holds
+    the whole split, which on data larger than memory took hundreds of MiB per worker.
+    Classification's AUC needs every score: ranks gather (logit, label) pairs, 8 bytes each."""
+    model, task = state.module, state.ingest.task
     model.eval()
-    rows = [torch.stack([model(x).float().cpu(), y.float(), b.float(), key.double()], dim=1)
-            for x, y, b, key in state.ingest.eval_batches(split)]
-    local = torch.cat(rows).double() if rows else torch.zeros((0, 4), dtype=torch.float64)
+    if task == "regression":
+        sums = np.zeros(len(REGRESSION_SUMS))
+        for x, y, b, _ in state.ingest.eval_batches(split):
+            sums += regression_sums(model(x).float().cpu().numpy(), y.numpy(), b.numpy())
+        totals = torch.from_numpy(sums).to(state.session.device)
+        if state.session.world_size > 1:
+            dist.all_reduce(totals)
+        return regression_from_sums(totals.cpu().numpy())
+    rows, majority = [], 0.0
+    for x, y, b, _ in state.ingest.eval_batches(split):
+        rows.append(torch.stack([model(x).float().cpu(), y.float()], dim=1))
+        majority = float(b[0]) if len(b) else majority
+    local = torch.cat(rows) if rows else torch.zeros((0, 2))
     gathered = gather_rows(local, state.session)
-    gathered = gathered[torch.argsort(gathered[:, 3], stable=True)]
-    out, y, base = gathered[:, :3].float().numpy().T
-    task = state.ingest.task
+    if state.session.world_size > 1:  # every rank's majority is the train split's
+        majority = max(gather_objects(majority, state.session))
+    out, y = gathered.numpy().T
     loss = float(loss_fn(task)(torch.from_numpy(out), torch.from_numpy(y)))
-    return evaluate_split(task, out, y, base, loss, state.cfg.eval.threshold)
+    return evaluate_split(task, out, y, np.full(len(y), majority, dtype=np.float32), loss,
+                          state.cfg.eval.threshold)
 
 
 def validate_and_decide(state: TrainState, row: EpochRow) -> None:
@@ -346,6 +366,8 @@ def note_first_marks(state: TrainState, collector: MetricsCollector) -> None:
 
 
 def close_epoch(state: TrainState, row: EpochRow, started: float) -> None:
+    if state.ingest.name == "ray_data":
+        probes.release_free_memory()  # what the epoch's fetches and evaluation freed
     row.epoch_time_s = time.perf_counter() - started
     state.history.append(row)
     state.epoch_times.append(row.epoch_time_s)
@@ -372,6 +394,7 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
         # Identical weights on every rank (DDP), so every rank restores the same best state.
         state.module.load_state_dict(state.best_state)
         valid, test = evaluate(state, "valid"), evaluate(state, "test")
+        probes.release_free_memory()
     facts = collector.rank_facts(state.session.rank, state.session.node(), state.module,
                                  state.ingest.name, state.ingest.first_batch_s,
                                  getattr(state.ingest, "first_batch_at", None))

@@ -43,3 +43,19 @@ def test_evaluate_split_carries_baselines():
     reg = metrics.evaluate_split("regression", np.array([1.0, 2.0]), np.array([1.0, 2.0]),
                                  np.array([0.0, 0.0]), 0.0)
     assert reg["r2"] == 1.0 and reg["baseline_persistence"]["mse"] == pytest.approx(2.5)
+
+
+def test_regression_metrics_from_per_rank_totals_equal_the_whole_split():
+    """What each rank sums over its shard, added up, gives the metrics of the whole split:
+    evaluation never gathers the split itself."""
+    rng = np.random.default_rng(3)
+    pred, y, base = rng.normal(size=(3, 1000))
+    whole = metrics.evaluate_split("regression", pred, y, base, float(np.mean((pred - y) ** 2)))
+    shards = [slice(0, 300), slice(300, 999), slice(999, 1000)]
+    sums = sum(metrics.regression_sums(pred[s], y[s], base[s]) for s in shards)
+    parts = metrics.regression_from_sums(sums)
+    for key in ("mse", "mae", "r2", "loss"):
+        assert parts[key] == pytest.approx(whole[key], rel=1e-12)
+    for key in ("mse", "mae", "r2"):
+        assert parts["baseline_persistence"][key] == pytest.approx(
+            whole["baseline_persistence"][key], rel=1e-12)
