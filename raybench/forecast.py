@@ -13,9 +13,11 @@ import os
 import statistics
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from raybench import calibrate, stats
 from raybench.backends import LaunchContext
-from raybench.backends.ddp import allreduce_sweep
+from raybench.backends.ddp import allreduce_sweep, loaded_step_sweep
 from raybench.backends.raw import RawBackend
 from raybench.console import Console
 from raybench.interleave import Contender, PointRun, Precision
@@ -25,6 +27,7 @@ from raybench.results import Forecast, RunRecord, ScalingModelReport
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
+    expected_max,
     normalised,
     predict,
     quantiles_of,
@@ -115,67 +118,114 @@ def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: 
 def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord],
          context: LaunchContext, out: Console,
          recalibrate: bool = False) -> tuple[ScalingModelReport, list[Forecast]]:
-    """The forecasts, from the N=1 runs in `runs` and what this function measures itself."""
+    """The forecasts, from the N=1 runs in `runs` and what this function measures itself: at
+    each N of the sweep, N copies of the one-worker step running at once (the machine's
+    contention) with an all-reduce between their steps; for a --predict N not run, a raw
+    profile of its batch and the ring fitted to all-reduces (each worker with its own cores)."""
     from raybench.sweep import global_batch
 
     grad_bytes = 4 * count_parameters(p.model)
     glob = global_batch(spec, p.base)
-    extra = [n for n in spec.predict if n not in spec.workers]
-    ns = sorted(set(spec.workers) | set(extra))
     anchor = glob if glob else p.base.train.batch_size  # the N=1 point's batch
-    batches = sorted({glob // n if glob else anchor for n in ns if not glob or glob % n == 0})
+    extra = [n for n in spec.predict if n not in spec.workers and (not glob or glob % n == 0)]
     threads, cores = worker_threads(p.base), os.cpu_count() or 1
-    flops = flops_per_sample(p.model, p.features, p.base.data.window) or 0.0
     peak = calibrate.calibrate(recalibrate=recalibrate)
-    out.log(f"Scaling model: one-worker profile at batch {', '.join(map(str, batches))}, "
-            "interleaved")
-    raw = next((m.backend for m in measures if m.name == "raw"), None) or RawBackend(
-        p.memory, context)
-    profile = one_worker_profile(p, batches, anchor, raw, out)
-    forecasts, factors = [], {}
-    comm = None
-    for backend in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
-                                 and not m.chaos and not m.without and not m.ingest_only):
-        mine = launcher_profile(profile, runs, backend, anchor)
-        if mine is None:
-            continue
+    loaded = loaded_steps(spec, p, anchor, glob, grad_bytes, out)
+    launchers = [b for b in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
+                                          and not m.chaos and not m.without
+                                          and not m.ingest_only)]
+    own = {b: launcher_work(runs, b) for b in launchers}
+    forecasts = [measured_forecast(b, n, glob // n if glob else anchor, own[b], loaded)
+                 for b in launchers if own[b] for n in spec.workers
+                 if not (b == "raw" and n > 1) and (not glob or glob % n == 0)]
+    profile, comm = StepProfile([anchor], [0.0], [1.0], [0.0]), CommModel()
+    if extra and own.get("raybench"):
+        mine_s = own["raybench"][0]
+        profile, comm = extrapolation_inputs(spec, p, extra, anchor, glob, grad_bytes,
+                                             context, measures, out, mine_s)
+        mine = profile.scaled(mine_s)
+        flops = flops_per_sample(p.model, p.features, p.base.data.window) or 0.0
         mine.floor_s_per_sample = flops / (peak["matmul_gflops_per_core"] * 1e9 * threads)
-        factors[backend] = mine.at(anchor)
-        if comm is None:
-            comm = comm_under_load(spec, p, mine, grad_bytes, out)
-        for n in ns if backend == "raybench" else spec.workers:  # extrapolate raybench only
-            if (backend == "raw" and n > 1) or (glob and glob % n):
-                continue
-            b = glob // n if glob else anchor
-            # a worker count not run is assumed to have its own cores (a cluster sized for it)
-            forecasts.append(predict(backend, mine, comm, n, b, grad_bytes, threads,
-                                     cores if n in spec.workers else n * threads,
-                                     extrapolated=n not in spec.workers))
-    comm = comm or CommModel()
+        forecasts += [predict("raybench", mine, comm, n, glob // n if glob else anchor,
+                              grad_bytes, threads, n * threads, extrapolated=True)
+                      for n in extra]
     report = ScalingModelReport(
         cores=cores, threads=threads, gradient_bytes=grad_bytes, alpha_s=comm.alpha_s,
         beta_s_per_byte=comm.beta_s_per_byte, fitted=comm.fitted,
-        allreduce=[{"workers": n, "bytes": m, "seconds": t} for (n, m), t in comm.measured.items()],
-        profile=dataclasses.asdict(profile), launcher_factor=factors, calibration=peak)
+        allreduce=[{"workers": n, "bytes": grad_bytes, "seconds": r["allreduce_s"],
+                    "under": "real steps"} for n, r in loaded.items() if r["allreduce_s"]]
+        + [{"workers": n, "bytes": m, "seconds": t, "under": "busy loop"}
+           for (n, m), t in comm.measured.items()],
+        profile=dataclasses.asdict(profile), calibration=peak,
+        launcher_factor={b: w[0] for b, w in own.items() if w})
     return report, forecasts
 
 
-def launcher_profile(profile: StepProfile, runs: list[RunRecord], backend: str,
-                     anchor: int) -> StepProfile | None:
-    """A launcher's work per step at every profiled batch: its own N=1 mean work (the N=1
-    point, measured precisely) times the raw profile's ratio at each batch, with its own N=1
-    distribution's shape at the anchor batch and the profile's shapes elsewhere."""
+def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None, grad_bytes: int,
+                 out: Console) -> dict[int, dict]:
+    """At each N of the sweep: N processes running the one-worker step at the batch N trains
+    with, all at once, then all-reducing between steps (backends.ddp.loaded_step_sweep)."""
+    from raybench.sweep import point_config
+
+    found = {}
+    for n in spec.workers:
+        b = glob // n if glob else anchor
+        if glob and glob % n:
+            continue
+        out.log(f"Scaling model: {n} process(es) running the batch-{b} step at once"
+                + (", an all-reduce between steps" if n > 1 else ""))
+        found[n] = loaded_step_sweep(n, point_config(p.base, 1, None), (
+            p.features, p.base.data.window, p.base.data.task), b, grad_bytes // 4)
+    return found
+
+
+def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[float]] | None:
+    """A launcher's mean work per step at its N=1 point (the whole step: nothing synchronises;
+    from its measured rate) and the shape of its distribution."""
     ones = [r for r in runs if r.label == backend and r.workers == 1 and r.samples_per_sec]
     if not ones:
         return None
-    # at N=1 nothing synchronises: the work per step is the whole step, from the rate
     mean = statistics.median(r.batch_size_per_worker / r.samples_per_sec for r in ones)
-    k = mean / profile.at(anchor)
-    mine = profile.scaled(k)
-    own = [r.work_ms_quantiles for r in ones if r.work_ms_quantiles]
-    if own and anchor in mine.batch:
-        mine.work_quantiles[mine.batch.index(anchor)] = normalised(own[0])
-    return mine
+    shape = next((normalised(r.work_ms_quantiles) for r in ones if r.work_ms_quantiles), [1.0])
+    return mean, shape
+
+
+def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[float]],
+                      loaded: dict[int, dict]) -> Forecast:
+    """The launcher's N=1 work, times how much slower the one-worker step ran with N copies of
+    it at once (at N's batch) than alone (at N=1's), drawn N times (the slowest rank decides),
+    plus the all-reduce measured between real steps."""
+    mean1, shape1 = own
+    solo = statistics.fmean(loaded[1]["work_s"])
+    at_n = loaded[n]["work_s"]
+    scale = mean1 / solo
+    dist = [q * scale for q in quantiles_of(np.asarray(at_n))] if n > 1 else [
+        x * mean1 for x in shape1]
+    work = expected_max(dist, 1)
+    slowest = expected_max(dist, n)
+    sync = loaded[n]["allreduce_s"] or 0.0
+    step = slowest + sync
+    return Forecast(backend=backend, workers=n, batch_size_per_worker=batch,
+                    predicted_samples_per_sec=n * batch / step, step_ms=step * 1e3,
+                    work_ms=work * 1e3, wait_ms=(slowest - work) * 1e3, allreduce_ms=sync * 1e3,
+                    slowdown=statistics.fmean(at_n) / solo if n > 1 else 1.0,
+                    sync_share=(slowest - work + sync) / step)
+
+
+def extrapolation_inputs(spec: ScaleSpec, p: Plan, extra: list[int], anchor: int,
+                         glob: int | None, grad_bytes: int, context: LaunchContext,
+                         measures: list[Measure], out: Console,
+                         anchor_s: float) -> tuple[StepProfile, CommModel]:
+    """For N not run: the raw profile of every batch involved (relative to the anchor batch,
+    whose mean work is anchor_s) and all-reduces at the sweep's N, at several sizes, for the
+    ring fit."""
+    batches = sorted({anchor} | {glob // n if glob else anchor for n in extra})
+    out.log(f"Scaling model: one-worker profile at batch {', '.join(map(str, batches))}, "
+            "interleaved, for the N not run")
+    raw = next((m.backend for m in measures if m.name == "raw"), None) or RawBackend(
+        p.memory, context)
+    profile = one_worker_profile(p, batches, anchor, raw, out)
+    return profile, comm_under_load(spec, p, profile.scaled(anchor_s), grad_bytes, out)
 
 
 def check(forecasts: list[Forecast], runs: list[RunRecord]) -> None:

@@ -40,9 +40,10 @@ from raybench.results import (
     WindowReport,
 )
 
-# A window never shorter than this many steps: at a few steps, the barrier that starts it and
-# the report that ends it would be a visible share of it.
-MIN_WINDOW_STEPS = 10
+# A window never shorter than this many steps, whatever --window-s asks: the barrier that
+# starts it and the report that ends it (about a millisecond) stay a small share of it. Kept
+# low so that slow steps (the LSTM's 150 ms) still give many pairs: at 10, its 300 s bought 41.
+MIN_WINDOW_STEPS = 3
 
 
 @dataclass

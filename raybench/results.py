@@ -541,10 +541,10 @@ class Forecast:
     error: float | None = None  # predicted / measured - 1
     extrapolated: bool = False
     step_ms: float | None = None
-    work_ms: float | None = None  # one rank's mean work per step (contention included)
+    work_ms: float | None = None  # one rank's mean work per step, N ranks sharing the machine
     wait_ms: float | None = None  # the slowest of N ranks over the mean: waiting in sync
     allreduce_ms: float | None = None  # the all-reduce measured under load (or the ring fit)
-    slowdown: float = 1.0  # ranks sharing cores: N x threads / cores, at least 1
+    slowdown: float = 1.0  # the one-worker step with N copies at once over alone (measured)
     sync_share: float | None = None  # (wait + all-reduce) / step
     min_batch_sync_under_20pct: int | None = None
     cost_per_million_samples: float | None = None  # with raybench.scale's cost settings

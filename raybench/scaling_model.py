@@ -1,25 +1,14 @@
-"""A scaling model: the step time and throughput at N workers, predicted from measurements at
-one worker and of the all-reduce, never from the N >= 2 runs it is compared with.
+"""A scaling model: the step time and throughput at N workers, predicted from what one worker
+measured and from probes of the machine, never from the N >= 2 runs it is compared with.
 
-    step(N, b) = E[ max over N ranks of slow(N) * work(b) ] + allreduce_loaded(N, gradient bytes)
+    step(N) = E[ max over N ranks of work_N ] + allreduce_N
 
-- work(b) is one rank's time per step outside synchronisation (data + compute + optimizer), as
-  a distribution: the quantiles of the one-worker steps measured at per-worker batch b (the
-  launcher's own N=1 steps where the batch matches, else the raw loop's at b scaled by what the
-  launcher costs at N=1). Every rank must finish its part of a step before the all-reduce can
-  complete, so a step waits for the slowest: the expected maximum of N draws, from the order
-  statistics of the measured distribution. That wait is the part of "sync" an isolated
-  all-reduce never shows (measured here: 0.37 ms alone, 1.15 ms inside the step, MLP b1024 N=2).
-- slow(N) = max(1, N * threads / cores): ranks sharing a node's cores compute slower (1 on a
-  cluster sized for N).
-- allreduce_loaded(N, m) is the latency of an all-reduce of m bytes among N processes while the
-  others compute (backends.ddp.allreduce_sweep with a busy phase between all-reduces), where
-  one was measured; else the ring cost 2(N-1) alpha + 2(N-1)/N m beta fitted to the measured
-  ones, or given for a real network.
-- Where a batch was not profiled, work(b) is the affine fit of the profiled means, never below
-  what the calibrated peak of this machine allows (calibrate.py): FLOPs(b) / peak.
-
-samples/s(N) = N * b / step(N, b).
+The terms are measured by forecast.py (N copies of the one-worker step at once; an all-reduce
+between real steps). This module holds the arithmetic: the distribution of a step's work kept
+as equally likely bins and the expected maximum of N draws from it (a step waits for its
+slowest rank), the ring all-reduce fitted to measured latencies for worker counts not run, a
+one-worker profile over per-worker batches with the machine's calibrated floor, and the
+forecast record with its measurement.
 """
 
 from __future__ import annotations
@@ -158,14 +147,17 @@ class CommModel:
         return self.measured.get((n, nbytes), self.ring(n, nbytes))
 
 
-def slowdown(workers: int, threads: int, cores: int) -> float:
-    """How much slower each worker computes when `workers` x `threads` share `cores`."""
-    return max(1.0, workers * threads / max(cores, 1))
+def slowdown(workers: int, threads: int, cores: int, background: float = 0.0) -> float:
+    """How much slower each worker computes when `workers` x `threads` share `cores` with
+    `background` cores' worth of other work of the run (Ray's own processes, the driver, as
+    measured beside the N=1 point's windows)."""
+    return max(1.0, (workers * threads + background) / max(cores, 1))
 
 
 def predict(backend: str, profile: StepProfile, comm: CommModel, workers: int, batch: int,
-            grad_bytes: int, threads: int, cores: int, extrapolated: bool = False) -> Forecast:
-    slow = slowdown(workers, threads, cores)
+            grad_bytes: int, threads: int, cores: int, extrapolated: bool = False,
+            background: float = 0.0) -> Forecast:
+    slow = slowdown(workers, threads, cores, background)
     sync = comm.allreduce(workers, grad_bytes)
     dist = profile.distribution(batch)
     mean = slow * expected_max(dist, 1)

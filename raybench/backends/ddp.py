@@ -230,3 +230,30 @@ def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
         raise RuntimeError(f"all-reduce benchmark with {world} processes failed")
     return [{"workers": world, "bytes": r["bytes"], "seconds": r["allreduce_ms_p50"] / 1e3}
             for r in rows]
+
+
+def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,
+                 shape: tuple[int, int, str], batch: int, seconds: float,
+                 grad_numel: int) -> None:
+    from raybench.probes import loaded_step_probe
+
+    def body() -> None:
+        with _process_group(rank, world, port, "gloo", group=world > 1):
+            row = loaded_step_probe(cfg_dict, shape, batch, seconds, grad_numel)
+            if rank == 0:
+                _deliver(results, row)
+
+    _run_rank(body)
+
+
+def loaded_step_sweep(world: int, cfg: Config, shape: tuple[int, int, str], batch: int,
+                      grad_numel: int, seconds: float = 2.0) -> dict:
+    """`world` processes running the model's real training step at once, no Ray, no DDP: each
+    step's work under that contention (cores shared, hyperthreads, memory bandwidth), and an
+    all-reduce of the gradient's size timed between real steps (the last rank to arrive: the
+    communication under load, without the waiting). What the scaling model's step is made of,
+    measured on this machine without training the point it forecasts."""
+    row, _ = _spawn(world, _loaded_rank, cfg.to_dict(), shape, batch, seconds, grad_numel)
+    if row is None:
+        raise RuntimeError(f"loaded-step probe with {world} processes failed")
+    return row

@@ -209,12 +209,25 @@ def train_fn(config: dict) -> RunResult | None:
 
     cfg = from_dict(config["cfg"])
     session = RaySession(config.get("progress"), config.get("board"))
+    _drop_single_rank_group(session.world_size)
     data = config["data"]  # an object reference to a Dataset, or a ParquetDataset's metadata
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     ingest = open_ingest(cfg, data, session)
     options = dataclasses.replace(config.get("options") or LoopOptions(),
                                   worker_entry_time=entered)
     return train_worker(cfg, ingest, session, options)
+
+
+def _drop_single_rank_group(world_size: int) -> None:
+    """Ray Train sets up a gloo process group even for one worker, where there is nothing to
+    synchronise (the loop's collectives all ask for world_size > 1); its TCP loop thread woke
+    about 100 times a second in an idle worker here, on the cores the training thread uses.
+    Ray's own shutdown destroys the group only for two or more workers, so dropping it is
+    safe."""
+    import torch.distributed as dist
+
+    if world_size == 1 and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def progress_queue() -> Any:

@@ -23,8 +23,13 @@ def rate(x: float | None) -> str:
 
 
 def pct(x: float | None, digits: int = 0) -> str:
-    """A share or an efficiency: 0.596 -> '60%'."""
-    return DASH if missing(x) else f"{x * 100:.{digits}f}%"
+    """A share or an efficiency: 0.596 -> '60%'; a small one keeps two significant figures
+    (0.0003 -> '0.03%', never a 0% that hides it)."""
+    if missing(x):
+        return DASH
+    if x and abs(x * 100) < 10 ** -digits:
+        return f"{x * 100:.2g}%"
+    return f"{x * 100:.{digits}f}%"
 
 
 def signed_pct(x: float | None, digits: int = 1) -> str:

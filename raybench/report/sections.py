@@ -271,10 +271,12 @@ def forecasts_table(doc: ScalingDoc) -> Table | None:
              f.ratio(x.slowdown, 1)] for x in doc.forecasts]
     return Table("Forecasts, made from the N=1 point before any other ran",
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
-                  "error", "work ms", "waiting ms", "all-reduce ms", "core sharing"], rows,
-                 note="work: one rank's step outside sync; waiting: for the slowest of N ranks "
-                      "(order statistics of the N=1 steps); all-reduce: measured while the other "
-                      "ranks compute; core sharing: N x threads / cores.")
+                  "error", "work ms", "waiting ms", "all-reduce ms", "sharing the machine"],
+                 rows,
+                 note="work: one rank's step outside sync, with N ranks sharing the machine; "
+                      "waiting: for the slowest of N ranks (order statistics); all-reduce: "
+                      "timed between real steps; sharing: how much slower the one-worker step "
+                      "ran with N copies at once than alone.")
 
 
 def target_table(doc: ScalingDoc) -> Table | None:
