@@ -369,7 +369,8 @@ def plot(summary: list[PointSummary], path: str | Path) -> Path:
             ax_e.plot(n, [r.efficiency for r in rows], style, label=label)
     ax_t.set_xlabel("workers")
     ax_t.set_ylabel("samples/s (median, min-max)")
-    ax_t.legend()
+    if ax_t.get_legend_handles_labels()[0]:  # nothing measured: no legend, not a warning
+        ax_t.legend()
     ax_e.axhline(1.0, color="k", linestyle="--", linewidth=1)
     ax_e.set_xlabel("workers")
     ax_e.set_ylabel("efficiency (speed-up / N)")

@@ -253,7 +253,7 @@ def comparisons_table(doc: ScalingDoc) -> Table | None:
         gaps = ", ".join(f"{p} {g.share * 100:+.1f}" for p, g in c.phases.items())
         rows.append([f"{c.numerator} / {c.denominator}", str(c.workers), f.ratio(c.ratio, 3),
                      ci, f.pct(c.halfwidth, 1), f"{c.pairs} ({c.excluded_pairs})",
-                     f.seconds(c.window_s), f.pct(c.mde, 1), gaps])
+                     f.seconds(c.window_s) if c.pairs else f.DASH, f.pct(c.mde, 1), gaps])
     return Table("Paired comparisons", ["comparison", "N", "ratio", "95% CI", "±",
                                         "pairs (excluded)", "window", "smallest detectable",
                                         "gap by phase (points of a step)"], rows,
