@@ -38,49 +38,92 @@ def _positive() -> dict:
     return {"min": 0, "strict": True}
 
 
+# The commands a config flag belongs to: each command shows and accepts only the flags it honours.
+ALL = frozenset({"run", "scale", "tune"})
+RUN = frozenset({"run"})
+NOT_TUNE = frozenset({"run", "scale"})
+NOT_SCALE = frozenset({"run", "tune"})
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a config key appears on the command line: the field carries its own flag, so the
+    command-line layer is derived from this tree (no second table to keep in step)."""
+
+    help: str
+    commands: frozenset[str]
+    name: str | None = None  # the flag when it is not the key's name (--hidden-dim: model.hidden)
+    aliases: tuple[str, ...] = ()  # the original training CLIs' spellings: accepted, not shown
+    const: bool | None = None  # a switch: the flag sets the key to this value
+
+
+def cli(help_text: str, commands: frozenset[str] = ALL, **how: Any) -> dict:
+    return {"flag": Flag(help_text, commands, **how)}
+
+
 @dataclass
 class DataConfig:
-    npz_path: str | None = None  # None: prepare the S&P 500 NPZ for the task in the cache dir
-    task: str | None = field(default=None, metadata=_choice(*TASKS))  # None: inferred from y
-    window: int = field(default=60, metadata=_positive())  # window length for the auto-prepared NPZ
-    valid_from_train: float = field(default=0.1, metadata={"min": 0, "max": 1, "strict": True})
-    shuffle_train: bool = False
-    norm: str = field(default="zscore", metadata=_choice("zscore", "none"))
+    npz_path: str | None = field(default=None, metadata=cli(
+        "NPZ file (default: S&P 500 prepared into the cache)"))
+    task: str | None = field(default=None, metadata={**_choice(*TASKS), **cli(
+        "regression|classification (default: inferred from y)")})
+    window: int = field(default=60, metadata={**_positive(), **cli(
+        "window length of the auto-prepared / synthetic data")})
+    valid_from_train: float = field(default=0.1, metadata={
+        "min": 0, "max": 1, "strict": True,
+        **cli("chronological tail of train used for validation", name="valid_ratio",
+              aliases=("valid_from_train",))})
+    shuffle_train: bool = field(default=False, metadata=cli(
+        "shuffle training batches every epoch", const=True))
+    norm: str = field(default="zscore", metadata={**_choice("zscore", "none"),
+                                                  **cli("zscore|none")})
     # A Parquet dataset directory (python -m raybench.data prepare --format parquet) instead of
     # an NPZ; its window, splits and normalisation were fixed when it was prepared.
-    parquet_dir: str | None = None
+    parquet_dir: str | None = field(default=None, metadata=cli(
+        "Parquet dataset directory (raybench.data prepare --format parquet)"))
     # memory: the data in memory, sliced per rank; ray_data: a Parquet dataset streamed by Ray
-    # Data into each worker.
-    ingest: str = field(default="memory", metadata=_choice("memory", "ray_data"))
-    prefetch_batches: int = field(default=2, metadata={"min": 0})  # Ray Data, per worker
+    # Data into each worker. scale takes a list of its own (--ingest memory,ray_data).
+    ingest: str = field(default="memory", metadata={**_choice("memory", "ray_data"), **cli(
+        "memory|ray_data (ray_data streams --parquet_dir)", NOT_SCALE)})
+    prefetch_batches: int = field(default=2, metadata={"min": 0, **cli(
+        "Ray Data batches each worker prefetches")})
 
 
 @dataclass
 class ModelConfig:
     # A built-in model, or your own: "package.module:factory", called as
     # factory(n_features=F, window=T, task=..., **params) -> nn.Module mapping (B, T, F) to (B,).
-    kind: str = field(default="mlp", metadata={"choices": MODELS, "or_factory": True})
+    kind: str = field(default="mlp", metadata={
+        "choices": MODELS, "or_factory": True,
+        **cli("mlp|lstm|gru|transformer, or your own package.module:factory", name="model")})
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for a factory
     input_dim: int | None = None  # None: taken from the data (F)
-    hidden: int = field(default=64, metadata=_positive())
-    layers: int = field(default=1, metadata=_positive())
-    dropout: float = field(default=0.1, metadata={"min": 0, "max": 1})
+    hidden: int = field(default=64, metadata={**_positive(), **cli(
+        "hidden size", name="hidden_dim", aliases=("hidden",))})
+    layers: int = field(default=1, metadata={**_positive(), **cli("recurrent/encoder layers")})
+    dropout: float = field(default=0.1, metadata={"min": 0, "max": 1,
+                                                  **cli("dropout probability")})
     heads: int = field(default=4, metadata=_positive())  # transformer only
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=25, metadata=_positive())
-    batch_size: int = field(default=64, metadata=_positive())  # per worker
-    lr: float = field(default=1e-3, metadata=_positive())
-    weight_decay: float = field(default=0.0, metadata={"min": 0})
-    early_stop_metric: str | None = field(default=None, metadata=_choice(*METRIC_MODES))
-    early_stop_patience: int = field(default=5, metadata={"min": 0})  # 0 turns it off
-    seed: int = 42
-    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))
-    warmup_epochs: int = field(default=1, metadata={"min": 0})  # excluded from throughput
-    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16"))  # bf16: autocast
-    compile: bool = False  # torch.compile the model
+    epochs: int = field(default=25, metadata={**_positive(), **cli("maximum epochs", NOT_TUNE)})
+    batch_size: int = field(default=64, metadata={**_positive(), **cli("batch size per worker")})
+    lr: float = field(default=1e-3, metadata={**_positive(), **cli("learning rate")})
+    weight_decay: float = field(default=0.0, metadata={"min": 0, **cli("L2 weight decay")})
+    early_stop_metric: str | None = field(default=None, metadata={
+        **_choice(*METRIC_MODES), **cli("val_loss|auc|r2|...", RUN)})
+    early_stop_patience: int = field(default=5, metadata={"min": 0, **cli(
+        "early-stopping patience in epochs (0: off)", RUN, name="patience")})
+    seed: int = field(default=42, metadata=cli("random seed"))
+    device: str = field(default="auto", metadata={**_choice("auto", "cpu", "cuda", "mps"),
+                                                  **cli("auto|cpu|cuda|mps")})
+    warmup_epochs: int = field(default=1, metadata={"min": 0, **cli(
+        "epochs excluded from throughput", RUN)})
+    precision: str = field(default="fp32", metadata={**_choice("fp32", "bf16"), **cli(
+        "fp32|bf16 (bf16: autocast for forward and loss)")})
+    compile: bool = field(default=False, metadata=cli("torch.compile the model", const=True))
 
 
 @dataclass
@@ -91,13 +134,22 @@ class EvalConfig:
 
 @dataclass
 class IOConfig:
-    save_dir: str = "./outputs"
-    run_name: str | None = field(default=None, metadata={"plain_name": True})
+    save_dir: str = field(default="./outputs", metadata=cli(
+        "directory that receives run_YYYYMMDD_HHMMSS/ (as --out of the other commands; "
+        "--save_dir is the same flag)", RUN, name="out", aliases=("save_dir",)))
+    run_name: str | None = field(default=None, metadata={"plain_name": True, **cli(
+        "run directory name instead of the timestamp", RUN)})
     # Where Ray Train keeps checkpoints and where the driver copies the run's artifacts: a path
     # every node can reach (NFS) or a URI pyarrow understands (s3://, gs://). None: the run dir.
-    storage_path: str | None = None
-    tensorboard: bool = True  # rank 0 writes TensorBoard event files into <run dir>/tensorboard
-    mlflow_uri: str | None = None  # also log metrics, params and the best weights to MLflow
+    storage_path: str | None = field(default=None, metadata=cli(
+        "shared directory or URI (s3://, gs://) for checkpoints and a copy of the run's "
+        "artifacts", RUN))
+    # rank 0 writes TensorBoard event files into <run dir>/tensorboard
+    tensorboard: bool = field(default=True, metadata=cli(
+        "write no TensorBoard event files", RUN, name="no_tensorboard", const=False))
+    mlflow_uri: str | None = field(default=None, metadata=cli(
+        "MLflow tracking URI: metrics, params and the best weights "
+        "(pip install 'raybench[mlflow]')", RUN, name="mlflow"))
     mlflow_experiment: str = "raybench"
 
 
@@ -105,27 +157,38 @@ class IOConfig:
 class ScalingConfig:
     # Ray Train workers; `MIN-MAX` (CLI) or [min, max] (YAML) runs elastically: the run goes on
     # with as few as min_workers when nodes are lost and grows back to `workers` when they return.
-    workers: int = field(default=1, metadata={**_positive(), "range_of": "min_workers"})
+    # scale and cluster take a list of their own (--workers 1,2,4).
+    workers: int = field(default=1, metadata={**_positive(), "range_of": "min_workers", **cli(
+        "Ray Train workers; MIN-MAX runs elastically", RUN)})
     min_workers: int | None = field(default=None, metadata=_positive())
     # How often a healthy elastic run looks for room to grow (Ray's default: 60 s).
     elastic_resize_interval_s: float = field(default=60.0, metadata=_positive())
-    use_gpu: bool = False
-    cpus_per_worker: float = field(default=1.0, metadata=_positive())
-    threads_per_worker: int | None = field(default=None, metadata=_positive())  # None: CPU share
+    use_gpu: bool = field(default=False, metadata=cli("one GPU per worker (nccl)", const=True))
+    cpus_per_worker: float = field(default=1.0, metadata={**_positive(), **cli(
+        "logical CPUs reserved per worker")})
+    threads_per_worker: int | None = field(default=None, metadata={**_positive(), **cli(
+        "torch intra-op threads (default: the worker's CPU share)")})
     # Pin each rank's training thread (and its intra-op threads) to cores of its own, by local
     # rank: a Ray worker's ~35 other threads otherwise move it between cores (measured here:
     # 12 migrations a second against 0.4 for a plain process).
-    pin_threads: bool = False
-    address: str | None = None  # None: RAY_ADDRESS, else a local Ray on 127.0.0.1
-    placement_strategy: str = field(default="PACK", metadata=_choice(
-        "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    max_failures: int = field(default=0, metadata={"min": -1})  # worker-group restarts; -1: inf
+    pin_threads: bool = field(default=False, metadata=cli(
+        "pin each rank's training thread to cores of its own (by local rank)", const=True))
+    address: str | None = field(default=None, metadata=cli(
+        "Ray cluster to join (default: RAY_ADDRESS, else local)"))
+    placement_strategy: str = field(default="PACK", metadata={
+        **_choice("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        **cli("PACK|SPREAD|STRICT_PACK|STRICT_SPREAD")})
+    max_failures: int = field(default=0, metadata={"min": -1, **cli(
+        "worker-group restarts from the last checkpoint (-1: unlimited)", NOT_SCALE)})
     # A local Ray's object store, MiB (None: Ray's default, 30% of memory); cap it to test data
-    # larger than memory, which Ray Data then streams and spills.
-    object_store_mib: int | None = field(default=None, metadata={"min": 80})  # Ray's least
+    # larger than memory, which Ray Data then streams and spills. 80 MiB is Ray's least.
+    object_store_mib: int | None = field(default=None, metadata={"min": 80, **cli(
+        "object store of a local Ray in MiB (default: Ray's)")})
     # On an autoscaling cluster: how long to wait for nodes to place the workers before giving
     # up (None: the cluster as it is must hold them; checked at once).
-    wait_for_workers_s: float | None = field(default=None, metadata={"min": 0})
+    wait_for_workers_s: float | None = field(default=None, metadata={"min": 0, **cli(
+        "seconds an autoscaling cluster gets to add nodes for the workers (default: place them "
+        "now or fail)", name="wait_for_workers")})
 
 
 @dataclass
@@ -354,73 +417,6 @@ def load_config(path: str | Path | None) -> Config:
     return from_dict(load_yaml(path), str(path)) if path else Config()
 
 
-# Every override flag, each mapped to one config key and shown only by the commands that honour
-# it. The snake_case names (--npz_path, --hidden_dim, --valid_ratio, ...) are the original
-# training CLIs' and stay; each also has its kebab-case spelling.
-ALL = frozenset({"run", "scale", "tune"})
-RUN = frozenset({"run"})
-NOT_TUNE = frozenset({"run", "scale"})
-NOT_SCALE = frozenset({"run", "tune"})
-FLAGS: list[tuple[str, str, str, frozenset[str]]] = [
-    ("npz_path", "data.npz_path", "NPZ file (default: S&P 500 prepared into the cache)", ALL),
-    ("task", "data.task", "regression|classification (default: inferred from y)", ALL),
-    ("valid_ratio", "data.valid_from_train", "chronological tail of train used for validation",
-     ALL),
-    ("valid_from_train", "data.valid_from_train", argparse.SUPPRESS, ALL),
-    ("norm", "data.norm", "zscore|none", ALL),
-    ("parquet_dir", "data.parquet_dir", "Parquet dataset directory (raybench.data prepare "
-     "--format parquet)", ALL),
-    ("ingest", "data.ingest", "memory|ray_data (ray_data streams --parquet_dir)", NOT_SCALE),
-    ("prefetch_batches", "data.prefetch_batches", "Ray Data batches each worker prefetches", ALL),
-    ("window", "data.window", "window length of the auto-prepared / synthetic data", ALL),
-    ("model", "model.kind", "mlp|lstm|gru|transformer, or your own package.module:factory",
-     ALL),
-    ("hidden_dim", "model.hidden", "hidden size", ALL),
-    ("hidden", "model.hidden", argparse.SUPPRESS, ALL),
-    ("layers", "model.layers", "recurrent/encoder layers", ALL),
-    ("dropout", "model.dropout", "dropout probability", ALL),
-    ("epochs", "train.epochs", "maximum epochs", NOT_TUNE),
-    ("batch_size", "train.batch_size", "batch size per worker", ALL),
-    ("lr", "train.lr", "learning rate", ALL),
-    ("weight_decay", "train.weight_decay", "L2 weight decay", ALL),
-    ("patience", "train.early_stop_patience", "early-stopping patience in epochs (0: off)", RUN),
-    ("early_stop_metric", "train.early_stop_metric", "val_loss|auc|r2|...", RUN),
-    ("seed", "train.seed", "random seed", ALL),
-    ("device", "train.device", "auto|cpu|cuda|mps", ALL),
-    ("warmup_epochs", "train.warmup_epochs", "epochs excluded from throughput", RUN),
-    ("precision", "train.precision", "fp32|bf16 (bf16: autocast for forward and loss)", ALL),
-    ("out", "io.save_dir", "directory that receives run_YYYYMMDD_HHMMSS/ (as --out of the "
-     "other commands; --save_dir is the same flag)", RUN),
-    ("save_dir", "io.save_dir", argparse.SUPPRESS, RUN),
-    ("run_name", "io.run_name", "run directory name instead of the timestamp", RUN),
-    ("workers", "scaling.workers", "Ray Train workers; MIN-MAX runs elastically", RUN),
-    ("cpus_per_worker", "scaling.cpus_per_worker", "logical CPUs reserved per worker", ALL),
-    ("threads_per_worker", "scaling.threads_per_worker", "torch intra-op threads (default: "
-     "the worker's CPU share)", ALL),
-    ("address", "scaling.address", "Ray cluster to join (default: RAY_ADDRESS, else local)", ALL),
-    ("placement_strategy", "scaling.placement_strategy", "PACK|SPREAD|STRICT_PACK|STRICT_SPREAD",
-     ALL),
-    ("max_failures", "scaling.max_failures", "worker-group restarts from the last checkpoint "
-     "(-1: unlimited)", NOT_SCALE),
-    ("object_store_mib", "scaling.object_store_mib", "object store of a local Ray in MiB "
-     "(default: Ray's)", ALL),
-    ("wait_for_workers", "scaling.wait_for_workers_s", "seconds an autoscaling cluster gets to "
-     "add nodes for the workers (default: place them now or fail)", ALL),
-    ("storage_path", "io.storage_path", "shared directory or URI (s3://, gs://) for "
-     "checkpoints and a copy of the run's artifacts", RUN),
-    ("mlflow", "io.mlflow_uri", "MLflow tracking URI: metrics, params and the best weights "
-     "(pip install 'raybench[mlflow]')", RUN),
-]
-BOOL_FLAGS: list[tuple[str, str, str, frozenset[str], bool]] = [
-    ("shuffle_train", "data.shuffle_train", "shuffle training batches every epoch", ALL, True),
-    ("use_gpu", "scaling.use_gpu", "one GPU per worker (nccl)", ALL, True),
-    ("pin_threads", "scaling.pin_threads", "pin each rank's training thread to cores of its "
-     "own (by local rank)", ALL, True),
-    ("compile", "train.compile", "torch.compile the model", ALL, True),
-    ("no_tensorboard", "io.tensorboard", "write no TensorBoard event files", RUN, False),
-]
-
-
 def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
     """Add --config, --set and the override flags `command` honours; unset flags leave the YAML
     value alone."""
@@ -432,23 +428,31 @@ def add_config_args(parser: argparse.ArgumentParser, command: str) -> None:
         "config overrides", "each sets one config key; without --config the default shown "
         "applies")
     defaults = Config()
-    for name, key, help_text, commands in FLAGS:
-        if command not in commands:
-            continue
-        # the hyphenated spelling is the flag; cli.Parser takes `--batch_size` for it too
-        spellings = [f"--{name.replace('_', '-')}"]
+    for key, flag in config_flags(command):
         section, field_name = key.split(".")
-        default = getattr(getattr(defaults, section), field_name)
-        if help_text != argparse.SUPPRESS:
-            help_text = f"{help_text} [{key}, default {default}]"
-        group.add_argument(*spellings, dest=f"cfg:{key}:{name}", default=None,
-                           help=help_text, metavar=field_name.upper())
-    for name, key, help_text, commands, const in BOOL_FLAGS:
-        if command not in commands:
+        name = flag.name or field_name
+        if flag.const is not None:  # a switch
+            group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg:{key}:{name}",
+                               action="store_const", const=flag.const, default=None,
+                               help=flag.help)
             continue
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg:{key}:{name}",
-                           action="store_const",
-                           const=const, default=None, help=help_text)
+        default = getattr(getattr(defaults, section), field_name)
+        # the hyphenated spelling is the flag; cli.Parser takes `--batch_size` for it too
+        for spelling, shown in [(name, f"{flag.help} [{key}, default {default}]"),
+                                *((alias, argparse.SUPPRESS) for alias in flag.aliases)]:
+            group.add_argument(f"--{spelling.replace('_', '-')}", dest=f"cfg:{key}:{spelling}",
+                               default=None, help=shown, metavar=field_name.upper())
+
+
+def config_flags(command: str) -> list[tuple[str, Flag]]:
+    """(key, flag) for every config key `command` takes a flag for, in the tree's order."""
+    found = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            flag = f.metadata.get("flag")
+            if flag is not None and command in flag.commands:
+                found.append((f"{section.name}.{f.name}", flag))
+    return found
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

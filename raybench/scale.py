@@ -113,7 +113,7 @@ def _precision_args(parser: argparse.ArgumentParser) -> None:
     d = Precision()
     group = parser.add_argument_group(
         "precision (resident protocol)", "every launcher of a point starts once and warms up; "
-        "then rounds of one window per launcher, in alternating order, until every ratio's 95%% "
+        "then rounds of one window per launcher, in alternating order, until every ratio's 95% "
         "interval is within --ci-halfwidth of it or the budget would be exceeded")
     group.add_argument("--protocol", choices=("resident", "restart"), default="resident",
                        help="resident: interleaved windows of warm launchers (default); "

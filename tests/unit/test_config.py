@@ -204,3 +204,26 @@ def test_unreadable_config_paths_say_what_is_wrong(tmp_path):
         parse("--set", "train.lr=[1")
     with pytest.raises(UserError, match="train.lr: must be a finite number"):
         parse("--lr", "nan")
+
+
+def test_flags_are_derived_from_the_config_tree_and_set_the_field_they_sit_on():
+    """Every field that carries a Flag gets one, with its help and the key's default, and the
+    flag (and each alias) sets that very field; nothing else on the parser writes config."""
+    from raybench import config as c
+    from raybench import run
+
+    parser = run.build_parser()
+    help_text = " ".join(parser.format_help().split())
+    for key, flag in c.config_flags("run"):
+        section, name = key.split(".")
+        assert f"[{key}, default" in help_text or flag.const is not None, key
+        value = {"int": "3", "float": "0.25"}.get(type(getattr(c.Config(), section).__dict__[
+            name]).__name__, None)
+        if flag.const is not None or value is None:
+            continue
+        for spelling in (flag.name or name, *flag.aliases):
+            cfg = c.config_from_args(parser.parse_args([f"--{spelling.replace('_', '-')}",
+                                                        value]))
+            assert str(getattr(getattr(cfg, section), name)) in (value, "0.25"), spelling
+    dests = {a.dest.split(":")[1] for a in parser._actions if a.dest.startswith("cfg:")}
+    assert dests == {key for key, _ in c.config_flags("run")}
