@@ -18,7 +18,6 @@ A sweep YAML names a base config and a search space over any config key:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ from raybench.config import (
     METRIC_MODES,
     Config,
     add_config_args,
-    apply_overrides,
     check_metric,
     from_dict,
     load_yaml,
@@ -53,12 +51,8 @@ from raybench.errors import (
 from raybench.loop import LoopOptions, train_worker
 from raybench.models import build_checked
 from raybench.results import TrialRow, TrialsDoc, metric_key, write_doc
+from raybench.tune_spec import SweepSpec, spec_from_args, to_tune_space
 
-KINDS = {"choice": "list", "grid": "list", "uniform": "range", "loguniform": "range",
-         "randint": "range"}
-SWEEP_KEYS = {"base", "metric", "mode", "num_samples", "max_concurrent", "scheduler",
-              "search_space", "overrides"}
-SCHEDULER_KEYS = {"max_t", "grace_period", "reduction_factor"}
 DRIVER_CPU = 0.01
 
 EXAMPLE = """examples:
@@ -66,96 +60,6 @@ EXAMPLE = """examples:
   python -m raybench.tune --config configs/tune/mlp_regression.yaml --workers-per-trial 2 \\
       --max-t 10 --grace-period 2 --out results/tune_mlp
   python -m raybench.tune --resume results/tune_mlp"""
-
-
-# ------------------------------------------------------------------ search space
-
-
-def parse_space(raw: Any, source: str = "search_space") -> dict[str, tuple[str, list]]:
-    """{dotted.key: (kind, args)}; every key must be a real config key, every spec well formed."""
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{source}: expected a mapping of config keys to specs")
-    space = {}
-    probe = Config()
-    for key, spec in raw.items():
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise UserError(f"{source}.{key}: expected one of {{{', '.join(KINDS)}: ...}}, "
-                            f"got {spec!r}")
-        (kind, args), = spec.items()
-        if kind not in KINDS:
-            raise UserError(f"{source}.{key}: unknown kind {kind!r} (use {', '.join(KINDS)})")
-        if not isinstance(args, list) or not args:
-            raise UserError(f"{source}.{key}: {kind} needs a list, got {args!r}")
-        if KINDS[kind] == "range":
-            if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
-                raise UserError(f"{source}.{key}: {kind} needs [low, high], got {args!r}")
-            low, high = args
-            if not low < high:
-                raise UserError(f"{source}.{key}: {kind} needs low < high, got {args!r}")
-            if kind == "loguniform" and low <= 0:
-                raise UserError(f"{source}.{key}: loguniform needs low > 0, got {args!r}")
-            if kind == "randint" and not all(isinstance(a, int) for a in args):
-                raise UserError(f"{source}.{key}: randint needs integers, got {args!r}")
-            samples = [low, high - 1 if kind == "randint" else high]
-        else:
-            samples = args
-        for value in samples:  # each value must be valid for the key itself
-            _set_in(probe, key, value, source)
-        space[key] = (kind, list(args))
-    return space
-
-
-def _set_in(cfg: Config, key: str, value: Any, source: str) -> None:
-    """set_value, with the file (and section) the value came from in the message."""
-    try:
-        set_value(cfg, key, value)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-
-
-def to_tune_space(space: dict[str, tuple[str, list]]) -> dict[str, Any]:
-    from ray import tune
-
-    make = {"choice": lambda a: tune.choice(a), "grid": lambda a: tune.grid_search(a),
-            "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
-            "randint": lambda a: tune.randint(*a)}
-    return {key: make[kind](args) for key, (kind, args) in space.items()}
-
-
-def load_sweep(path: str | Path) -> dict:
-    """The sweep YAML, checked: base config resolved relative to the file, search space parsed."""
-    path = Path(path)
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping with base, search_space, scheduler, ...")
-    unknown = set(raw) - SWEEP_KEYS
-    if unknown:
-        raise UserError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: "
-                        f"{', '.join(sorted(SWEEP_KEYS))})")
-    base = raw.get("base")
-    base_cfg = Config()
-    if base:
-        base_path = (path.parent / base).resolve()
-        base_cfg = from_dict(load_yaml(base_path), str(base_path))
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise UserError(f"{path}: overrides: expected a mapping of config keys to values")
-    for key, value in overrides.items():
-        _set_in(base_cfg, key, value, f"{path}: overrides")
-    metric = raw.get("metric")
-    if metric is not None and metric not in METRIC_MODES:
-        raise UserError(f"{path}: metric {metric!r} is unknown (known: "
-                        f"{', '.join(sorted(METRIC_MODES))})")
-    scheduler = raw.get("scheduler") or {}
-    bad = set(scheduler) - SCHEDULER_KEYS
-    if bad:
-        raise UserError(f"{path}: scheduler: unknown key {sorted(bad)[0]!r} (known: "
-                        f"{', '.join(sorted(SCHEDULER_KEYS))})")
-    return {"base": base_cfg, "space": parse_space(raw.get("search_space"), f"{path}: "
-                                                   "search_space"),
-            "metric": metric, "mode": raw.get("mode"),
-            "num_samples": raw.get("num_samples", 8), "max_concurrent": raw.get("max_concurrent"),
-            "scheduler": scheduler}
 
 
 # ------------------------------------------------------------------ trials
@@ -272,39 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    """Sweep settings from the YAML, the flags on top; the base config's overrides applied."""
-    if not args.config:
-        raise UserError("--config SWEEP.yaml is required (see configs/tune/)")
-    sweep = load_sweep(args.config)
-    base: Config = sweep["base"]
-    apply_overrides(base, args)  # --lr, --npz_path, --set ... as in raybench.run
-    sched = dict(sweep["scheduler"])
-    for flag, key in (("max_t", "max_t"), ("grace_period", "grace_period"),
-                      ("reduction_factor", "reduction_factor")):
-        if getattr(args, flag) is not None:
-            sched[key] = getattr(args, flag)
-    sched.setdefault("max_t", base.train.epochs)
-    sched.setdefault("grace_period", 1)
-    sched.setdefault("reduction_factor", 2)
-    if sched["max_t"] < 1 or sched["grace_period"] < 1 or sched["grace_period"] > sched["max_t"]:
-        raise UserError(f"scheduler: need 1 <= grace_period <= max_t, got {sched}")
-    if sched["reduction_factor"] <= 1:
-        raise UserError(f"scheduler: reduction_factor must be > 1, got {sched['reduction_factor']}")
-    if args.workers_per_trial < 1:
-        raise UserError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
-    base.scaling.workers = args.workers_per_trial
-    base.train.epochs = int(sched["max_t"])
-    base.train.early_stop_patience = 0  # the scheduler decides when a trial stops
-    num_samples = args.num_samples if args.num_samples is not None else sweep["num_samples"]
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise UserError(f"num_samples must be a positive integer, got {num_samples!r}")
-    return {"base": base, "space": sweep["space"], "metric": args.metric or sweep["metric"],
-            "scheduler": sched, "num_samples": num_samples,
-            "max_concurrent": args.max_concurrent or sweep["max_concurrent"],
-            "kind": args.scheduler}
-
-
 def _trial_resources(cfg: Config) -> dict:
     if cfg.scaling.workers == 1:
         res = {"cpu": cfg.scaling.cpus_per_worker}
@@ -330,8 +201,8 @@ def _capacity(cfg: Config) -> int:
     return max(fits, 1)
 
 
-def _load_settings(args: argparse.Namespace) -> tuple[dict, Output]:
-    """A new sweep's settings and output, or an interrupted sweep's own (a local one)."""
+def _load_spec(args: argparse.Namespace) -> tuple[SweepSpec, Output]:
+    """A new sweep's spec and output, or an interrupted sweep's own (a local one)."""
     if args.resume:
         if artifacts.is_uri(args.resume):
             raise UserError("--resume takes a local sweep directory (copy a remote one first)")
@@ -339,71 +210,61 @@ def _load_settings(args: argparse.Namespace) -> tuple[dict, Output]:
         saved = output.local / "sweep.yaml"
         if not saved.is_file():
             raise UserError(f"--resume {args.resume}: no sweep.yaml there; not a raybench sweep")
-        state = load_yaml(saved)
-        return {**state, "base": from_dict(state["base"], str(saved)),
-                "space": {k: tuple(v) for k, v in state["space"].items()}}, output
-    settings = _settings(args)
+        return SweepSpec.from_doc(load_yaml(saved), str(saved)), output
+    spec = spec_from_args(args)
     output = Output(args.out or time.strftime("results/tune_%Y%m%d_%H%M%S"))
     if output.has("sweep.yaml"):
         raise UserError(f"{output.where} already holds a sweep; use --resume {output.where} or "
                         "another --out")
-    return settings, output
+    return spec, output
 
 
-def _prepare_data(settings: dict, out: Console) -> tuple[Any, Config, str, str, float | None]:
-    """Data, the base config resolved against it, the metric and mode, the naive baseline;
+def _prepare_data(spec: SweepSpec, out: Console) -> tuple[Any, str, float | None]:
+    """Data, the metric (spec.base resolved against the data in place), the naive baseline;
     every check that can fail happens here, before Ray starts."""
-    base: Config = settings["base"]
-    data, where, base = load_source(base, out.log)
-    metric = settings["metric"] or base.early_stop(data.task)[0]
-    if metric not in METRIC_MODES:
-        raise UserError(f"sweep metric {metric!r} is unknown (known: "
-                        f"{', '.join(sorted(METRIC_MODES))})")
+    data, where, spec.base = load_source(spec.base, out.log)
+    metric = spec.metric or spec.base.early_stop(data.task)[0]
     check_metric(metric, data.task, "sweep metric")
-    base.train.early_stop_metric = metric
-    build_checked(base.model, data.n_features, data.window, data.task)
+    spec.metric = spec.base.train.early_stop_metric = metric
+    build_checked(spec.base.model, data.n_features, data.window, data.task)
     baseline = baseline_score(data, metric)
     if baseline is not None:
         out.log(f"Naive baseline on the validation split: {metric}={baseline:.4f} "
                 f"({'persistence' if data.task == 'regression' else 'majority class'})")
-    batch_values = [base.train.batch_size]
-    if "train.batch_size" in settings["space"]:
-        kind, values = settings["space"]["train.batch_size"]
-        batch_values = values if kind in ("choice", "grid") else [values[1]]
-    check_source_batches(data, base.scaling.workers, max(batch_values), where)
-    return data, base, metric, METRIC_MODES[metric], baseline
+    check_source_batches(data, spec.base.scaling.workers, max(spec.batch_sizes()), where)
+    return data, metric, baseline
 
 
-def _make_tuner(args: argparse.Namespace, settings: dict, base: Config, data_ref: Any,
-                output: Output, key: str, mode: str, concurrent: int, expected: int,
-                out: Console):
+def _make_tuner(spec: SweepSpec, data_ref: Any, output: Output, key: str, mode: str,
+                concurrent: int, *, resume: bool, verbose: bool, out: Console):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    base = spec.base
     fn = _single_worker_trial if base.scaling.workers == 1 else _distributed_trial
     trainable = tune.with_resources(
         # The reference sits inside a dict so that with_parameters hands trials the reference
         # (data placed once in the object store), not a copy of the data.
         tune.with_parameters(fn, base=base.to_dict(), data={"ref": data_ref}),
         _trial_resources(base))
-    if args.resume:
+    if resume:
         out.log(f"Resuming sweep in {output.where}")
         return tune.Tuner.restore(output.storage("tune"), trainable=trainable,
                                   resume_errored=True)
-    sched = settings["scheduler"]
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=int(sched["max_t"]),
-                               grace_period=int(sched["grace_period"]),
-                               reduction_factor=float(sched["reduction_factor"]))
-                 if settings["kind"] == "asha" else FIFOScheduler())
+    sched = spec.schedule
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sched.max_t,
+                               grace_period=sched.grace_period,
+                               reduction_factor=sched.reduction_factor)
+                 if sched.kind == "asha" else FIFOScheduler())
     return tune.Tuner(
-        trainable, param_space=to_tune_space(settings["space"]),
+        trainable, param_space=to_tune_space(spec.space),
         tune_config=tune.TuneConfig(metric=key, mode=mode, scheduler=scheduler,
-                                    num_samples=settings["num_samples"],
+                                    num_samples=spec.num_samples,
                                     max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name="tune", storage_path=output.root,
-            verbose=1 if args.verbose else 0,
-            callbacks=[trial_progress(out, expected, key, int(sched["max_t"]))],
+            verbose=1 if verbose else 0,
+            callbacks=[trial_progress(out, spec.expected_trials, key, sched.max_t)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)))
 
@@ -412,30 +273,28 @@ def run_sweep(args: argparse.Namespace) -> dict:
     import ray
 
     out = Console(quiet=args.quiet)
-    settings, output = _load_settings(args)
+    spec, output = _load_spec(args)
     out_dir = output.local
-    data, base, metric, mode, baseline = _prepare_data(settings, out)
+    data, metric, baseline = _prepare_data(spec, out)
+    base, mode = spec.base, METRIC_MODES[metric]
     # Tune's clean-up of stopped TorchTrainer runs goes through the dashboard's State API.
     start_ray(base, out.log, verbose=args.verbose, dashboard=True, extra_cpus=1)
     capacity = _capacity(base)
-    concurrent = min(settings["max_concurrent"] or capacity, capacity)
+    concurrent = min(spec.max_concurrent or capacity, capacity)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings_doc = {**settings, "base": base.to_dict(), "metric": metric,
-                    "space": {k: list(v) for k, v in settings["space"].items()}}
     if not args.resume:
-        artifacts.write_yaml(out_dir / "sweep.yaml", settings_doc)
-    key, max_t = metric_key(metric), int(settings["scheduler"]["max_t"])
-    expected = settings["num_samples"] * math.prod(
-        len(args_) for kind, args_ in settings["space"].values() if kind == "grid")
+        artifacts.write_yaml(out_dir / "sweep.yaml", spec.to_doc())
+    key, max_t, expected = metric_key(metric), spec.schedule.max_t, spec.expected_trials
     if not args.verbose:  # Tune's legacy reporter at verbosity 0 prints nothing per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # In memory: put once, trials map it. Streamed: trials get the metadata, Ray Data reads.
     data_ref = data if isinstance(data, ParquetDataset) else ray.put(data)
-    tuner = _make_tuner(args, settings, base, data_ref, output, key, mode, concurrent,
-                        expected, out)
-    out.log(f"Sweep: {settings['num_samples']} sample(s), metric {metric} ({mode}), scheduler "
-            f"{settings['kind']} {settings['scheduler']}, {base.scaling.workers} worker(s) per "
-            f"trial, up to {concurrent} at once")
+    tuner = _make_tuner(spec, data_ref, output, key, mode, concurrent, resume=bool(args.resume),
+                        verbose=args.verbose, out=out)
+    out.log(f"Sweep: {spec.num_samples} sample(s), metric {metric} ({mode}), scheduler "
+            f"{spec.schedule.kind} (max_t {max_t}, grace period {spec.schedule.grace_period}, "
+            f"reduction factor {spec.schedule.reduction_factor:g}), {base.scaling.workers} "
+            f"worker(s) per trial, up to {concurrent} at once")
     t0 = time.perf_counter()
     with graceful_tune_signals():
         grid = tuner.fit()
@@ -449,7 +308,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         raise RuntimeError("the sweep produced no trials")
     if all(r.status == "error" for r in rows):
         raise RuntimeError(f"every trial failed; the first: {rows[0].error}")
-    write_outputs(out_dir, rows, base, metric, mode, settings_doc, wall,
+    write_outputs(out_dir, rows, base, metric, mode, spec.to_doc(), wall,
                   "interrupted" if interrupted else "completed", baseline)
     if interrupted:
         ran = sum(r.epochs_run > 0 for r in rows)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from raybench.errors import UserError
-from raybench.tune import load_sweep, parse_space, to_tune_space
+from raybench.tune_spec import SweepSpec, load_sweep, parse_space, spec_from_args, to_tune_space
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tune"
 
@@ -46,8 +46,8 @@ def test_bad_specs_are_one_line_errors(spec, message):
 @pytest.mark.parametrize("name", ["mlp_regression.yaml", "lstm_classification.yaml"])
 def test_shipped_sweeps_load(name):
     sweep = load_sweep(CONFIGS / name)
-    assert sweep["space"] and sweep["scheduler"]["max_t"] > sweep["scheduler"]["grace_period"]
-    assert sweep["base"].model.kind in ("mlp", "lstm")
+    assert sweep.space and sweep.schedule.max_t > sweep.schedule.grace_period
+    assert sweep.base.model.kind in ("mlp", "lstm")
 
 
 def test_sweep_file_errors(tmp_path):
@@ -58,3 +58,33 @@ def test_sweep_file_errors(tmp_path):
     bad.write_text("search_space: {train.lr: {choice: [0.1]}}\nscheduler: {max_tt: 3}\n")
     with pytest.raises(UserError, match="unknown key 'max_tt'"):
         load_sweep(bad)
+
+
+def test_a_sweep_is_parsed_once_into_a_spec_that_survives_sweep_yaml(tmp_path):
+    from raybench import tune
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("metric: r2\nnum_samples: 2\nscheduler: {grace_period: 2}\n"
+                     "search_space: {train.lr: {grid: [0.1, 0.01, 0.001]}}\n")
+    spec = spec_from_args(tune.build_parser().parse_args([
+        "--config", str(sweep), "--max-t", "5", "--workers-per-trial", "2", "--lr", "0.5"]))
+    assert (spec.schedule.max_t, spec.schedule.grace_period, spec.schedule.kind) == (5, 2, "asha")
+    assert spec.expected_trials == 6 and spec.base.scaling.workers == 2
+    assert spec.base.train.epochs == 5 and spec.base.train.early_stop_patience == 0
+    assert SweepSpec.from_doc(spec.to_doc(), "sweep.yaml") == spec
+    with pytest.raises(UserError, match="not a sweep.yaml"):
+        SweepSpec.from_doc({"base": {}}, "sweep.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("metric: r2\nmode: min\n", "mode 'min' does not follow from the metric"),
+    ("mode: max\n", "does not follow from the metric"),
+    ("metric: auc\nmode: sideways\n", "mode must be min or max"),
+    ("num_samples: 0\n", "num_samples must be a positive integer"),
+    ("scheduler: [1, 2]\n", "scheduler: expected a mapping"),
+])
+def test_sweep_settings_that_would_be_ignored_or_cannot_run_are_refused(tmp_path, text, message):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(text + "search_space: {train.lr: {choice: [0.1]}}\n")
+    with pytest.raises(UserError, match=message):
+        load_sweep(sweep)
