@@ -23,7 +23,7 @@ from raybench.console import Console
 from raybench.interleave import Contender, PointRun, Precision
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import count_parameters, flops_per_sample
-from raybench.results import Forecast, RunRecord, ScalingModelReport
+from raybench.results import AllreduceMeasure, Forecast, RunRecord, ScalingModelReport
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
@@ -110,7 +110,7 @@ def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: 
         sizes = sorted({grad_bytes, *ALLREDUCE_SIZES})
         iters = max(20, min(200, int(2.0 / max(busy, 1e-4))))
         for row in allreduce_sweep(n, sizes, iters=iters, busy_s=busy):
-            measured[(n, row["bytes"])] = row["seconds"]
+            measured[(n, row.bytes)] = row.seconds
     return CommModel.fit(measured, alpha_s=spec.alpha_us * 1e-6 if spec.alpha_us else None,
                          beta_s_per_byte=1 / (spec.beta_gbps * 1e9) if spec.beta_gbps else None)
 
@@ -152,10 +152,9 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     report = ScalingModelReport(
         cores=cores, threads=threads, gradient_bytes=grad_bytes, alpha_s=comm.alpha_s,
         beta_s_per_byte=comm.beta_s_per_byte, fitted=comm.fitted,
-        allreduce=[{"workers": n, "bytes": grad_bytes, "seconds": r["allreduce_s"],
-                    "under": "real steps"} for n, r in loaded.items() if r["allreduce_s"]]
-        + [{"workers": n, "bytes": m, "seconds": t, "under": "busy loop"}
-           for (n, m), t in comm.measured.items()],
+        allreduce=[AllreduceMeasure(n, grad_bytes, r["allreduce_s"], "real steps")
+                   for n, r in loaded.items() if r["allreduce_s"]]
+        + [AllreduceMeasure(n, m, t, "busy loop") for (n, m), t in comm.measured.items()],
         profile=dataclasses.asdict(profile), calibration=peak,
         launcher_factor={b: w[0] for b, w in own.items() if w})
     return report, forecasts

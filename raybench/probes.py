@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from raybench.results import AllreduceLatency
+
 
 def peak_rss_mib() -> float:
     """Peak resident set size of this process (Linux reports KiB)."""
@@ -41,7 +43,8 @@ def release_free_memory() -> None:
         pass
 
 
-def allreduce_latency(numel: int, device, iters: int = 200, warmup: int = 20) -> dict:
+def allreduce_latency(numel: int, device, iters: int = 200,
+                      warmup: int = 20) -> AllreduceLatency:
     """Latency of one all-reduce of `numel` float32 values in the current process group: the
     floor under a DDP step's gradient synchronisation."""
     import torch
@@ -60,9 +63,9 @@ def allreduce_latency(numel: int, device, iters: int = 200, warmup: int = 20) ->
             torch.cuda.synchronize(device)
         samples.append(time.perf_counter() - start)
     ms = np.asarray(samples) * 1e3
-    return {"numel": numel, "bytes": numel * 4, "iters": iters,
-            "allreduce_ms_p50": float(np.percentile(ms, 50)),
-            "allreduce_ms_p90": float(np.percentile(ms, 90))}
+    return AllreduceLatency(numel=numel, bytes=numel * 4, iters=iters,
+                            allreduce_ms_p50=float(np.percentile(ms, 50)),
+                            allreduce_ms_p90=float(np.percentile(ms, 90)))
 
 
 def _busy(seconds: float, work) -> None:
@@ -72,7 +75,8 @@ def _busy(seconds: float, work) -> None:
         work @ work
 
 
-def allreduce_under_load(numel: int, iters: int, busy_s: float, warmup: int = 5) -> dict:
+def allreduce_under_load(numel: int, iters: int, busy_s: float,
+                         warmup: int = 5) -> AllreduceLatency:
     """All-reduces of `numel` float32 values, each rank computing for busy_s between them, as
     in training. The latency of one all-reduce is the shortest any rank saw for it: the rank
     that arrived last waited for nobody, so its time is the communication alone, under the
@@ -92,9 +96,9 @@ def allreduce_under_load(numel: int, iters: int, busy_s: float, warmup: int = 5)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     ms = np.min(np.asarray(everyone), axis=0) * 1e3
-    return {"numel": numel, "bytes": numel * 4, "iters": iters, "busy_s": busy_s,
-            "allreduce_ms_p50": float(np.percentile(ms, 50)),
-            "allreduce_ms_p90": float(np.percentile(ms, 90))}
+    return AllreduceLatency(numel=numel, bytes=numel * 4, iters=iters, busy_s=busy_s,
+                            allreduce_ms_p50=float(np.percentile(ms, 50)),
+                            allreduce_ms_p90=float(np.percentile(ms, 90)))
 
 
 def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, seconds: float,

@@ -319,6 +319,28 @@ class Comparison:
 
 
 @dataclass
+class AllreduceLatency:
+    """All-reduces of one size timed in a process group: the floor under a step's sync."""
+
+    numel: int  # float32 values
+    bytes: int
+    iters: int
+    allreduce_ms_p50: float
+    allreduce_ms_p90: float
+    busy_s: float | None = None  # each rank computed this long between them (None: idle)
+
+
+@dataclass
+class AllreduceMeasure:
+    """An all-reduce the scaling model was given: N processes, a size, its p50 seconds."""
+
+    workers: int
+    bytes: int
+    seconds: float
+    under: str  # what the ranks did between all-reduces: real steps | busy loop | idle
+
+
+@dataclass
 class RunResult:
     """What the loop returns on rank 0 (and a launcher hands to a command)."""
 
@@ -333,7 +355,7 @@ class RunResult:
     timing: Timing
     # numpy arrays, not tensors: Ray refuses tensors in a train function's return value.
     best_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    allreduce: dict | None = None  # the ddp launcher's all-reduce micro-benchmark
+    allreduce: AllreduceLatency | None = None  # the launchers' all-reduce micro-benchmark
     # DDP's own timers (gloo or nccl; ns averaged over sampled iterations), rank 0
     ddp_logging: dict[str, float] | None = None
 
@@ -560,7 +582,7 @@ class ScalingModelReport:
     alpha_s: float | None  # all-reduce latency per ring hop
     beta_s_per_byte: float | None  # all-reduce seconds per byte (1 / bandwidth)
     fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
-    allreduce: list[dict]  # measured under load: workers, bytes, seconds (p50)
+    allreduce: list[AllreduceMeasure]  # measured under load
     profile: dict  # one-worker phase times and work quantiles per per-worker batch (raw loop)
     # Per launcher, its mean work per step at the N=1 point's batch (seconds, from its rate).
     launcher_factor: dict[str, float] = field(default_factory=dict)
@@ -711,15 +733,15 @@ def _build(annotation: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _build(inner[0], value, where) if len(inner) == 1 else value
     if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, where)
+        return decode(annotation, value, where)
     if origin is list and args and dataclasses.is_dataclass(args[0]):
-        return [from_dict(args[0], v, where) for v in value]
+        return [decode(args[0], v, where) for v in value]
     if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
-        return {k: from_dict(args[1], v, where) for k, v in value.items()}
+        return {k: decode(args[1], v, where) for k, v in value.items()}
     return value
 
 
-def from_dict(cls: type, data: Any, where: str = "result") -> Any:
+def decode(cls: type, data: Any, where: str = "result") -> Any:
     """Rebuild a record; unknown keys mean another schema and are refused."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a {cls.__name__} mapping, got {type(data).__name__}")
@@ -759,4 +781,4 @@ def read_json(path: str | Path) -> dict:
 
 def read_doc(path: str | Path, cls: type) -> Any:
     """A typed record from a raybench JSON document."""
-    return from_dict(cls, read_json(path), str(path))
+    return decode(cls, read_json(path), str(path))

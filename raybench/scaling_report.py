@@ -53,7 +53,7 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
     pss_data = [r.pss_mib - r.pss_start_mib for r in ranks
                 if r.pss_mib is not None and r.pss_start_mib is not None]
     counted = t.train_times[t.warmup_epochs:] or t.train_times
-    comm = result.allreduce or {}
+    comm = result.allreduce
     return RunRecord(
         backend=backend, mode=mode, workers=t.num_workers, repeat=repeat,
         samples_per_sec=t.samples_per_sec, samples_per_sec_per_worker=t.samples_per_sec_per_worker,
@@ -67,7 +67,8 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
         time_to_first_step_s=t.time_to_first_step_s, startup_s=t.startup_s,
         peak_rss_mib_max=max(rss) if rss else None, peak_rss_mib_per_rank=rss,
         peak_gpu_mem_mib_max=max(gpu) if gpu else None,
-        allreduce_ms_p50=comm.get("allreduce_ms_p50"), allreduce_bytes=comm.get("bytes"),
+        allreduce_ms_p50=comm.allreduce_ms_p50 if comm else None,
+        allreduce_bytes=comm.bytes if comm else None,
         nodes=[r.node for r in ranks], node_ids=[r.node_id for r in ranks],
         dataset_mib=t.dataset_mib, pss_mib_sum=sum(pss) if pss else None,
         pss_over_dataset=sum(pss) / t.dataset_mib if pss and t.dataset_mib else None,

@@ -23,7 +23,7 @@ from raybench.backends.local import LocalSession, train_rank, wants_gpu
 from raybench.config import Config
 from raybench.data.dataset import Dataset
 from raybench.loop import LoopOptions
-from raybench.results import RunResult, WindowOrder, WindowReport
+from raybench.results import AllreduceMeasure, RunResult, WindowOrder, WindowReport
 
 
 def _free_port() -> int:
@@ -221,15 +221,15 @@ def _allreduce_rank(rank: int, world: int, port: int, results: Any, sizes: list[
 
 
 def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
-                    busy_s: float = 0.0) -> list[dict]:
+                    busy_s: float = 0.0) -> list[AllreduceMeasure]:
     """p50 latency of all-reduces of each size (bytes of float32) among `world` gloo processes
     on this machine, each rank busy computing for busy_s between them (0: an idle machine): the
     communication the scaling model uses."""
     rows, _ = _spawn(world, _allreduce_rank, sizes, iters, busy_s)
     if rows is None:
         raise RuntimeError(f"all-reduce benchmark with {world} processes failed")
-    return [{"workers": world, "bytes": r["bytes"], "seconds": r["allreduce_ms_p50"] / 1e3}
-            for r in rows]
+    return [AllreduceMeasure(workers=world, bytes=r.bytes, seconds=r.allreduce_ms_p50 / 1e3,
+                             under="busy loop" if busy_s else "idle") for r in rows]
 
 
 def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,

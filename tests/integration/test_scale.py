@@ -54,7 +54,7 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
     eight = forecasts[("raybench", 8)]
     assert eight.extrapolated and eight.measured_samples_per_sec is None
     model = doc.model
-    assert model.allreduce and all(a["workers"] == 2 for a in model.allreduce)
+    assert model.allreduce and all(a.workers == 2 for a in model.allreduce)
     assert model.alpha_s is not None and model.gradient_bytes == 4 * 193
     assert model.calibration["matmul_gflops_per_core"] > 0 and "raybench" in model.launcher_factor
     assert ray2.predicted_samples_per_sec == f2.predicted_samples_per_sec
