@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from raybench.results import StepProgress
+
 
 class Console:
     def __init__(self, quiet: bool = False) -> None:
@@ -42,10 +44,10 @@ class EpochProgress:
         self.bar = None
         self._last_plain = 0.0
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def __call__(self, row: dict[str, Any] | StepProgress) -> None:
         if self.console.quiet:
             return
-        if row.get("progress"):
+        if isinstance(row, StepProgress):
             self._step(row)
             return
         if self.bar is not None:
@@ -53,19 +55,19 @@ class EpochProgress:
             self.bar = None
         self.console.log(self.format_epoch(row))
 
-    def _step(self, row: dict[str, Any]) -> None:
+    def _step(self, row: StepProgress) -> None:
         if self.tty:
             from tqdm import tqdm
 
-            if self.bar is None or self.bar.desc != f"epoch {row['epoch']}":
+            if self.bar is None or self.bar.desc != f"epoch {row.epoch}":
                 if self.bar is not None:
                     self.bar.close()
-                self.bar = tqdm(total=row["steps"], desc=f"epoch {row['epoch']}", unit="step",
+                self.bar = tqdm(total=row.steps, desc=f"epoch {row.epoch}", unit="step",
                                 leave=False, file=self.stream, mininterval=0)
-            self.bar.update(row["step"] - self.bar.n)
+            self.bar.update(row.step - self.bar.n)
         elif time.monotonic() - self._last_plain >= 30:
             self._last_plain = time.monotonic()
-            self.console.log(f"  epoch {row['epoch']}: step {row['step']}/{row['steps']}")
+            self.console.log(f"  epoch {row.epoch}: step {row.step}/{row.steps}")
 
     def close(self) -> None:
         if self.bar is not None:

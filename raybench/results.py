@@ -318,6 +318,51 @@ class Comparison:
     repeat: int | None = None  # None: pooled over every repeat
 
 
+# What a run's progress queue carries to the driver besides rank 0's epoch reports (dicts,
+# as Ray Train reports them): one type per message, dispatched by type.
+
+
+@dataclass
+class StepProgress:
+    """Rank 0 within a long epoch: how far it is (a progress bar's input)."""
+
+    epoch: int
+    step: int
+    steps: int
+
+
+@dataclass
+class FirstStep:
+    """A worker group's rank 0 began its first training step: the end of a (re)start."""
+
+    at: float  # epoch seconds
+
+
+@dataclass
+class WorkerUp:
+    """A Ray Train worker of this incarnation: who --chaos may kill, and where."""
+
+    rank: int
+    pid: int
+    node_id: str
+
+
+@dataclass
+class WorkersFailed:
+    """Ray Train's controller saw worker failures: the start of a recovery."""
+
+    at: float  # epoch seconds
+    ranks: list[int]
+
+
+@dataclass
+class Registered:
+    """The controller registered an epoch's report (and its checkpoint, if any)."""
+
+    epoch: int
+    checkpoint: bool
+
+
 @dataclass
 class AllreduceLatency:
     """All-reduces of one size timed in a process group: the floor under a step's sync."""

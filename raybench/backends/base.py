@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from raybench.config import Config
 from raybench.data.dataset import Dataset
@@ -27,7 +27,8 @@ class LaunchContext:
     storage_path: str | None = None  # Ray Train's storage: checkpoints and its run directory
     ray: RayHandle | None = None  # the Ray cluster this command is connected to
     allreduce_iters: int = 0  # the ddp launcher also times an all-reduce of the gradient
-    on_report: Callable[[dict], None] | None = None  # rank 0's epoch metrics, live
+    # rank 0's epoch metrics (a dict, as reported to Ray Train) and StepProgress, live
+    on_report: Callable[[Any], None] | None = None
     _copies: dict[int, str] = field(default_factory=dict, repr=False)
 
     def local_copy(self, data: Dataset) -> str:

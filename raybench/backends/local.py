@@ -12,7 +12,7 @@ from torch import nn
 
 from raybench.config import Config
 from raybench.errors import UserError
-from raybench.results import WindowOrder, WindowReport
+from raybench.results import StepProgress, WindowOrder, WindowReport
 
 
 def wants_gpu(cfg: Config) -> bool:
@@ -59,9 +59,9 @@ class LocalSession:
     def get_checkpoint_dir(self) -> str | None:
         return None
 
-    def step_progress(self, info: dict[str, Any]) -> None:
+    def step_progress(self, progress: StepProgress) -> None:
         if self._on_report:
-            self._on_report({"progress": True, **info})
+            self._on_report(progress)
 
     def first_step(self, at: float) -> None:
         pass  # a plain process is never restarted

@@ -31,7 +31,18 @@ from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
 from raybench.errors import raise_if_stopped
 from raybench.loop import LoopOptions
-from raybench.results import Recovery, RunResult, WindowOrder, WindowReport, metric_key
+from raybench.results import (
+    FirstStep,
+    Recovery,
+    Registered,
+    RunResult,
+    StepProgress,
+    WindowOrder,
+    WindowReport,
+    WorkersFailed,
+    WorkerUp,
+    metric_key,
+)
 
 # ------------------------------------------------------------------ sessions
 
@@ -52,8 +63,7 @@ class RaySession:
         # A resident run's orders (backends.conductor): the driver interleaves its windows.
         self._channel = ActorChannel(board, self.rank) if board is not None else None
         if progress is not None:  # who to kill for --chaos; where this incarnation runs
-            progress.put_nowait({"worker": self.rank, "pid": os.getpid(),
-                                 "node_id": node_of_this_process()["id"]})
+            progress.put_nowait(WorkerUp(self.rank, os.getpid(), node_of_this_process()["id"]))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -74,13 +84,13 @@ class RaySession:
         checkpoint = ray.train.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
 
-    def step_progress(self, info: dict[str, Any]) -> None:
+    def step_progress(self, progress: StepProgress) -> None:
         if self._progress is not None:
-            self._progress.put_nowait({"progress": True, **info})
+            self._progress.put_nowait(progress)
 
     def first_step(self, at: float) -> None:
         if self._progress is not None and self.rank == 0:
-            self._progress.put_nowait({"first_step": at})
+            self._progress.put_nowait(FirstStep(at))
 
     def node(self) -> dict[str, str]:
         return node_of_this_process()
@@ -122,7 +132,7 @@ class TuneSession:
         checkpoint = tune.get_checkpoint()
         return checkpoint.to_directory() if checkpoint else None
 
-    def step_progress(self, info: dict) -> None:
+    def step_progress(self, progress: StepProgress) -> None:
         pass  # a sweep shows progress per trial, not per step
 
     def first_step(self, at: float) -> None:
@@ -248,7 +258,7 @@ def controller_clock(queue: Any) -> Any:
     kills only then, so the restart resumes from that checkpoint)."""
     import ray.train
 
-    def put(message: dict) -> None:
+    def put(message: WorkersFailed | Registered) -> None:
         try:
             queue.put_nowait(message)
         except Exception:  # noqa: BLE001 (a lost clock costs a figure, never the run)
@@ -256,12 +266,12 @@ def controller_clock(queue: Any) -> Any:
 
     class ControllerClock(ray.train.UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-            put({"failure": time.time(), "ranks": sorted(worker_exceptions)})
+            put(WorkersFailed(time.time(), sorted(worker_exceptions)))
 
         def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
             epoch = metrics[0].get("epoch") if metrics else None
             if epoch is not None:
-                put({"registered": int(epoch), "checkpoint": checkpoint is not None})
+                put(Registered(int(epoch), checkpoint is not None))
 
     return ControllerClock()
 
@@ -274,20 +284,20 @@ class _Events:
         self.failures: list[float] = []
         self.first_steps: list[float] = []  # rank 0's first step of every incarnation
 
-    def __call__(self, message: dict) -> None:
-        if "failure" in message:
-            self.failures.append(message["failure"])
-        elif "first_step" in message:
-            self.first_steps.append(message["first_step"])
+    def __call__(self, message: Any) -> None:
+        if isinstance(message, WorkersFailed):
+            self.failures.append(message.at)
+        elif isinstance(message, FirstStep):
+            self.first_steps.append(message.at)
             if self.chaos is not None:
                 self.chaos.training_began()
-        elif "registered" in message:
+        elif isinstance(message, Registered):
             if self.chaos is not None:
-                self.chaos.registered(message["registered"])
-        elif "worker" in message:
+                self.chaos.registered(message.epoch)
+        elif isinstance(message, WorkerUp):
             if self.chaos is not None:
-                self.chaos.saw_worker(message["worker"], message["pid"], message["node_id"])
-        elif self.on_report is not None:
+                self.chaos.saw_worker(message.rank, message.pid, message.node_id)
+        elif self.on_report is not None:  # an epoch report (a dict) or a StepProgress
             self.on_report(message)
 
 

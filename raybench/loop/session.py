@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from raybench.results import WindowOrder, WindowReport
+from raybench.results import StepProgress, WindowOrder, WindowReport
 
 
 class Session(Protocol):
@@ -29,7 +29,7 @@ class Session(Protocol):
     def get_checkpoint_dir(self) -> str | None:
         """A local directory holding the checkpoint to resume from, or None."""
 
-    def step_progress(self, info: dict[str, Any]) -> None:
+    def step_progress(self, progress: StepProgress) -> None:
         """Rank 0, within long epochs: how far the epoch is (for a progress bar)."""
 
     def first_step(self, at: float) -> None:

@@ -31,7 +31,15 @@ from raybench.metrics import (
     regression_sums,
 )
 from raybench.models import build_model, count_parameters, loss_fn
-from raybench.results import EpochRow, RankFacts, Restore, RunResult, TargetResult, Timing
+from raybench.results import (
+    EpochRow,
+    RankFacts,
+    Restore,
+    RunResult,
+    StepProgress,
+    TargetResult,
+    Timing,
+)
 from raybench.targets import Target
 
 
@@ -251,7 +259,7 @@ class Progress:
 
     def tick(self, step: int) -> None:
         if self.every and time.perf_counter() >= self.next:
-            self.session.step_progress({"epoch": self.epoch, "step": step, "steps": self.steps})
+            self.session.step_progress(StepProgress(self.epoch, step, self.steps))
             self.next = time.perf_counter() + self.every
 
 

@@ -1,6 +1,7 @@
 import io
 
 from raybench.console import Console, EpochProgress
+from raybench.results import StepProgress
 
 
 class FakeTerminal(io.StringIO):
@@ -11,8 +12,8 @@ class FakeTerminal(io.StringIO):
 def test_terminal_gets_a_step_bar_and_epoch_lines(capsys):
     term = FakeTerminal()
     view = EpochProgress(Console(), lambda row: f"Epoch {row['epoch']} done", stream=term)
-    view({"progress": True, "epoch": 1, "step": 40, "steps": 100})
-    view({"progress": True, "epoch": 1, "step": 90, "steps": 100})
+    view(StepProgress(1, 40, 100))
+    view(StepProgress(1, 90, 100))
     view({"epoch": 1})
     view.close()
     assert "90/100" in term.getvalue() and "epoch 1" in term.getvalue()
@@ -22,8 +23,8 @@ def test_terminal_gets_a_step_bar_and_epoch_lines(capsys):
 def test_plain_output_and_quiet(capsys):
     view = EpochProgress(Console(), lambda row: f"Epoch {row['epoch']} done",
                          stream=io.StringIO())
-    view({"progress": True, "epoch": 2, "step": 5, "steps": 10})
-    view({"progress": True, "epoch": 2, "step": 6, "steps": 10})  # within 30 s: not repeated
+    view(StepProgress(2, 5, 10))
+    view(StepProgress(2, 6, 10))  # within 30 s: not repeated
     view({"epoch": 2})
     out = capsys.readouterr().out
     assert out.count("step 5/10") == 1 and "step 6/10" not in out and "Epoch 2 done" in out
