@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from raybench.console import Console
 from raybench.interleave import Contender, PointRun, Precision
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import count_parameters, flops_per_sample
+from raybench.plan import Measure, Plan, ScaleSpec, global_batch, point_config
 from raybench.results import AllreduceMeasure, Forecast, RunRecord, ScalingModelReport
 from raybench.scaling_model import (
     CommModel,
@@ -33,9 +33,6 @@ from raybench.scaling_model import (
     quantiles_of,
     with_measurement,
 )
-
-if TYPE_CHECKING:
-    from raybench.sweep import Measure, Plan, ScaleSpec
 
 # The one-worker profile: short interleaved windows of a raw process per batch, a bounded time.
 PROFILE = Precision(window_s=0.5, min_pairs=6, max_pairs=12, budget_s=90.0, warmup_steps=20,
@@ -56,7 +53,6 @@ def one_worker_profile(p: Plan, batches: list[int], anchor: int, backend: RawBac
     process per batch, rounds in alternating order) so that the machine's drift cancels from
     their ratios: mean work per step at each batch relative to the anchor batch (the N=1
     point's), and the shape of its distribution. Absolute times come from the N=1 point."""
-    from raybench.sweep import point_config
 
     contenders = []
     for b in batches:
@@ -98,7 +94,6 @@ def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: 
                     out: Console) -> CommModel:
     """All-reduces among N processes, each computing for a step's work between them: the
     latency a rank sees when it is the last to arrive, with the cores busy as in training."""
-    from raybench.sweep import global_batch
 
     glob = global_batch(spec, p.base)
     measured = {}
@@ -122,7 +117,6 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     each N of the sweep, N copies of the one-worker step running at once (the machine's
     contention) with an all-reduce between their steps; for a --predict N not run, a raw
     profile of its batch and the ring fitted to all-reduces (each worker with its own cores)."""
-    from raybench.sweep import global_batch
 
     grad_bytes = 4 * count_parameters(p.model)
     glob = global_batch(spec, p.base)
@@ -164,7 +158,6 @@ def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None, grad_b
                  out: Console) -> dict[int, dict]:
     """At each N of the sweep: N processes running the one-worker step at the batch N trains
     with, all at once, then all-reducing between steps (backends.ddp.loaded_step_sweep)."""
-    from raybench.sweep import point_config
 
     found = {}
     for n in spec.workers:

@@ -101,62 +101,6 @@ def allreduce_under_load(numel: int, iters: int, busy_s: float,
                             allreduce_ms_p90=float(np.percentile(ms, 90)))
 
 
-def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, seconds: float,
-                      grad_numel: int) -> dict:
-    """One rank of loaded_step_sweep: its training steps' work (forward, backward, optimizer)
-    while every other rank does the same, then all-reduces between real steps. Rank 0 gets
-    every rank's step times and, per all-reduce, the shortest any rank saw."""
-    import torch
-    import torch.distributed as dist
-
-    from raybench.config import from_dict
-    from raybench.loop.steps import worker_threads
-    from raybench.models import build_model, loss_fn
-
-    cfg = from_dict(cfg_dict)
-    features, window, task = shape
-    torch.set_num_threads(worker_threads(cfg))
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, features, window, task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    criterion = loss_fn(task)
-    x = torch.randn(batch, window, features)
-    y = torch.randint(0, 2, (batch,)).float() if task == "classification" else torch.randn(batch)
-
-    def step() -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(x).float(), y).backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
-    group = dist.is_available() and dist.is_initialized()
-    for _ in range(20):
-        step()
-    if group:
-        dist.barrier()
-    work, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(work) < 20:
-        work.append(step())
-    out = {"work_s": work, "allreduce_s": None}
-    if group:
-        steps = torch.tensor([len(work)])
-        dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank runs as many all-reduces
-        tensor, mine = torch.zeros(max(1, grad_numel)), []
-        dist.barrier()
-        for _ in range(int(steps.item())):
-            step()
-            start = time.perf_counter()
-            dist.all_reduce(tensor)
-            mine.append(time.perf_counter() - start)
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, (work, mine))
-        out["work_s"] = [w for ranks_work, _ in everyone for w in ranks_work]
-        latency = np.min(np.asarray([m for _, m in everyone]), axis=0)
-        out["allreduce_s"] = float(np.percentile(latency, 50))
-    return out
-
-
 # Dense peak TFLOP/s per GPU (no sparsity) from NVIDIA's data sheets, by the name torch reports:
 # (bf16/fp16 tensor core, fp32 without TF32). MFU divides achieved model FLOP/s by these.
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {

@@ -23,9 +23,9 @@ from raybench.config import Config, add_config_args, config_from_args
 from raybench.errors import UserError, run_cli
 from raybench.interleave import Precision
 from raybench.loop import Window
+from raybench.plan import ScaleSpec
 from raybench.report.sections import printed
 from raybench.results import ScalingDoc
-from raybench.sweep import ScaleSpec
 from raybench.sweep import run_sweep as run_spec
 
 EXAMPLE = """examples:

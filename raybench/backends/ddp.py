@@ -10,19 +10,24 @@ import os
 import queue as queue_mod
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import LocalConductor, PipeChannel
 from raybench.backends.local import LocalSession, train_rank, wants_gpu
-from raybench.config import Config
-from raybench.data.dataset import Dataset
+from raybench.config import Config, from_dict
+from raybench.data.dataset import Dataset, load_dataset
 from raybench.loop import LoopOptions
+from raybench.loop.steps import worker_threads
+from raybench.models import build_model, loss_fn
+from raybench.probes import allreduce_under_load
 from raybench.results import AllreduceMeasure, RunResult, WindowOrder, WindowReport
 
 
@@ -38,9 +43,6 @@ def _rank_main(rank: int, world: int, port: int, results: Any, cfg_dict: dict, d
     """One DDP process: join the group, train, put rank 0's result on the queue. A resident
     rank (conn: its end of the driver's pipe) serves windows on order; the raw launcher's
     resident process is one rank with no group at all."""
-    from raybench.config import from_dict
-    from raybench.data.dataset import load_dataset
-
     def body() -> None:
         cfg = from_dict(cfg_dict)
         gpu = wants_gpu(cfg)
@@ -208,8 +210,6 @@ BACKEND = DdpBackend
 
 def _allreduce_rank(rank: int, world: int, port: int, results: Any, sizes: list[int],
                     iters: int, busy_s: float) -> None:
-    from raybench.probes import allreduce_under_load
-
     def body() -> None:
         torch.set_num_threads(1)
         with _process_group(rank, world, port, "gloo"):
@@ -232,11 +232,58 @@ def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
                              under="busy loop" if busy_s else "idle") for r in rows]
 
 
+def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, seconds: float,
+                      grad_numel: int) -> dict:
+    """One rank of loaded_step_sweep: its training steps' work (forward, backward, optimizer)
+    while every other rank does the same, then all-reduces between real steps. Rank 0 gets
+    every rank's step times and, per all-reduce, the shortest any rank saw."""
+    cfg = from_dict(cfg_dict)
+    features, window, task = shape
+    torch.set_num_threads(worker_threads(cfg))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, features, window, task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    criterion = loss_fn(task)
+    x = torch.randn(batch, window, features)
+    y = torch.randint(0, 2, (batch,)).float() if task == "classification" else torch.randn(batch)
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(x).float(), y).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    group = dist.is_available() and dist.is_initialized()
+    for _ in range(20):
+        step()
+    if group:
+        dist.barrier()
+    work, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(work) < 20:
+        work.append(step())
+    out = {"work_s": work, "allreduce_s": None}
+    if group:
+        steps = torch.tensor([len(work)])
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank runs as many all-reduces
+        tensor, mine = torch.zeros(max(1, grad_numel)), []
+        dist.barrier()
+        for _ in range(int(steps.item())):
+            step()
+            start = time.perf_counter()
+            dist.all_reduce(tensor)
+            mine.append(time.perf_counter() - start)
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, (work, mine))
+        out["work_s"] = [w for ranks_work, _ in everyone for w in ranks_work]
+        latency = np.min(np.asarray([m for _, m in everyone]), axis=0)
+        out["allreduce_s"] = float(np.percentile(latency, 50))
+    return out
+
+
 def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,
                  shape: tuple[int, int, str], batch: int, seconds: float,
                  grad_numel: int) -> None:
-    from raybench.probes import loaded_step_probe
-
     def body() -> None:
         with _process_group(rank, world, port, "gloo", group=world > 1):
             row = loaded_step_probe(cfg_dict, shape, batch, seconds, grad_numel)

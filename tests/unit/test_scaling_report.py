@@ -8,9 +8,9 @@ from raybench import scaling_report as sr
 from raybench import stats
 from raybench.config import Config
 from raybench.errors import UserError
+from raybench.plan import point_config
 from raybench.results import SCHEMA_VERSION, RunRecord
 from raybench.scale import main as scale_main
-from raybench.sweep import point_config
 
 
 def rec(backend, workers, repeat, sps, sync=0.1, p50=1.0):
