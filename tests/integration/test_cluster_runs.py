@@ -119,16 +119,20 @@ PLACED = textwrap.dedent("""
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     report = {}
-    # 1. the DDP baseline placed by Ray, with the same STRICT_SPREAD as Ray Train
+    # 1. the DDP baseline placed by Ray, with the same STRICT_SPREAD as Ray Train; N=1 first,
+    # so that the second node's N=2 is forecast before it runs, then checked
     doc = scale.run_sweep(scale.build_parser().parse_args([
-        "--address", cluster.address, "--workers", "2", "--repeats", "1", "--backends",
+        "--address", cluster.address, "--workers", "1,2", "--repeats", "1", "--backends",
         "raybench,ddp-ray", "--placement_strategy", "STRICT_SPREAD", "--npz_path", npz,
         "--mode", "weak", "--batch_size", "32", "--warmup-steps", "3", "--window-s", "0.2",
         "--max-pairs", "3", "--max-outside-load", "1", "--allreduce-iters", "10", "--out",
         out + "/scale", "--quiet"]))
-    runs = {r.backend: r for r in doc.runs}
+    runs = {r.backend: r for r in doc.runs if r.workers == 2}
     report["node_ids"] = {b: r.node_ids for b, r in runs.items()}
-    report["vs_ddp"] = [p.vs_ddp for p in doc.summary if p.backend == "raybench"][0]
+    report["vs_ddp"] = [p.vs_ddp for p in doc.summary if p.backend == "raybench"
+                        and p.workers == 2][0]
+    report["forecasts"] = [[f.backend, f.workers, f.predicted_samples_per_sec,
+                            f.measured_samples_per_sec, f.error] for f in doc.forecasts]
     report["allreduce"] = runs["ddp-ray"].allreduce_ms_p50
     # 2. a placement the cluster can never hold fails in one line, not a wait forever
     common = ["--address", cluster.address, "--placement_strategy", "STRICT_SPREAD",
@@ -164,6 +168,10 @@ def test_ddp_baseline_and_preflight_on_a_two_node_cluster(reg_npz, tmp_path):
     for backend in ("raybench", "ddp-ray"):  # STRICT_SPREAD: one rank per node, both launchers
         assert len(set(report["node_ids"][backend])) == 2, report
     assert report["vs_ddp"] > 0 and report["allreduce"] > 0
+    # the second node's N, forecast from N=1 and set beside what was then measured
+    ((_, _, predicted, measured, error),) = [f for f in report["forecasts"]
+                                              if f[:2] == ["raybench", 2]]
+    assert predicted > 0 and measured > 0 and error == pytest.approx(predicted / measured - 1)
     assert "cannot place 3 workers" in report["refused"] and "STRICT_SPREAD" in report["refused"]
     assert report["refused_after_s"] < 60
     assert report["waited"] == 0

@@ -286,3 +286,69 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(ray_cluster, reg_
     assert f"checkpoint {newer.name} does not load; resuming from {good.name}" in err
     history = list(csv.DictReader((run_dir / "history.csv").open()))
     assert [int(r["epoch"]) for r in history] == list(range(1, 5))
+
+
+def _command(module: str, args: list[str], cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-u", "-m", module, *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _until_line(proc, text: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    pytest.fail(f"ended before printing {text!r}:\n" + "".join(lines))
+
+
+def _interrupt(proc, sig) -> tuple[str, list]:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(sig)
+    rest = proc.stdout.read()
+    proc.wait(timeout=120)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.pid for p in alive]}"
+    return rest, children
+
+
+def test_ctrl_c_during_a_scale_sweep_keeps_what_was_measured_as_interrupted(tmp_path, cpu_burner):
+    """Ctrl-C while the second point's launchers start: exit 130, the first point kept in a
+    scaling.json that says `interrupted`, every launcher and the local Ray stopped."""
+    out = tmp_path / "s"
+    proc = _command("raybench.scale", [
+        "--workers", "1,2", "--backends", "raybench,ddp", "--synthetic-samples", "4000",
+        "--batch_size", "32", "--window-s", "0.2", "--min-pairs", "3", "--max-pairs", "3",
+        "--max-outside-load", "1", "--no-model", "--out", str(out)], tmp_path)
+    _until_line(proc, "repeat 1 N=2: starting")
+    rest, _ = _interrupt(proc, signal.SIGINT)
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and "interrupted" in rest, rest
+    doc = json.loads((out / "scaling.json").read_text())
+    assert doc["status"] == "interrupted"
+    assert {r["workers"] for r in doc["runs"]} == {1}
+
+
+def test_sigterm_during_a_tune_sweep_is_an_interrupted_sweep_with_a_resume_hint(
+        reg_npz, tmp_path, cpu_burner):
+    """SIGTERM after the first trial: exit 143, trials.json `interrupted` with the trials that
+    never started named so, and the line that resumes it."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "metric": "val_loss", "num_samples": 1,
+        "overrides": {"data.npz_path": str(reg_npz), "train.batch_size": 64, "model.hidden": 8},
+        "scheduler": {"max_t": 3, "grace_period": 3},
+        "search_space": {"train.lr": {"grid": [0.01, 0.003, 0.001, 0.0003, 0.0001, 3e-5]}}}))
+    out = tmp_path / "t"
+    proc = _command("raybench.tune", ["--config", str(sweep), "--max-concurrent", "1",
+                                      "--out", str(out)], tmp_path)
+    _until_line(proc, "trial ")  # the first trial finished; the others queue behind it
+    rest, _ = _interrupt(proc, signal.SIGTERM)
+    assert proc.returncode == 143, rest
+    assert "Traceback" not in rest and f"--resume {out}" in rest, rest
+    doc = json.loads((out / "trials.json").read_text())
+    assert doc["status"] == "interrupted"
+    statuses = [t["status"] for t in doc["trials"]]
+    assert "stopped_early" not in statuses and statuses.count("completed") < 6, statuses
