@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory and/or ray_data (streams --parquet_dir into the Ray Train "
                         "workers), side by side: e.g. memory,ray_data (default memory)")
     parser.add_argument("--ingest-ceiling", action="store_true",
-                        help="also run each Ray Train point with the ingest alone (batches "
-                        "fetched, no training): the rate the ingest can feed")
+                        help="also run each Ray Train point with the streamed ingest alone "
+                        "(batches fetched, no training): the rate Ray Data can feed")
     parser.add_argument("--allreduce-iters", type=int, default=200,
                         help="iterations of the all-reduce micro-benchmark (0: skip)")
     parser.add_argument("--startup-floor", action="store_true",
@@ -244,6 +244,9 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise UserError("--ray-train-switches measures Ray Train: include the raybench backend")
     if args.target and args.ingest_ceiling:
         raise UserError("--ingest-ceiling measures a throughput window; it has no target")
+    if args.ingest_ceiling and "ray_data" not in args.ingest:
+        raise UserError("--ingest-ceiling measures a streamed ingest's ceiling: add ray_data to "
+                        "--ingest (e.g. --ingest memory,ray_data)")
     if args.chaos:
         parse_chaos(args.chaos)
         if args.target or args.ingest_ceiling:

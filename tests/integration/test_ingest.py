@@ -68,8 +68,7 @@ def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp
         "3", "--max-outside-load", "1", "--out", str(tmp_path / "s"), "--quiet"]))
     labels = {(r.label, r.workers) for r in doc.summary}
     assert labels == {(label, 1) for label in (
-        "raybench", "raybench+ray_data", "raybench ingest-only",
-        "raybench+ray_data ingest-only")}
+        "raybench", "raybench+ray_data", "raybench+ray_data ingest-only")}
     rd = next(r for r in doc.summary if r.label == "raybench+ray_data")
     assert rd.vs_memory > 0 and rd.vs_memory_ci.n == 3  # three interleaved window pairs
     (c,) = doc.comparisons

@@ -119,6 +119,8 @@ def test_scale_refuses_a_sweep_that_would_measure_nothing():
         scale.run_sweep(scale.build_parser().parse_args(["--workers", "2", "--backends", "raw"]))
     with pytest.raises(UserError, match="--predict forecasts from the N=1 point"):
         scale.run_sweep(scale.build_parser().parse_args(["--workers", "2", "--predict", "8"]))
+    with pytest.raises(UserError, match="add ray_data to --ingest"):
+        scale.run_sweep(scale.build_parser().parse_args(["--workers", "1", "--ingest-ceiling"]))
 
 
 @pytest.fixture
