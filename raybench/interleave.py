@@ -289,7 +289,8 @@ def merge_reports(reports: list[WindowReport], label: str, workers: int, repeat:
         samples=samples, seconds=seconds, samples_per_sec=samples / seconds if seconds else 0.0,
         phase_ms=phase_ms, step_ms_p50=max(p50s) if p50s else None,
         cpu_s=sum(r.cpu_s for r in reports), nivcsw=sum(r.nivcsw for r in reports),
-        steal_share=steal, outside_share=outside)
+        steal_share=steal, outside_share=outside,
+        data_ms_per_rank=[r.phase_s.get("data", 0.0) / steps * 1e3 for r in reports])
 
 
 def paired_comparison(num: str, den: str, workers: int,

@@ -280,6 +280,7 @@ class MeasuredWindow:
     # CPU the rest of the run used meanwhile (the idle launchers, Ray's own processes, the
     # driver), share of the machine: how idle "idle" was
     rest_of_run_share: float | None = None
+    data_ms_per_rank: list[float] = field(default_factory=list)  # per step, rank by rank
 
 
 @dataclass

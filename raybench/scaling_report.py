@@ -16,6 +16,7 @@ from raybench.backends import NAMES
 from raybench.errors import UserError
 from raybench.interleave import paired_comparison
 from raybench.results import (
+    PHASES,
     Comparison,
     Forecast,
     Interval,
@@ -38,7 +39,6 @@ CSV_COLUMNS = ["backend", "mode", "workers", "repeat", "samples_per_sec",
                "measured_steps", "epoch_time_s", "time_to_first_step_s", "peak_rss_mib_max",
                "peak_gpu_mem_mib_max", "allreduce_ms_p50", "pss_over_dataset", "achieved_tflops",
                "mfu", "nodes", "wall_time_s"]
-PHASES = ("data", "compute", "sync", "optimizer")
 
 
 def run_record(backend: str, mode: str, repeat: int, result: RunResult,
@@ -116,6 +116,20 @@ def use_windows(record: RunRecord, kept: list[MeasuredWindow], measured: int,
                                          if record.samples_per_sec else None)
     if flops_per_sample and record.samples_per_sec:
         record.achieved_tflops = flops_per_sample * record.samples_per_sec / 1e12
+    if kept:  # the step's phases as the windows saw them, not the whole resident run's
+        # (between windows a rank waits for the driver; a Ray Data rank's wait for its first
+        # batch after the pipeline started is not a step's: measured, 70% "data" against 6%)
+        phases = {p: statistics.fmean(w.phase_ms[p] for w in kept) for p in PHASES}
+        step_ms = sum(phases.values())
+        for p in PHASES:
+            setattr(record, f"{p}_s", phases[p] / 1e3)
+            setattr(record, f"{p}_share", phases[p] / step_ms if step_ms else None)
+        p50s = [w.step_ms_p50 for w in kept if w.step_ms_p50 is not None]
+        record.step_time_ms_p50 = statistics.median(p50s) if p50s else record.step_time_ms_p50
+        ranks = [w.data_ms_per_rank for w in kept if w.data_ms_per_rank]
+        if ranks and step_ms and all(len(r) == len(ranks[0]) for r in ranks):
+            record.data_share_per_rank = [statistics.fmean(col) / step_ms
+                                          for col in zip(*ranks, strict=True)]
 
 
 def pooled(comparisons: list[Comparison], windows: list[MeasuredWindow],

@@ -108,3 +108,23 @@ def test_the_summary_ratio_is_the_comparison():
     apply_comparisons([row], [c])
     assert row.vs_raw == 0.99 and (row.vs_raw_ci.low, row.vs_raw_ci.high) == (0.98, 1.0)
     assert row.vs_raw_ci.n == 12
+
+
+def test_a_resident_record_takes_its_phases_from_its_kept_windows():
+    """Not from the whole resident run, where a Ray Data rank's wait for its pipeline before
+    the first window read as 70% "data" against the windows' 6%."""
+    from raybench.scaling_report import use_windows
+    from tests.unit.test_scaling_report import rec
+
+    record = rec("raybench", 2, 1, 1.0)
+    record.data_share, record.data_share_per_rank = 0.7, [0.7, 0.7]
+    kept = [window("raybench", 100.0, phases=(0.2, 2.6, 0.0, 0.7)),
+            window("raybench", 120.0, phases=(0.2, 2.8, 0.0, 0.7))]
+    kept[0].data_ms_per_rank, kept[1].data_ms_per_rank = [0.1, 0.3], [0.1, 0.3]
+    use_windows(record, kept, measured=3, flops_per_sample=None)
+    assert record.samples_per_sec == pytest.approx(220 / 2)  # pooled: samples over seconds
+    assert record.excluded_windows == 1
+    assert record.data_share == pytest.approx(0.2 / 3.6)
+    assert record.compute_s == pytest.approx(2.7e-3)
+    assert record.data_share_per_rank == pytest.approx([0.1 / 3.6, 0.3 / 3.6])
+    assert record.step_time_ms_p50 == pytest.approx(3.6)  # the median window's p50
