@@ -246,7 +246,7 @@ class PointRun:
         comparison.startup_s = {x: startup_of(results[x]) for x in (num, den)}
         if not comparison.reached:
             elapsed = time.monotonic() - self.started
-            comparison.note = (f"+-{comparison.halfwidth:.1%} after {len(pairs)} pairs "
+            comparison.note = (f"±{comparison.halfwidth:.1%} after {len(pairs)} pairs "
                                if comparison.halfwidth is not None else
                                f"{len(pairs)} pair(s), too few for an interval ")
             comparison.note += (f"when the {self.p.budget_s:g}s budget ran out "

@@ -228,12 +228,24 @@ def throughput_table(summary: list[PointSummary]) -> Table:
 
 def noise_findings(title: str, doc: ScalingDoc) -> list[str]:
     out = []
-    for p in doc.summary:
+    # Interleaved windows: their IQR over median, one sentence for the sweep (the extremes of
+    # hundreds of windows say little; the paired ratios cancel what drifts, single rates do not)
+    iqr: dict[tuple[str, int], float] = {}
+    for c in doc.comparisons:
+        for launcher, value in c.noise_iqr.items():
+            iqr[(launcher, c.workers)] = max(value, iqr.get((launcher, c.workers), 0.0))
+    noisy = [v for v in iqr.values() if v > NOISY]
+    if noisy:
+        out.append(f"{title}: the windows of {len(noisy)} of {len(iqr)} launcher points spread "
+                   f"more than {f.pct(NOISY)} (IQR over median, up to {f.pct(max(noisy))}): the "
+                   "paired ratios cancel what drifts between windows, a single rate does not.")
+    for p in doc.summary:  # whole-process repeats: their range
         s = p.samples_per_sec
-        if s and s.n >= 2 and s.median and (s.max - s.min) / s.median > 2 * NOISY:
+        if (not p.windows and s and s.n >= 2 and s.median
+                and (s.max - s.min) / s.median > 2 * NOISY):
             out.append(f"{title}: {p.label} N={p.workers} spread "
-                       f"±{f.pct((s.max - s.min) / 2 / s.median)} across its "
-                       f"{'windows' if p.windows else 'repeats'}: read its figures with care.")
+                       f"±{f.pct((s.max - s.min) / 2 / s.median)} across its repeats: read its "
+                       "figures with care.")
     for c in scaling_report.headline(doc.comparisons):
         if not c.reached and c.halfwidth is not None and c.target_halfwidth:
             more = int((c.halfwidth / c.target_halfwidth) ** 2 * c.pairs) - c.pairs

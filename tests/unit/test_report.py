@@ -89,3 +89,18 @@ def test_the_regression_gate_flags_what_changed_beyond_the_noise(tmp_path, capsy
     (tmp_path / "old" / "scaling.json").write_text('{"runs": [], "summary": []}')
     with pytest.raises(UserError, match="schema_version 1, but this raybench reads version 2"):
         report.main(["--compare", str(tmp_path / "old"), str(tmp_path / "new")])
+
+
+def test_noisy_windows_are_one_finding_for_the_sweep_not_one_per_point(tmp_path):
+    """Interleaved windows are judged by their IQR over median, said once for the sweep; the
+    range of hundreds of windows (their extremes) is not a noise measure."""
+    from raybench.report.sections import noise_findings
+    from raybench.results import ScalingDoc, read_doc
+    from tests.report_inputs import throughput_sweep
+
+    doc = read_doc(throughput_sweep(tmp_path) / "scaling.json", ScalingDoc)
+    assert noise_findings("s", doc) == []  # windows within ±1%
+    doc.comparisons[0].noise_iqr = {"raybench": 0.26, "raw": 0.05}
+    doc.comparisons[2].noise_iqr = {"raybench": 0.14, "ddp": 0.12}
+    (line,) = noise_findings("s", doc)
+    assert "3 of" in line and "up to 26%" in line and "IQR over median" in line
