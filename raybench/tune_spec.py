@@ -143,10 +143,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with base, search_space, scheduler, ...")
-    unknown = set(raw) - SWEEP_KEYS
-    if unknown:
-        raise UserError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: "
-                        f"{', '.join(sorted(SWEEP_KEYS))})")
+    _refuse_unknown(raw, SWEEP_KEYS, f"{path}")
     base_cfg = Config()
     if raw.get("base"):
         base_path = (path.parent / raw["base"]).resolve()
@@ -160,10 +157,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     scheduler = raw.get("scheduler") or {}
     if not isinstance(scheduler, dict):
         raise UserError(f"{path}: scheduler: expected a mapping of {', '.join(SCHEDULER_KEYS)}")
-    bad = set(scheduler) - SCHEDULER_KEYS
-    if bad:
-        raise UserError(f"{path}: scheduler: unknown key {sorted(bad)[0]!r} (known: "
-                        f"{', '.join(sorted(SCHEDULER_KEYS))})")
+    _refuse_unknown(scheduler, SCHEDULER_KEYS, f"{path}: scheduler")
     num_samples = raw.get("num_samples", 8)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise UserError(f"{path}: num_samples must be a positive integer, got {num_samples!r}")
@@ -172,6 +166,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
                      metric=metric, num_samples=num_samples,
                      max_concurrent=raw.get("max_concurrent"),
                      schedule=Schedule(**{"max_t": 0, **scheduler}))
+
+
+def _refuse_unknown(given: dict, known: set[str], where: str) -> None:
+    unknown = set(given) - known
+    if unknown:
+        raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: "
+                        f"{', '.join(sorted(known))})")
 
 
 def _metric(metric: Any, mode: Any, path: Path) -> str | None:
