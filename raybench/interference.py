@@ -25,7 +25,7 @@ class MachineSample:
     busy_s: float  # every CPU: user + nice + system + irq + softirq + steal
     steal_s: float
     total_s: float  # busy + idle + iowait
-    own_s: float  # this process tree, user + system (reaped children included)
+    own: dict[int, float]  # this process tree: pid -> its own user + system CPU seconds
 
 
 def _machine_ticks() -> tuple[float, float, float]:
@@ -37,18 +37,21 @@ def _machine_ticks() -> tuple[float, float, float]:
 
 
 def _stat(pid_dir: Path) -> tuple[int, int, float] | None:
-    """(pid, ppid, user + system ticks including reaped children) of one process."""
+    """(pid, ppid, user + system ticks of the process itself) of one process."""
     try:
         text = (pid_dir / "stat").read_text()
     except OSError:
         return None  # it exited between the listing and the read
     rest = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    # rest[0] is field 3 (state): ppid is field 4, utime..cstime fields 14-17
-    return int(pid_dir.name), int(rest[1]), sum(float(x) for x in rest[11:15])
+    # rest[0] is field 3 (state): ppid is field 4, utime and stime fields 14-15. Reaped
+    # children's time (16-17) is left out: it lands on the parent in one lump when a child is
+    # reaped (counting its whole life inside one window), or never when the parent ignores
+    # SIGCHLD (Ray's raylet: then a tree's total drops when a worker exits).
+    return int(pid_dir.name), int(rest[1]), float(rest[11]) + float(rest[12])
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds of `root` and all its descendants."""
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of `root` and each of its descendants, by pid."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -58,22 +61,29 @@ def tree_cpu_s(root: int) -> float:
                 pid, ppid, used = stat
                 ticks[pid] = used
                 children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    own, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += ticks.get(pid, 0.0)
+        own[pid] = ticks.get(pid, 0.0) * TICK_S
         todo.extend(children.get(pid, ()))
-    return total * TICK_S
+    return own
 
 
 def sample(root: int | None = None) -> MachineSample | None:
     """The machine's counters now (None where /proc cannot be read)."""
     try:
         busy, steal, total = _machine_ticks()
-        own = tree_cpu_s(root or os.getpid())
+        own = tree_cpu(root or os.getpid())
     except (OSError, ValueError):
         return None
     return MachineSample(time.monotonic(), busy * TICK_S, steal * TICK_S, total * TICK_S, own)
+
+
+def run_cpu_s(a: dict[int, float], b: dict[int, float]) -> float:
+    """CPU seconds the tree used between two samples: per process, so that one exiting in
+    between takes only its last moments out of the count, never its whole life; one started in
+    between counts from its start."""
+    return sum(max(0.0, used - a.get(pid, 0.0)) for pid, used in b.items())
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,6 @@ def between(a: MachineSample | None, b: MachineSample | None) -> Load | None:
     if a is None or b is None or b.total_s <= a.total_s:
         return None
     total = b.total_s - a.total_s
-    run = b.own_s - a.own_s
+    run = run_cpu_s(a.own, b.own)
     outside = (b.busy_s - a.busy_s) - run
     return Load((b.steal_s - a.steal_s) / total, max(0.0, outside) / total, run, total)
