@@ -12,8 +12,6 @@ import dataclasses
 import os
 import statistics
 
-import numpy as np
-
 from raybench import calibrate, stats
 from raybench.backends import LaunchContext
 from raybench.backends.ddp import allreduce_sweep, loaded_step_sweep
@@ -184,24 +182,30 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
 
 def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[float]],
                       loaded: dict[int, dict]) -> Forecast:
-    """The launcher's N=1 work, times how much slower the one-worker step ran with N copies of
-    it at once (at N's batch) than alone (at N=1's), drawn N times (the slowest rank decides),
-    plus the all-reduce measured between real steps."""
+    """The launcher's N=1 work, times how much slower the one-worker step ran in N processes
+    training in lockstep (at N's batch) than alone (at N=1's), plus the time a rank spent
+    inside each all-reduce between those steps: the communication and the wait for the last
+    rank, as measured. The wait is measured rather than drawn as the expected maximum of N
+    work times: on shared cores a rank that blocks in an all-reduce waits for the scheduler
+    to wake it too, which order statistics of compute times do not see (docs/scaling.md)."""
     mean1, shape1 = own
     solo = statistics.fmean(loaded[1]["work_s"])
-    at_n = loaded[n]["work_s"]
     scale = mean1 / solo
-    dist = [q * scale for q in quantiles_of(np.asarray(at_n))] if n > 1 else [
-        x * mean1 for x in shape1]
-    work = expected_max(dist, 1)
-    slowest = expected_max(dist, n)
-    sync = loaded[n]["allreduce_s"] or 0.0
-    step = slowest + sync
+    if n == 1:
+        work = expected_max([x * mean1 for x in shape1], 1)
+        return Forecast(backend=backend, workers=1, batch_size_per_worker=batch,
+                        predicted_samples_per_sec=batch / work, step_ms=work * 1e3,
+                        work_ms=work * 1e3, wait_ms=0.0, allreduce_ms=0.0, slowdown=1.0,
+                        sync_share=0.0)
+    at_n = loaded[n]["synced_work_s"]
+    work = scale * statistics.fmean(at_n)
+    sync = statistics.fmean(loaded[n]["synced_allreduce_s"])
+    comm = min(loaded[n]["allreduce_s"] or 0.0, sync)
+    step = work + sync
     return Forecast(backend=backend, workers=n, batch_size_per_worker=batch,
                     predicted_samples_per_sec=n * batch / step, step_ms=step * 1e3,
-                    work_ms=work * 1e3, wait_ms=(slowest - work) * 1e3, allreduce_ms=sync * 1e3,
-                    slowdown=statistics.fmean(at_n) / solo if n > 1 else 1.0,
-                    sync_share=(slowest - work + sync) / step)
+                    work_ms=work * 1e3, wait_ms=(sync - comm) * 1e3, allreduce_ms=comm * 1e3,
+                    slowdown=statistics.fmean(at_n) / solo, sync_share=sync / step)
 
 
 def extrapolation_inputs(spec: ScaleSpec, p: Plan, extra: list[int], anchor: int,

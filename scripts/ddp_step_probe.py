@@ -23,12 +23,15 @@ from raybench.config import Config
 from raybench.models import build_model, loss_fn
 
 
-def _timed(fn, seconds: float) -> list[float]:
+def _timed(fn, seconds: float, count: int | None = None) -> list[float]:
+    """Steps of fn for `seconds`, or exactly `count` of them: a synchronising step (an
+    all-reduce, DDP) must run as many times on every rank, or the ranks wait on each other
+    forever."""
     for _ in range(30):
         fn()
     dist.barrier()
     out, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    while (time.perf_counter() < end) if count is None else (len(out) < count):
         out.append(fn())
     return out
 
@@ -52,6 +55,9 @@ def rank(r: int, world: int, port: int, batch: int, seconds: float, q) -> None:
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     plain = _timed(lambda: step(model, opt), seconds)
+    count = torch.tensor([len(plain)])
+    dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    count = int(count.item())
 
     def with_allreduce() -> float:
         t = time.perf_counter()
@@ -59,10 +65,10 @@ def rank(r: int, world: int, port: int, batch: int, seconds: float, q) -> None:
         dist.all_reduce(grad)
         return time.perf_counter() - t
 
-    iteration = _timed(with_allreduce, seconds)
+    iteration = _timed(with_allreduce, seconds, count)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     ddp_opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
-    wrapped = _timed(lambda: step(ddp, ddp_opt), seconds)
+    wrapped = _timed(lambda: step(ddp, ddp_opt), seconds, count)
     q.put((r, *(float(np.mean(v)) for v in (plain, iteration, wrapped))))
     dist.barrier()
     dist.destroy_process_group()

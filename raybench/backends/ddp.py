@@ -235,8 +235,12 @@ def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
 def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, seconds: float,
                       grad_numel: int) -> dict:
     """One rank of loaded_step_sweep: its training steps' work (forward, backward, optimizer)
-    while every other rank does the same, then all-reduces between real steps. Rank 0 gets
-    every rank's step times and, per all-reduce, the shortest any rank saw."""
+    while every other rank does the same, then as many iterations of a real step followed by
+    an all-reduce of the gradient's size, as data-parallel training runs them. Rank 0 gets
+    every rank's times: the unsynchronised steps (`work_s`), the synchronised iterations'
+    steps (`synced_work_s`) and time inside each all-reduce (`synced_allreduce_s`: the
+    communication plus the wait for the last rank to arrive, scheduler wake-ups included),
+    and per all-reduce the shortest any rank saw (`allreduce_s`: the communication alone)."""
     cfg = from_dict(cfg_dict)
     features, window, task = shape
     torch.set_num_threads(worker_threads(cfg))
@@ -262,21 +266,23 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, s
     work, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end or len(work) < 20:
         work.append(step())
-    out = {"work_s": work, "allreduce_s": None}
+    out = {"work_s": work, "allreduce_s": None, "synced_work_s": [], "synced_allreduce_s": []}
     if group:
         steps = torch.tensor([len(work)])
         dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank runs as many all-reduces
-        tensor, mine = torch.zeros(max(1, grad_numel)), []
+        tensor, synced, mine = torch.zeros(max(1, grad_numel)), [], []
         dist.barrier()
         for _ in range(int(steps.item())):
-            step()
+            synced.append(step())
             start = time.perf_counter()
             dist.all_reduce(tensor)
             mine.append(time.perf_counter() - start)
         everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, (work, mine))
-        out["work_s"] = [w for ranks_work, _ in everyone for w in ranks_work]
-        latency = np.min(np.asarray([m for _, m in everyone]), axis=0)
+        dist.all_gather_object(everyone, (work, synced, mine))
+        out["work_s"] = [w for ranks_work, _, _ in everyone for w in ranks_work]
+        out["synced_work_s"] = [w for _, ranks_synced, _ in everyone for w in ranks_synced]
+        out["synced_allreduce_s"] = [a for _, _, ranks_mine in everyone for a in ranks_mine]
+        latency = np.min(np.asarray([m for _, _, m in everyone]), axis=0)
         out["allreduce_s"] = float(np.percentile(latency, 50))
     return out
 
