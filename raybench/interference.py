@@ -101,5 +101,8 @@ def between(a: MachineSample | None, b: MachineSample | None) -> Load | None:
         return None
     total = b.total_s - a.total_s
     run = run_cpu_s(a.own, b.own)
-    outside = (b.busy_s - a.busy_s) - run
-    return Load((b.steal_s - a.steal_s) / total, max(0.0, outside) / total, run, total)
+    steal = b.steal_s - a.steal_s
+    # busy counts stolen time too; it is its own reading (and its own threshold), not a
+    # process outside the run
+    outside = (b.busy_s - a.busy_s) - steal - run
+    return Load(steal / total, max(0.0, outside) / total, run, total)
