@@ -4,6 +4,7 @@ the usage dump argparse prints before it), and help shows a default only where t
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import NoReturn
 
 from raybench.errors import UserError
@@ -52,3 +53,62 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+WORKERS_HELP = ("workers: a count (4), an elastic run's range MIN-MAX (2-4), or a sweep's list "
+                "of counts (1,2,4)")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """`--workers` as written, in any command: one syntax with one meaning everywhere; each
+    command takes the forms it can honour and refuses the others in one line."""
+
+    counts: tuple[int, ...]  # a count, or a sweep's counts (sorted)
+    low: int | None = None  # MIN of MIN-MAX (counts is then (MAX,))
+
+    @property
+    def is_list(self) -> bool:
+        return len(self.counts) > 1
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+
+def parse_workers(text: str) -> Workers:
+    """'4' -> a count, '2-4' -> an elastic range, '1,2,4' -> a list; ValueError otherwise."""
+    text = str(text).strip()
+    try:
+        if "," in text:
+            values = [int(v) for v in text.split(",")]
+            if len(set(values)) != len(values):
+                raise ValueError(f"a worker count is given twice in {text!r}")
+            out = Workers(tuple(sorted(values)))
+        elif "-" in text.lstrip("-"):
+            low, _, high = text.partition("-")
+            out = Workers((int(high),), int(low))
+            if out.low > out.counts[0]:
+                raise ValueError(f"the minimum {out.low} exceeds the maximum {out.counts[0]}")
+        else:
+            out = Workers((int(text),))
+    except ValueError as exc:
+        detail = str(exc) if "worker" in str(exc) or "minimum" in str(exc) else ""
+        raise ValueError(detail or f"expected {WORKERS_HELP.removeprefix('workers: ')}, "
+                         f"got {text!r}") from None
+    if min(out.counts + ((out.low,) if out.is_range else ())) < 1:
+        raise ValueError(f"worker counts must be positive, got {text!r}")
+    return out
+
+
+def worker_counts(text: str) -> list[int]:
+    """`--workers` of a command that runs fixed sizes (scale, cluster): a count or a list."""
+    try:
+        workers = parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if workers.is_range:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is an elastic run's range (raybench.run --workers MIN-MAX); this command "
+            "measures fixed sizes: give a count or a list, e.g. 1,2,4")
+    return list(workers.counts)

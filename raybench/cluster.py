@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from raybench.cli import Parser
+from raybench.cli import Parser, worker_counts
 from raybench.errors import UserError, missing_file, run_cli
 
 RAY_VERSION = "2.60.0"
@@ -301,7 +301,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m raybench.cluster", description=__doc__, epilog=EXAMPLE)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="one RayJob per worker count")
-    r.add_argument("--workers", required=True, help="worker counts, e.g. 1,2,4,8")
+    r.add_argument("--workers", required=True, type=worker_counts, metavar="N,N,...",
+                   help="worker counts, one RayJob each, e.g. 1,2,4,8")
     r.add_argument("--image", required=True, help="image with raybench (cluster/Dockerfile)")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=int, default=0)
@@ -327,12 +328,9 @@ def build_parser() -> Parser:
 
 def render_command(args: argparse.Namespace) -> int:
     """Write one RayJob per worker count and validate each against the schemas."""
-    try:
-        workers = [int(w) for w in args.workers.split(",")]
-    except ValueError:
-        raise UserError(f"--workers: expected a list like 1,2,4, got {args.workers!r}") from None
-    if not workers or min(workers) < 1 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
-        raise UserError("--workers, --cpus-per-worker must be positive, --gpus-per-worker >= 0")
+    workers = args.workers
+    if args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+        raise UserError("--cpus-per-worker must be positive, --gpus-per-worker >= 0")
     if not args.image.strip():
         raise UserError("--image must name a container image, e.g. registry.example/raybench:0.2")
     try:

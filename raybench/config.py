@@ -338,14 +338,23 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
 
 
 def _worker_range(key: str, value: Any) -> tuple[Any, Any]:
-    """'2-4' or [2, 4] -> (2, 4); anything else is a plain count -> (None, value)."""
+    """'2-4' or [2, 4] -> (2, 4); a plain count -> (None, value); a sweep's list is refused."""
+    from raybench.cli import parse_workers
+
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise UserError(f"{key}: expected [min, max], got {value!r}")
         return value[0], value[1]
-    if isinstance(value, str) and "-" in value.strip().lstrip("-"):
-        low, _, high = value.strip().partition("-")
-        return low, high
+    if isinstance(value, str):
+        try:
+            workers = parse_workers(value)
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        if workers.is_list:
+            raise UserError(f"{key}: {value!r} is a sweep's list of sizes, which "
+                            "raybench.scale measures; a run trains at one count, or "
+                            "elastically within MIN-MAX")
+        return workers.low, workers.counts[0]
     return None, value
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from raybench import scaling_report
 from raybench.backends import DEFAULT, NAMES
 from raybench.chaos import parse_chaos
-from raybench.cli import Parser
+from raybench.cli import Parser, worker_counts
 from raybench.config import Config, add_config_args, config_from_args
 from raybench.errors import UserError, run_cli
 from raybench.interleave import Precision
@@ -33,19 +33,6 @@ EXAMPLE = """examples:
   python -m raybench.scale --config configs/lstm_classification.yaml --workers 1,2 --mode weak \\
       --batch-size 256 --synthetic-samples 200000
   python -m raybench.scale merge results/n1 results/n2 results/n4 --out results/merged"""
-
-
-def _workers_list(text: str) -> list[int]:
-    parts = [v.strip() for v in text.split(",")]
-    try:
-        values = [int(v) for v in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list like 1,2,4, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"worker counts must be positive, got {text!r}")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"worker count given twice in {text!r}")
-    return sorted(values)
 
 
 def _ingests(text: str) -> list[str]:
@@ -67,7 +54,7 @@ def _backends(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m raybench.scale", description=__doc__,
                     epilog=EXAMPLE)
-    parser.add_argument("--workers", type=_workers_list, default=[1, 2, 4], metavar="N,N,...",
+    parser.add_argument("--workers", type=worker_counts, default=[1, 2, 4], metavar="N,N,...",
                         help="worker counts to measure (default 1,2,4)")
     parser.add_argument("--mode", choices=("strong", "weak"), default="strong",
                         help="strong: a fixed global batch (--global-batch-size) split across "
@@ -176,7 +163,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "scaling model", "predicts every N from one-worker steps and all-reduce timings (needs "
         "N=1 among --workers and the data in memory)")
-    group.add_argument("--predict", type=_workers_list, metavar="N,N,...",
+    group.add_argument("--predict", type=worker_counts, metavar="N,N,...",
                        help="also forecast these worker counts (each worker with its own cores)")
     group.add_argument("--alpha-us", type=float, metavar="US",
                        help="all-reduce latency per ring hop for forecasts (default: fitted here)")

@@ -180,7 +180,7 @@ def test_scale_refuses_an_empty_worker_count(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "raybench.scale", "--workers", "1,,2",
                            "--synthetic-samples", "1000", "--out", str(tmp_path / "s")],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "expected a list like 1,2,4, got '1,,2'" in proc.stderr
+    assert proc.returncode == 2 and "a sweep's list of counts (1,2,4), got '1,,2'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "s").exists()
 
 

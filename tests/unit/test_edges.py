@@ -25,9 +25,30 @@ def one_line_error(capsys, fn, argv) -> str:
 
 def test_an_argument_mistake_is_one_line_without_a_usage_dump(capsys):
     err = one_line_error(capsys, scale.main, ["--workers", "1,,2"])
-    assert "expected a list like 1,2,4" in err
+    assert "a sweep's list of counts (1,2,4), got '1,,2'" in err
     err = one_line_error(capsys, data_main, ["prepare", "--format", "csv", "--out", "x"])
     assert "invalid choice: 'csv'" in err
+
+
+def test_workers_has_one_syntax_and_each_command_refuses_the_forms_it_cannot_run(capsys):
+    from raybench import cluster, run
+    from raybench.cli import Workers, parse_workers
+
+    assert parse_workers("4") == Workers((4,))
+    assert parse_workers(" 2-4 ") == Workers((4,), 2)
+    assert parse_workers("4,1,2") == Workers((1, 2, 4))
+    for bad in ("0", "4-2", "1,1", "x", "1-", ""):
+        with pytest.raises(ValueError):
+            parse_workers(bad)
+    # a run trains at one count or elastically; a list is a sweep's, and says where to go
+    err = one_line_error(capsys, run.main, ["--workers", "1,2,4"])
+    assert "raybench.scale" in err
+    # a sweep (scale, cluster render) runs fixed sizes; a range is an elastic run's
+    for main, argv in ((scale.main, []), (cluster.main, ["render", "--image", "x"])):
+        err = one_line_error(capsys, main, [*argv, "--workers", "2-4"])
+        assert "elastic run's range (raybench.run --workers MIN-MAX)" in err
+    assert scale.build_parser().parse_args(["--workers", "4,1"]).workers == [1, 4]
+    assert scale.build_parser().parse_args(["--workers", "2"]).workers == [2]
 
 
 def test_prepare_never_replaces_a_dataset_unless_asked(tmp_path, capsys):
