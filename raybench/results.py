@@ -610,7 +610,8 @@ class Forecast:
     extrapolated: bool = False
     step_ms: float | None = None
     work_ms: float | None = None  # one rank's mean work per step, N ranks sharing the machine
-    wait_ms: float | None = None  # the slowest of N ranks over the mean: waiting in sync
+    wait_ms: float | None = None  # in sync beyond the communication (measured; order
+    # statistics of the slowest rank for an N not run)
     allreduce_ms: float | None = None  # the all-reduce measured under load (or the ring fit)
     slowdown: float = 1.0  # the one-worker step with N copies at once over alone (measured)
     sync_share: float | None = None  # (wait + all-reduce) / step

@@ -285,10 +285,12 @@ def forecasts_table(doc: ScalingDoc) -> Table | None:
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
                   "error", "work ms", "waiting ms", "all-reduce ms", "sharing the machine"],
                  rows,
-                 note="work: one rank's step outside sync, with N ranks sharing the machine; "
-                      "waiting: for the slowest of N ranks (order statistics); all-reduce: "
-                      "timed between real steps; sharing: how much slower the one-worker step "
-                      "ran with N copies at once than alone.")
+                 note="work: one rank's step outside sync, with N ranks training in lockstep; "
+                      "waiting: a rank's time inside the all-reduce beyond the communication "
+                      "(for the last rank, and to be scheduled again), measured; for an N not "
+                      "run, the slowest of N ranks (order statistics); all-reduce: the "
+                      "communication, timed between real steps; sharing: how much slower the "
+                      "one-worker step ran with N copies at once than alone.")
 
 
 def target_table(doc: ScalingDoc) -> Table | None:

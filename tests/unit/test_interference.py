@@ -53,3 +53,13 @@ def test_a_run_process_exiting_inside_a_window_is_not_outside_load():
     finally:
         parent.stdin.close()
         parent.wait(timeout=10)
+
+
+def test_stolen_time_is_its_own_reading_not_outside_load():
+    """2 s of machine: 2 busy, 0.5 of it stolen by the hypervisor, 1 used by the run: 0.5
+    outside. Counting the steal as outside too made a 9% steal read as 13% outside."""
+    a = interference.MachineSample(0.0, busy_s=10.0, steal_s=1.0, total_s=100.0, own={7: 5.0})
+    b = interference.MachineSample(1.0, busy_s=12.0, steal_s=1.5, total_s=102.0, own={7: 6.0})
+    load = interference.between(a, b)
+    assert load.steal == pytest.approx(0.25) and load.run_s == pytest.approx(1.0)
+    assert load.outside == pytest.approx(0.25)
