@@ -74,7 +74,8 @@ def test_bad_config_is_one_line_user_error(tmp_path, yaml_text, message):
 def test_bad_flags():
     with pytest.raises(UserError, match="train.lr: must be > 0"):
         parse("--lr", "-1")
-    with pytest.raises(UserError, match="scaling.workers: expected an integer"):
+    with pytest.raises(UserError, match=r"scaling.workers: expected a count \(4\), an elastic "
+                       r"run's range MIN-MAX \(2-4\), or a sweep's list .*got 'two'"):
         parse("--workers", "two")
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse("--set", "train.lr")
