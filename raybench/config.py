@@ -345,7 +345,8 @@ def _worker_range(key: str, value: Any) -> tuple[Any, Any]:
         if len(value) != 2:
             raise UserError(f"{key}: expected [min, max], got {value!r}")
         return value[0], value[1]
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        # (a plain number, even 0 or -1, is a count: the range check says what is wrong)
         try:
             workers = parse_workers(value)
         except ValueError as exc:
