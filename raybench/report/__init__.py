@@ -1,7 +1,7 @@
-"""`python -m raybench.report PATH... --out report.html|report.md`: what runs, scaling sweeps and
-Tune sweeps measured, findings first, every figure they computed, in one file that fits any
-screen. `python -m raybench.report compare BASE NEW [--fail-if EXPR]` (or `--compare`) is the
-regression gate over two scaling reports.
+"""`python -m raybench.report PATH... --out DIR|report.html|report.md`: what runs, scaling
+sweeps and Tune sweeps measured, findings first, every figure they computed, in one file that
+fits any screen. `python -m raybench.report compare BASE NEW [--fail-if EXPR]` (or
+`--compare`) is the regression gate over two scaling reports.
 
   sections.py  one section per directory: tables, figures, sentences, findings
   tables.py    the one table renderer (HTML, Markdown, console text)
@@ -33,7 +33,9 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m raybench.report", description=__doc__, epilog=EXAMPLE)
     parser.add_argument("paths", nargs="*", help="run, scaling (scale --out) or sweep "
                         "(tune --out) directories")
-    parser.add_argument("--out", help="report.html or report.md (figures beside a .md)")
+    parser.add_argument("--out", help="a directory (receives report.html, as --out of the other "
+                        "commands is a directory), or report.html / report.md (figures beside a "
+                        ".md)")
     parser.add_argument("--compare", nargs=2, metavar=("BASE", "NEW"),
                         help="two scaling reports: what changed point by point beyond the noise "
                         "(also: raybench.report compare BASE NEW)")
@@ -57,14 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         return compare_command(args)
     if not args.paths or not args.out:
         parser.error("give run/scaling/sweep directories and --out, or compare BASE NEW")
-    out = Path(args.out)
+    out = report_path(Path(args.out))
     fmt = {".html": "html", ".htm": "html", ".md": "md"}.get(out.suffix.lower())
-    if fmt is None:
-        raise UserError(f"--out {out}: expected a .html or .md file")
     out.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_bytes(out, build(args.paths, fmt, out).encode())
     print(f"Saved → {out}")
     return 0
+
+
+def report_path(out: Path) -> Path:
+    """--out as given: a .html/.md file, else a directory (existing, or named with no suffix)
+    that receives report.html."""
+    if out.suffix.lower() in (".html", ".htm", ".md"):
+        return out
+    if out.is_dir() or not out.suffix:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file; give a directory or a .html/.md file")
+        return out / "report.html"
+    raise UserError(f"--out {out}: expected a directory or a .html or .md file")
 
 
 def sections(paths: list[str]) -> list[Section]:

@@ -46,8 +46,16 @@ def test_report_rejects_unknown_dirs_and_formats(tmp_path):
     write_doc(tmp_path / "status.json", {"status": "failed", "error": "boom"})
     with pytest.raises(UserError, match=r"did not complete \(status failed: boom\)"):
         report.main([str(tmp_path), "--out", str(tmp_path / "r.html")])
-    with pytest.raises(UserError, match="expected a .html or .md"):
+    with pytest.raises(UserError, match="expected a directory or a .html or .md file"):
         report.main([str(tmp_path), "--out", str(tmp_path / "r.pdf")])
+
+
+def test_out_is_a_directory_as_in_every_other_command(dirs, tmp_path):
+    assert report.main([str(dirs[0]), "--out", str(tmp_path / "reports")]) == 0
+    assert (tmp_path / "reports" / "report.html").read_text().startswith("<!doctype html>")
+    (tmp_path / "plain").write_text("x")  # a file without a suffix is not a directory
+    with pytest.raises(UserError, match="is a file; give a directory"):
+        report.main([str(dirs[0]), "--out", str(tmp_path / "plain")])
 
 
 def test_written_files_are_readable_by_others(tmp_path):
