@@ -55,8 +55,8 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-WORKERS_HELP = ("workers: a count (4), an elastic run's range MIN-MAX (2-4), or a sweep's list "
-                "of counts (1,2,4)")
+WORKER_FORMS = ("a count (4), an elastic run's range MIN-MAX (2-4), or a sweep's list of counts "
+                "(1,2,4)")
 
 
 @dataclass(frozen=True)
@@ -79,26 +79,21 @@ class Workers:
 def parse_workers(text: str) -> Workers:
     """'4' -> a count, '2-4' -> an elastic range, '1,2,4' -> a list; ValueError otherwise."""
     text = str(text).strip()
+    is_range = "," not in text and "-" in text.lstrip("-")
+    parts = text.partition("-")[::2] if is_range else text.split(",")
     try:
-        if "," in text:
-            values = [int(v) for v in text.split(",")]
-            if len(set(values)) != len(values):
-                raise ValueError(f"a worker count is given twice in {text!r}")
-            out = Workers(tuple(sorted(values)))
-        elif "-" in text.lstrip("-"):
-            low, _, high = text.partition("-")
-            out = Workers((int(high),), int(low))
-            if out.low > out.counts[0]:
-                raise ValueError(f"the minimum {out.low} exceeds the maximum {out.counts[0]}")
-        else:
-            out = Workers((int(text),))
-    except ValueError as exc:
-        detail = str(exc) if "worker" in str(exc) or "minimum" in str(exc) else ""
-        raise ValueError(detail or f"expected {WORKERS_HELP.removeprefix('workers: ')}, "
-                         f"got {text!r}") from None
-    if min(out.counts + ((out.low,) if out.is_range else ())) < 1:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise ValueError(f"expected {WORKER_FORMS}, got {text!r}") from None
+    if min(values) < 1:
         raise ValueError(f"worker counts must be positive, got {text!r}")
-    return out
+    if is_range:
+        if values[0] > values[1]:
+            raise ValueError(f"the minimum {values[0]} exceeds the maximum {values[1]}")
+        return Workers((values[1],), values[0])
+    if len(set(values)) != len(values):
+        raise ValueError(f"a worker count is given twice in {text!r}")
+    return Workers(tuple(sorted(values)))
 
 
 def worker_counts(text: str) -> list[int]:

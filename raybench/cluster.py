@@ -328,7 +328,6 @@ def build_parser() -> Parser:
 
 def render_command(args: argparse.Namespace) -> int:
     """Write one RayJob per worker count and validate each against the schemas."""
-    workers = args.workers
     if args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
         raise UserError("--cpus-per-worker must be positive, --gpus-per-worker >= 0")
     if not args.image.strip():
@@ -338,7 +337,7 @@ def render_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--extra {args.extra!r}: {exc}") from None
     check_extra(args.job, extra)
-    paths = render(sorted(set(workers)), args.out, image=args.image,
+    paths = render(args.workers, args.out, image=args.image,
                    cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                    memory_per_worker=args.memory_per_worker, pvc=args.results_pvc,
                    command=args.job, repeats=args.repeats, extra=extra, ttl=args.ttl)

@@ -353,7 +353,6 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
                                                    execution_options={"train": options})}
 
 
-
 def read_train_split(data: ParquetDataset) -> Any:
     """The train split as a Ray Data dataset, read by Ray Data's V1 Parquet datasource.
 
