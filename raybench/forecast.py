@@ -113,7 +113,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
          recalibrate: bool = False) -> tuple[ScalingModelReport, list[Forecast]]:
     """The forecasts, from the N=1 runs in `runs` and what this function measures itself: at
     each N of the sweep, N copies of the one-worker step running at once (the machine's
-    contention) with an all-reduce between their steps; for a --predict N not run, a raw
+    contention), then in DDP lockstep; for a --predict N not run, a raw
     profile of its batch and the ring fitted to all-reduces (each worker with its own cores)."""
 
     grad_bytes = 4 * count_parameters(p.model)
@@ -122,7 +122,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     extra = [n for n in spec.predict if n not in spec.workers and (not glob or glob % n == 0)]
     threads, cores = worker_threads(p.base), os.cpu_count() or 1
     peak = calibrate.calibrate(recalibrate=recalibrate)
-    loaded = loaded_steps(spec, p, anchor, glob, grad_bytes, out)
+    loaded = loaded_steps(spec, p, anchor, glob, out)
     launchers = [b for b in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
                                           and not m.chaos and not m.without
                                           and not m.ingest_only)]
@@ -148,14 +148,15 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
                    for n, r in loaded.items() if r["allreduce_s"]]
         + [AllreduceMeasure(n, m, t, "busy loop") for (n, m), t in comm.measured.items()],
         profile=dataclasses.asdict(profile), calibration=peak,
-        launcher_factor={b: w[0] for b, w in own.items() if w})
+        launcher_factor={b: w[0] for b, w in own.items() if w},
+        probe={str(n): probe_summary(r) for n, r in loaded.items()})
     return report, forecasts
 
 
-def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None, grad_bytes: int,
+def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,
                  out: Console) -> dict[int, dict]:
     """At each N of the sweep: N processes running the one-worker step at the batch N trains
-    with, all at once, then all-reducing between steps (backends.ddp.loaded_step_sweep)."""
+    with, all at once, then in DDP lockstep (backends.ddp.loaded_step_sweep)."""
 
     found = {}
     for n in spec.workers:
@@ -163,9 +164,9 @@ def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None, grad_b
         if glob and glob % n:
             continue
         out.log(f"Scaling model: {n} process(es) running the batch-{b} step at once"
-                + (", an all-reduce between steps" if n > 1 else ""))
+                + (", then in DDP lockstep" if n > 1 else ""))
         found[n] = loaded_step_sweep(n, point_config(p.base, 1, None), (
-            p.features, p.base.data.window, p.base.data.task), b, grad_bytes // 4)
+            p.features, p.base.data.window, p.base.data.task), b, solo_batch=anchor)
     return found
 
 
@@ -180,16 +181,28 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
     return mean, shape
 
 
+def probe_summary(row: dict) -> dict:
+    """What the loaded-step probe measured at one N, in ms (the forecast's inputs, kept)."""
+    def mean_ms(key: str) -> float | None:
+        return statistics.fmean(row[key]) * 1e3 if row.get(key) else None
+
+    return {"solo_ms": mean_ms("solo_s"), "together_ms": mean_ms("work_s"),
+            "lockstep_work_ms": mean_ms("synced_work_s"),
+            "lockstep_sync_ms": mean_ms("synced_allreduce_s"),
+            "allreduce_ms": row["allreduce_s"] * 1e3 if row.get("allreduce_s") else None,
+            "lockstep_samples": len(row.get("synced_work_s") or [])}
+
+
 def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[float]],
                       loaded: dict[int, dict]) -> Forecast:
     """The launcher's N=1 work, times how much slower the one-worker step ran in N processes
-    training in lockstep (at N's batch) than alone (at N=1's), plus the time a rank spent
-    inside each all-reduce between those steps: the communication and the wait for the last
-    rank, as measured. The wait is measured rather than drawn as the expected maximum of N
+    training in lockstep (at N's batch) than one of them alone just before (at N=1's), plus a
+    rank's sync in those steps: the communication and the wait for the last rank, as
+    measured. The wait is measured rather than drawn as the expected maximum of N
     work times: on shared cores a rank that blocks in an all-reduce waits for the scheduler
     to wake it too, which order statistics of compute times do not see (docs/scaling.md)."""
     mean1, shape1 = own
-    solo = statistics.fmean(loaded[1]["work_s"])
+    solo = statistics.fmean(loaded[n].get("solo_s") or loaded[1]["work_s"])
     scale = mean1 / solo
     if n == 1:
         work = expected_max([x * mean1 for x in shape1], 1)

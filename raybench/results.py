@@ -634,6 +634,9 @@ class ScalingModelReport:
     # Per launcher, its mean work per step at the N=1 point's batch (seconds, from its rate).
     launcher_factor: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None  # this machine's peak (calibrate.py)
+    # Per N the sweep runs, the loaded-step probe's means in ms (forecast.probe_summary):
+    # rank 0 alone at the N=1 batch, N at once, and the lockstep steps' work and sync.
+    probe: dict[str, dict] = field(default_factory=dict)  # keyed by str(N), as JSON keys are
 
 
 @dataclass

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import queue as queue_mod
 import socket
+import statistics
 import sys
 import time
 import traceback
@@ -232,26 +234,28 @@ def allreduce_sweep(world: int, sizes: list[int], iters: int = 50,
                              under="busy loop" if busy_s else "idle") for r in rows]
 
 
-def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, seconds: float,
-                      grad_numel: int) -> dict:
+def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
+                      seconds: float, solo_batch: int | None = None) -> dict:
     """One rank of loaded_step_sweep: its training steps' work (forward, backward, optimizer)
-    while every other rank does the same, then as many iterations of a real step followed by
-    an all-reduce of the gradient's size, as data-parallel training runs them. Rank 0 gets
-    every rank's times: the unsynchronised steps (`work_s`), the synchronised iterations'
-    steps (`synced_work_s`) and time inside each all-reduce (`synced_allreduce_s`: the
-    communication plus the wait for the last rank to arrive, scheduler wake-ups included),
-    and per all-reduce the shortest any rank saw (`allreduce_s`: the communication alone)."""
+    while every other rank does the same, then data-parallel steps in lockstep, the model
+    wrapped in DistributedDataParallel as the loop wraps it (the all-reduce launched from
+    inside backward). Rank 0 gets every rank's times: its own steps at solo_batch alone, the
+    others waiting (`solo_s`, with a process group only), the unsynchronised steps (`work_s`), the
+    lockstep steps' work (`synced_work_s`: the step less its sync) and sync (`synced_allreduce_s`:
+    from the last gradient bucket's launch to the end of backward, as the loop's SyncClock
+    times it: the communication backward could not hide plus the wait for the last rank,
+    scheduler wake-ups included), and per step the shortest sync any rank saw (`allreduce_s`:
+    the communication alone). Outside a process group (N=1) only the work is timed."""
     cfg = from_dict(cfg_dict)
     features, window, task = shape
     torch.set_num_threads(worker_threads(cfg))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, features, window, task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    x, y = _fake_batch(batch, window, features, task)
     criterion = loss_fn(task)
-    x = torch.randn(batch, window, features)
-    y = torch.randint(0, 2, (batch,)).float() if task == "classification" else torch.randn(batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
 
-    def step() -> float:
+    def step(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         criterion(model(x).float(), y).backward()
@@ -261,38 +265,118 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int, s
     group = dist.is_available() and dist.is_initialized()
     for _ in range(20):
         step()
+    out = {"work_s": [], "allreduce_s": None, "synced_work_s": [], "synced_allreduce_s": [],
+           "solo_s": []}
     if group:
+        # rank 0 alone (the others blocked in a barrier), just before the phases it is the
+        # reference of: the step's slowdown with N ranks is a ratio measured within seconds,
+        # not against an N=1 probe a minute earlier on a machine whose speed drifts
+        if dist.get_rank() == 0:
+            solo = functools.partial(step, *_fake_batch(solo_batch or batch, window, features,
+                                                        task))
+            for _ in range(5):  # a new shape's first steps allocate
+                solo()
+            out["solo_s"] = _timed(solo, seconds / 2)
         dist.barrier()
-    work, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(work) < 20:
-        work.append(step())
-    out = {"work_s": work, "allreduce_s": None, "synced_work_s": [], "synced_allreduce_s": []}
+    work = _timed(step, seconds)
+    out["work_s"] = work
     if group:
-        steps = torch.tensor([len(work)])
-        dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank runs as many all-reduces
-        tensor, synced, mine = torch.zeros(max(1, grad_numel)), [], []
-        dist.barrier()
-        for _ in range(int(steps.item())):
-            synced.append(step())
-            start = time.perf_counter()
-            dist.all_reduce(tensor)
-            mine.append(time.perf_counter() - start)
+        # blocks of about a tenth of the probe's seconds: enough block means to judge the
+        # interval by, whether a step takes a millisecond (an MLP) or 0.2 s (an LSTM)
+        block = int(min(LOCKSTEP_BLOCK, max(1, seconds / 10 / statistics.fmean(work))))
+        synced, sync = _lockstep(model, criterion, x, y, cfg.train.lr, seconds, block)
         everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, (work, synced, mine))
+        dist.all_gather_object(everyone, (work, synced, sync))
         out["work_s"] = [w for ranks_work, _, _ in everyone for w in ranks_work]
         out["synced_work_s"] = [w for _, ranks_synced, _ in everyone for w in ranks_synced]
-        out["synced_allreduce_s"] = [a for _, _, ranks_mine in everyone for a in ranks_mine]
+        out["synced_allreduce_s"] = [a for _, _, ranks_sync in everyone for a in ranks_sync]
         latency = np.min(np.asarray([m for _, _, m in everyone]), axis=0)
         out["allreduce_s"] = float(np.percentile(latency, 50))
     return out
 
 
+# The lockstep phase runs in blocks until the mean step is known to within this share (95%
+# interval half-width over block means) or LOCKSTEP_MAX_FACTOR times the probe's seconds have
+# passed: at small batches the sync is most of a step and heavy-tailed (a blocked rank waits
+# for the scheduler), and two seconds of it moved the forecast by 35 points between runs.
+LOCKSTEP_TOLERANCE = 0.03
+LOCKSTEP_MAX_FACTOR = 3
+LOCKSTEP_BLOCK = 25  # steps per block at most
+
+
+def _lockstep(model: torch.nn.Module, criterion: Any, x: torch.Tensor, y: torch.Tensor,
+              lr: float, seconds: float, block: int) -> tuple[list[float], list[float]]:
+    """Data-parallel steps as the loop runs them (DDP, its default buckets, the comm hook the
+    loop registers), every rank the same number: each step's work and its sync."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from raybench.loop.collector import StepClock, SyncClock
+
+    ddp = DistributedDataParallel(model)
+    clock = SyncClock(dist.get_world_size(), StepClock(torch.device("cpu")))
+    ddp.register_comm_hook(None, clock.hook)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=lr)
+
+    def synced_step() -> tuple[float, float]:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        criterion(ddp(x).float(), y).backward()
+        backward_end = time.perf_counter()
+        optimizer.step()
+        total = time.perf_counter() - start
+        sync = backward_end - clock.last_launch
+        return total - sync, sync
+
+    for _ in range(5):  # DDP's first iterations rebuild its buckets
+        synced_step()
+    dist.barrier()
+    work, sync, block_means = [], [], []
+    started = time.perf_counter()
+    while True:
+        block_start = time.perf_counter()
+        for _ in range(block):
+            w, s = synced_step()
+            work.append(w)
+            sync.append(s)
+        block_means.append((time.perf_counter() - block_start) / block)
+        elapsed = time.perf_counter() - started
+        more = elapsed < seconds or (elapsed < LOCKSTEP_MAX_FACTOR * seconds
+                                     and _half_width(block_means) > LOCKSTEP_TOLERANCE)
+        flag = torch.tensor([int(more)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank runs as many steps
+        if not flag.item():
+            return work, sync
+
+
+def _fake_batch(batch: int, window: int, features: int,
+                task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(batch, window, features)
+    y = torch.randint(0, 2, (batch,)).float() if task == "classification" else torch.randn(batch)
+    return x, y
+
+
+def _timed(step: Callable[[], float], seconds: float) -> list[float]:
+    """Steps for `seconds` of wall time, at least 20."""
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 20:
+        times.append(step())
+    return times
+
+
+def _half_width(means: list[float]) -> float:
+    """The 95% interval's half-width of the mean of block means, as a share of it."""
+    if len(means) < 5:
+        return float("inf")
+    arr = np.asarray(means)
+    return float(1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) / arr.mean())
+
+
 def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,
                  shape: tuple[int, int, str], batch: int, seconds: float,
-                 grad_numel: int) -> None:
+                 solo_batch: int | None) -> None:
     def body() -> None:
         with _process_group(rank, world, port, "gloo", group=world > 1):
-            row = loaded_step_probe(cfg_dict, shape, batch, seconds, grad_numel)
+            row = loaded_step_probe(cfg_dict, shape, batch, seconds, solo_batch)
             if rank == 0:
                 _deliver(results, row)
 
@@ -300,13 +384,14 @@ def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,
 
 
 def loaded_step_sweep(world: int, cfg: Config, shape: tuple[int, int, str], batch: int,
-                      grad_numel: int, seconds: float = 2.0) -> dict:
-    """`world` processes running the model's real training step at once, no Ray, no DDP: each
-    step's work under that contention (cores shared, hyperthreads, memory bandwidth), and an
-    all-reduce of the gradient's size timed between real steps (the last rank to arrive: the
-    communication under load, without the waiting). What the scaling model's step is made of,
-    measured on this machine without training the point it forecasts."""
-    row, _ = _spawn(world, _loaded_rank, cfg.to_dict(), shape, batch, seconds, grad_numel)
+                      seconds: float = 2.0, solo_batch: int | None = None) -> dict:
+    """`world` plain processes (no Ray) running the model's real training step at once: each
+    step's work under that contention (cores shared, hyperthreads, memory bandwidth), then
+    DDP steps in lockstep, their sync timed as the loop times it (the communication, the wait
+    for the last rank and for the scheduler); first, rank 0's step at solo_batch (the N=1
+    point's) alone. What the scaling model's step is made of, measured on this machine
+    without training the point it forecasts."""
+    row, _ = _spawn(world, _loaded_rank, cfg.to_dict(), shape, batch, seconds, solo_batch)
     if row is None:
         raise RuntimeError(f"loaded-step probe with {world} processes failed")
     return row

@@ -75,3 +75,23 @@ def test_the_clock_starts_when_python_imports_raybench_not_when_the_shell_starte
     proc_age, ours = map(float, out.split())
     assert proc_age >= 1.9  # what the old /proc-based clock counted
     assert ours < 1.0
+
+
+def test_the_lockstep_probe_times_ddp_steps_alike_on_every_rank():
+    """Two plain gloo processes (no Ray): the lockstep phase runs the model under DDP as the
+    loop does, every rank the same number of steps, each step split into work and sync (the
+    last bucket's launch to the end of backward), and the communication alone (the shortest
+    sync of each step over the ranks) is no longer than the ranks' median sync."""
+    import statistics
+
+    from raybench.backends.ddp import loaded_step_sweep
+    from raybench.config import Config
+
+    cfg = Config()
+    row = loaded_step_sweep(2, cfg, (1, cfg.data.window, cfg.data.task), 16, seconds=0.3)
+    work, sync = row["synced_work_s"], row["synced_allreduce_s"]
+    assert len(work) == len(sync) > 0 and len(work) % 2 == 0  # both ranks, as many steps
+    assert all(w > 0 for w in work) and all(s > 0 for s in sync)
+    # each step's shortest sync is no longer than any rank's: its median no more than theirs
+    assert 0 < row["allreduce_s"] <= statistics.median(sync)
+    assert len(row["work_s"]) >= 2 * 20  # the unsynchronised phase of both ranks

@@ -150,3 +150,9 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
     one = measured_forecast("raybench", 1, 64, own, loaded)
     assert one.step_ms == near(2.0) and one.wait_ms == 0.0
     assert one.predicted_samples_per_sec == near(64 / 0.002)
+    # rank 0 alone just before the lockstep (at the N=1 batch) is the reference when the probe
+    # measured it: 0.8 ms there, so the launcher's work scales by 1.5/0.8, to 3.75 ms
+    loaded[2]["solo_s"] = [0.0008] * 40
+    adjacent = measured_forecast("raybench", 2, 64, own, loaded)
+    assert adjacent.work_ms == near(3.75) and adjacent.step_ms == near(5.0)
+    assert adjacent.slowdown == near(1.5 / 0.8)
