@@ -25,6 +25,8 @@ from raybench.results import AllreduceMeasure, Forecast, RunRecord, ScalingModel
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
+    basis_drifted,
+    basis_warning,
     expected_max,
     normalised,
     predict,
@@ -149,7 +151,10 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
         + [AllreduceMeasure(n, m, t, "busy loop") for (n, m), t in comm.measured.items()],
         profile=dataclasses.asdict(profile), calibration=peak,
         launcher_factor={b: w[0] for b, w in own.items() if w},
-        probe={str(n): probe_summary(r) for n, r in loaded.items()})
+        probe={str(n): probe_summary(r) for n, r in loaded.items()},
+        basis_ratio=basis_ratio(own.get("raw"), loaded))
+    if basis_drifted(report.basis_ratio):
+        out.warn(basis_warning(report.basis_ratio))
     return report, forecasts
 
 
@@ -179,6 +184,14 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
     mean = statistics.median(r.batch_size_per_worker / r.samples_per_sec for r in ones)
     shape = next((normalised(r.work_ms_quantiles) for r in ones if r.work_ms_quantiles), [1.0])
     return mean, shape
+
+
+def basis_ratio(raw: tuple[float, list[float]] | None, loaded: dict[int, dict]) -> float | None:
+    """The raw launcher's N=1 step over the probe's bare step alone, measured a minute apart:
+    whether the machine ran at one speed for the N=1 point and the probe."""
+    if raw is None or not loaded.get(1, {}).get("work_s"):
+        return None
+    return raw[0] / statistics.fmean(loaded[1]["work_s"])
 
 
 def probe_summary(row: dict) -> dict:

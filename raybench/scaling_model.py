@@ -195,3 +195,21 @@ def with_measurement(f: Forecast, measured: float | None) -> Forecast:
     if measured and f.predicted_samples_per_sec:
         f.error = f.predicted_samples_per_sec / measured - 1
     return f
+
+
+# On a steady machine the raw launcher's N=1 loop ran 1.01-1.17x the probe's bare step at
+# the same batch (the loop's data fetch and clocks; 2026-11-28, three workloads); 1.71x in a
+# sweep whose N=1 windows met a slow spell the probe a minute later did not, and whose
+# forecasts then missed by 36-44%. Outside this range the forecasts carry that change.
+BASIS_RANGE = (0.9, 1.35)
+
+
+def basis_drifted(ratio: float | None) -> bool:
+    return ratio is not None and not BASIS_RANGE[0] <= ratio <= BASIS_RANGE[1]
+
+
+def basis_warning(ratio: float) -> str:
+    return (f"the N=1 point's raw loop ran {ratio:.2f}x the forecast probe's bare step measured "
+            f"just after it ({BASIS_RANGE[0]}-{BASIS_RANGE[1]}x on a steady machine): the "
+            "machine's speed changed between them and the forecasts carry that change; run "
+            "the sweep again before trusting them")

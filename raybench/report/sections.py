@@ -24,6 +24,7 @@ from raybench.results import (
     read_json,
     read_status,
 )
+from raybench.scaling_model import basis_drifted, basis_warning
 
 # A point whose repeats or windows spread wider than this (IQR or range over the median) is
 # too noisy to decide on: said in the findings.
@@ -285,12 +286,18 @@ def forecasts_table(doc: ScalingDoc) -> Table | None:
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
                   "error", "work ms", "waiting ms", "all-reduce ms", "sharing the machine"],
                  rows,
-                 note="work: one rank's step outside sync, with N ranks training in lockstep; "
-                      "waiting: a rank's time inside the all-reduce beyond the communication "
-                      "(for the last rank, and to be scheduled again), measured; for an N not "
-                      "run, the slowest of N ranks (order statistics); all-reduce: the "
-                      "communication, timed between real steps; sharing: how much slower the "
-                      "one-worker step ran with N copies at once than alone.")
+                 note=forecast_note(doc))
+
+
+def forecast_note(doc: ScalingDoc) -> str:
+    note = ("work: one rank's step outside sync, with N ranks training in DDP lockstep; "
+            "waiting: a rank's sync beyond the communication (for the last rank, and to be "
+            "scheduled again), measured; for an N not run, the slowest of N ranks (order "
+            "statistics); all-reduce: the communication, the shortest sync of a lockstep step "
+            "over the ranks; sharing: how much slower the one-worker step ran in N-rank "
+            "lockstep than alone.")
+    ratio = doc.model.basis_ratio if doc.model else None
+    return note + (f" Warning: {basis_warning(ratio)}." if basis_drifted(ratio) else "")
 
 
 def target_table(doc: ScalingDoc) -> Table | None:
