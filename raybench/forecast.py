@@ -25,8 +25,8 @@ from raybench.results import AllreduceMeasure, Forecast, RunRecord, ScalingModel
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
-    basis_drifted,
     basis_warning,
+    drifted_basis,
     expected_max,
     normalised,
     predict,
@@ -152,9 +152,9 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
         profile=dataclasses.asdict(profile), calibration=peak,
         launcher_factor={b: w[0] for b, w in own.items() if w},
         probe={str(n): probe_summary(r) for n, r in loaded.items()},
-        basis_ratio=basis_ratio(own.get("raw"), loaded))
-    if basis_drifted(report.basis_ratio):
-        out.warn(basis_warning(report.basis_ratio))
+        basis_ratios=basis_ratios(own.get("raw"), loaded))
+    if drifted := drifted_basis(report.basis_ratios):
+        out.warn(basis_warning(drifted))
     return report, forecasts
 
 
@@ -186,12 +186,19 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
     return mean, shape
 
 
-def basis_ratio(raw: tuple[float, list[float]] | None, loaded: dict[int, dict]) -> float | None:
-    """The raw launcher's N=1 step over the probe's bare step alone, measured a minute apart:
-    whether the machine ran at one speed for the N=1 point and the probe."""
-    if raw is None or not loaded.get(1, {}).get("work_s"):
-        return None
-    return raw[0] / statistics.fmean(loaded[1]["work_s"])
+def basis_ratios(raw: tuple[float, list[float]] | None,
+                 loaded: dict[int, dict]) -> dict[str, float]:
+    """Per probe (by N), the raw launcher's N=1 step over the probe's bare step alone at the
+    same batch (the N=1 probe's; at N >= 2 rank 0's just before its lockstep): whether the
+    machine ran at one speed for the N=1 point and for each probe a forecast is made from."""
+    if raw is None:
+        return {}
+    ratios = {}
+    for n, row in loaded.items():
+        alone = row.get("solo_s") if n > 1 else row.get("work_s")
+        if alone:
+            ratios[str(n)] = raw[0] / statistics.fmean(alone)
+    return ratios
 
 
 def probe_summary(row: dict) -> dict:

@@ -637,9 +637,9 @@ class ScalingModelReport:
     # Per N the sweep runs, the loaded-step probe's means in ms (forecast.probe_summary):
     # rank 0 alone at the N=1 batch, N at once, and the lockstep steps' work and sync.
     probe: dict[str, dict] = field(default_factory=dict)  # keyed by str(N), as JSON keys are
-    # The raw launcher's N=1 step over the probe's bare step (forecast.basis_ratio): far from
-    # 1.0-1.2 the machine changed speed between the N=1 point and the probe.
-    basis_ratio: float | None = None
+    # Per probe (str(N)), the raw launcher's N=1 step over the probe's bare step alone
+    # (forecast.basis_ratios): far from 1.0-1.2 the machine changed speed in between.
+    basis_ratios: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

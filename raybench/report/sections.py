@@ -24,7 +24,7 @@ from raybench.results import (
     read_json,
     read_status,
 )
-from raybench.scaling_model import basis_drifted, basis_warning
+from raybench.scaling_model import basis_warning, drifted_basis
 
 # A point whose repeats or windows spread wider than this (IQR or range over the median) is
 # too noisy to decide on: said in the findings.
@@ -296,8 +296,8 @@ def forecast_note(doc: ScalingDoc) -> str:
             "statistics); all-reduce: the communication, the shortest sync of a lockstep step "
             "over the ranks; sharing: how much slower the one-worker step ran in N-rank "
             "lockstep than alone.")
-    ratio = doc.model.basis_ratio if doc.model else None
-    return note + (f" Warning: {basis_warning(ratio)}." if basis_drifted(ratio) else "")
+    drifted = drifted_basis(doc.model.basis_ratios) if doc.model else {}
+    return note + (f" Warning: {basis_warning(drifted)}." if drifted else "")
 
 
 def target_table(doc: ScalingDoc) -> Table | None:

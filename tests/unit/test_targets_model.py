@@ -159,19 +159,23 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
 
 
 def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_the_probe():
-    """The raw launcher's N=1 step against the probe's bare step a minute later: 1.71x (a slow
-    spell during the N=1 windows) puts a warning under the forecasts; 1.14x (the loop's own
-    data fetch and clocks) does not."""
+    """The raw launcher's N=1 step against each probe's bare step alone: 1.71x at N=2 (a slow
+    spell during the N=1 windows) puts a warning under the forecasts naming that probe; 1.14x
+    (the loop's own data fetch and clocks) does not."""
     from types import SimpleNamespace
 
-    from raybench.forecast import basis_ratio
+    from raybench.forecast import basis_ratios
     from raybench.report.sections import forecast_note
 
-    loaded = {1: {"work_s": [0.001] * 10}}
-    assert basis_ratio((0.00171, [1.0]), loaded) == pytest.approx(1.71)
-    assert basis_ratio(None, loaded) is None  # no raw launcher in the sweep: nothing to check
-    drifted = SimpleNamespace(model=SimpleNamespace(basis_ratio=1.71))
-    steady = SimpleNamespace(model=SimpleNamespace(basis_ratio=1.14))
-    assert "Warning: the N=1 point's raw loop ran 1.71x" in forecast_note(drifted)
+    loaded = {1: {"work_s": [0.0015] * 10}, 2: {"work_s": [0.003] * 10, "solo_s": [0.001] * 5}}
+    ratios = basis_ratios((0.00171, [1.0]), loaded)
+    assert ratios == pytest.approx({"1": 1.14, "2": 1.71})
+    assert basis_ratios(None, loaded) == {}  # no raw launcher in the sweep: nothing to check
+    drifted = SimpleNamespace(model=SimpleNamespace(basis_ratios=ratios))
+    steady = SimpleNamespace(model=SimpleNamespace(basis_ratios={"1": 1.14, "2": 1.06}))
+    note = forecast_note(drifted)
+    assert "Warning: the N=1 point's raw loop step over the probe's bare step was 1.71x in the " \
+           "N=2 probe" in note
+    assert "N=1 probe" not in note
     assert "Warning" not in forecast_note(steady)
     assert "Warning" not in forecast_note(SimpleNamespace(model=None))
