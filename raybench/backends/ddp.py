@@ -283,7 +283,7 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
     if group:
         # blocks of about a tenth of the probe's seconds: enough block means to judge the
         # interval by, whether a step takes a millisecond (an MLP) or 0.2 s (an LSTM)
-        block = int(min(LOCKSTEP_BLOCK, max(1, seconds / 10 / statistics.fmean(work))))
+        block = agreed_block(seconds, statistics.fmean(work))
         synced, sync = _lockstep(model, criterion, x, y, cfg.train.lr, seconds, block)
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, (work, synced, sync))
@@ -302,6 +302,15 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
 LOCKSTEP_TOLERANCE = 0.03
 LOCKSTEP_MAX_FACTOR = 3
 LOCKSTEP_BLOCK = 25  # steps per block at most
+
+
+def agreed_block(seconds: float, step_s: float) -> int:
+    """Steps per lockstep block, the same on every rank (the smallest any rank asks for): each
+    rank's own step time gave 24 on one rank and 25 on another under load, and one rank's DDP
+    all-reduce met the other's end-of-block flag."""
+    block = torch.tensor([int(min(LOCKSTEP_BLOCK, max(1, seconds / 10 / step_s)))])
+    dist.all_reduce(block, op=dist.ReduceOp.MIN)
+    return int(block.item())
 
 
 def _lockstep(model: torch.nn.Module, criterion: Any, x: torch.Tensor, y: torch.Tensor,

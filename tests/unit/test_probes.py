@@ -77,6 +77,29 @@ def test_the_clock_starts_when_python_imports_raybench_not_when_the_shell_starte
     assert ours < 1.0
 
 
+def _block_rank(rank: int, world: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from raybench.backends.ddp import _deliver, _process_group, agreed_block
+
+    with _process_group(rank, world, port, "gloo"):
+        # rank 1's steps twice as slow as rank 0's: alone it would ask for half the block
+        block = agreed_block(0.1, 0.001 * (rank + 1))
+        everyone = [None] * world
+        dist.all_gather_object(everyone, block)
+        if rank == 0:
+            _deliver(results, everyone)
+
+
+def test_every_rank_runs_lockstep_blocks_of_one_length():
+    """Each rank's own step time once gave two ranks blocks of 24 and 25 steps on a busy
+    machine; their collectives crossed and the probe died. The block is agreed: the smallest."""
+    from raybench.backends.ddp import _spawn
+
+    blocks, failed = _spawn(2, _block_rank)
+    assert not failed and blocks == [5, 5]
+
+
 def test_the_lockstep_probe_times_ddp_steps_alike_on_every_rank():
     """Two plain gloo processes (no Ray): the lockstep phase runs the model under DDP as the
     loop does, every rank the same number of steps, each step split into work and sync (the
