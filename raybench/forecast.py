@@ -160,16 +160,17 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
 
 def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,
                  out: Console) -> dict[int, dict]:
-    """At each N of the sweep: N processes running the one-worker step at the batch N trains
-    with, all at once, then in DDP lockstep (backends.ddp.loaded_step_sweep)."""
+    """At each N >= 2 of the sweep: N processes running the one-worker step at the batch N
+    trains with, one alone at the N=1 batch, all at once, then in DDP lockstep
+    (backends.ddp.loaded_step_sweep)."""
 
     found = {}
     for n in spec.workers:
         b = glob // n if glob else anchor
-        if glob and glob % n:
-            continue
-        out.log(f"Scaling model: {n} process(es) running the batch-{b} step at once"
-                + (", then in DDP lockstep" if n > 1 else ""))
+        if n == 1 or (glob and glob % n):
+            continue  # N=1 is forecast from its own point: nothing to probe
+        out.log(f"Scaling model: {n} processes running the batch-{b} step, one alone, at once, "
+                "then in DDP lockstep")
         found[n] = loaded_step_sweep(n, point_config(p.base, 1, None), (
             p.features, p.base.data.window, p.base.data.task), b, solo_batch=anchor)
     return found
@@ -188,17 +189,13 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
 
 def basis_ratios(raw: tuple[float, list[float]] | None,
                  loaded: dict[int, dict]) -> dict[str, float]:
-    """Per probe (by N), the raw launcher's N=1 step over the probe's bare step alone at the
-    same batch (the N=1 probe's; at N >= 2 rank 0's just before its lockstep): whether the
-    machine ran at one speed for the N=1 point and for each probe a forecast is made from."""
+    """Per probe (by N), the raw launcher's N=1 step over the probe's step alone at the same
+    batch (rank 0's, just before its lockstep): whether the machine ran at one speed for the
+    N=1 point and for each probe a forecast is made from."""
     if raw is None:
         return {}
-    ratios = {}
-    for n, row in loaded.items():
-        alone = row.get("solo_s") if n > 1 else row.get("work_s")
-        if alone:
-            ratios[str(n)] = raw[0] / statistics.fmean(alone)
-    return ratios
+    return {str(n): raw[0] / statistics.fmean(row["solo_s"])
+            for n, row in loaded.items() if row.get("solo_s")}
 
 
 def probe_summary(row: dict) -> dict:
@@ -222,16 +219,15 @@ def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[f
     work times: on shared cores a rank that blocks in an all-reduce waits for the scheduler
     to wake it too, which order statistics of compute times do not see (docs/scaling.md)."""
     mean1, shape1 = own
-    solo = statistics.fmean(loaded[n].get("solo_s") or loaded[1]["work_s"])
-    scale = mean1 / solo
     if n == 1:
         work = expected_max([x * mean1 for x in shape1], 1)
         return Forecast(backend=backend, workers=1, batch_size_per_worker=batch,
                         predicted_samples_per_sec=batch / work, step_ms=work * 1e3,
                         work_ms=work * 1e3, wait_ms=0.0, allreduce_ms=0.0, slowdown=1.0,
                         sync_share=0.0)
+    solo = statistics.fmean(loaded[n]["solo_s"])
     at_n = loaded[n]["synced_work_s"]
-    work = scale * statistics.fmean(at_n)
+    work = mean1 / solo * statistics.fmean(at_n)
     sync = statistics.fmean(loaded[n]["synced_allreduce_s"])
     comm = min(loaded[n]["allreduce_s"] or 0.0, sync)
     step = work + sync

@@ -197,11 +197,11 @@ def with_measurement(f: Forecast, measured: float | None) -> Forecast:
     return f
 
 
-# On a steady machine the raw launcher's N=1 loop ran 1.06-1.18x the probe's bare step at the
+# On a steady machine the raw launcher's N=1 loop ran 1.06-1.18x the probe's step alone at the
 # same batch (the loop's data fetch and clocks; 2026-11-28, two MLP sweeps, each probe); the
-# sweeps whose forecasts missed by 34-44% had probes at 0.85x (an LSTM, whose N=4 probe met a
-# slow spell) and 1.54-1.71x (the N=1 windows met one). Outside this range a forecast carries
-# the machine's change of speed, not the model's scaling.
+# sweeps whose forecasts missed by 34-44% had a probe at 0.85x (an LSTM's N=4 probe met a slow
+# spell) and probes at 1.65-1.71x (the N=1 windows met one). Outside this range a forecast
+# carries the machine's change of speed, not the model's scaling.
 BASIS_RANGE = (0.9, 1.35)
 
 

@@ -135,9 +135,7 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
     1.25 ms in the all-reduce: 4.25 ms, 0.75 ms of it waiting."""
     from raybench.forecast import measured_forecast
 
-    loaded = {1: {"work_s": [0.001] * 100, "allreduce_s": None, "synced_work_s": [],
-                  "synced_allreduce_s": []},
-              2: {"work_s": [0.0015] * 100, "allreduce_s": 0.0005,
+    loaded = {2: {"work_s": [0.0015] * 100, "allreduce_s": 0.0005, "solo_s": [0.001] * 40,
                   "synced_work_s": [0.001] * 50 + [0.002] * 50,
                   "synced_allreduce_s": [0.001] * 50 + [0.0015] * 50}}
     own = (0.002, [1.0] * 100)
@@ -150,8 +148,8 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
     one = measured_forecast("raybench", 1, 64, own, loaded)
     assert one.step_ms == near(2.0) and one.wait_ms == 0.0
     assert one.predicted_samples_per_sec == near(64 / 0.002)
-    # rank 0 alone just before the lockstep (at the N=1 batch) is the reference when the probe
-    # measured it: 0.8 ms there, so the launcher's work scales by 1.5/0.8, to 3.75 ms
+    # the reference is rank 0 alone just before the lockstep (at the N=1 batch): at 0.8 ms
+    # there the launcher's work scales by 1.5/0.8, to 3.75 ms
     loaded[2]["solo_s"] = [0.0008] * 40
     adjacent = measured_forecast("raybench", 2, 64, own, loaded)
     assert adjacent.work_ms == near(3.75) and adjacent.step_ms == near(5.0)
@@ -167,15 +165,16 @@ def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_
     from raybench.forecast import basis_ratios
     from raybench.report.sections import forecast_note
 
-    loaded = {1: {"work_s": [0.0015] * 10}, 2: {"work_s": [0.003] * 10, "solo_s": [0.001] * 5}}
+    loaded = {2: {"work_s": [0.003] * 10, "solo_s": [0.001] * 5},
+              4: {"work_s": [0.006] * 10, "solo_s": [0.0015] * 5}}
     ratios = basis_ratios((0.00171, [1.0]), loaded)
-    assert ratios == pytest.approx({"1": 1.14, "2": 1.71})
+    assert ratios == pytest.approx({"2": 1.71, "4": 1.14})
     assert basis_ratios(None, loaded) == {}  # no raw launcher in the sweep: nothing to check
     drifted = SimpleNamespace(model=SimpleNamespace(basis_ratios=ratios))
-    steady = SimpleNamespace(model=SimpleNamespace(basis_ratios={"1": 1.14, "2": 1.06}))
+    steady = SimpleNamespace(model=SimpleNamespace(basis_ratios={"2": 1.14, "4": 1.06}))
     note = forecast_note(drifted)
     assert "Warning: the N=1 point's raw loop step over the probe's bare step was 1.71x in the " \
            "N=2 probe" in note
-    assert "N=1 probe" not in note
+    assert "N=4 probe" not in note
     assert "Warning" not in forecast_note(steady)
     assert "Warning" not in forecast_note(SimpleNamespace(model=None))
