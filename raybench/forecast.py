@@ -114,7 +114,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
          context: LaunchContext, out: Console,
          recalibrate: bool = False) -> tuple[ScalingModelReport, list[Forecast]]:
     """The forecasts, from the N=1 runs in `runs` and what this function measures itself: at
-    each N of the sweep, N copies of the one-worker step running at once (the machine's
+    each N >= 2 of the sweep, N copies of the one-worker step running at once (the machine's
     contention), then in DDP lockstep; for a --predict N not run, a raw
     profile of its batch and the ring fitted to all-reduces (each worker with its own cores)."""
 
@@ -190,7 +190,7 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
 def basis_ratios(raw: tuple[float, list[float]] | None,
                  loaded: dict[int, dict]) -> dict[str, float]:
     """Per probe (by N), the raw launcher's N=1 step over the probe's step alone at the same
-    batch (rank 0's, just before its lockstep): whether the machine ran at one speed for the
+    batch (rank 0's, at the start of that probe): whether the machine ran at one speed for the
     N=1 point and for each probe a forecast is made from."""
     if raw is None:
         return {}
@@ -213,9 +213,9 @@ def probe_summary(row: dict) -> dict:
 def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[float]],
                       loaded: dict[int, dict]) -> Forecast:
     """The launcher's N=1 work, times how much slower the one-worker step ran in N processes
-    training in lockstep (at N's batch) than one of them alone just before (at N=1's), plus a
-    rank's sync in those steps: the communication and the wait for the last rank, as
-    measured. The wait is measured rather than drawn as the expected maximum of N
+    training in lockstep (at N's batch) than one of them alone at the start of the same probe
+    (at N=1's), plus a rank's sync in those steps: the communication and the wait for the
+    last rank, as measured. The wait is measured rather than drawn as the expected maximum of N
     work times: on shared cores a rank that blocks in an all-reduce waits for the scheduler
     to wake it too, which order statistics of compute times do not see (docs/scaling.md)."""
     mean1, shape1 = own

@@ -91,6 +91,7 @@ def _block_rank(rank: int, world: int, port: int, results) -> None:
             _deliver(results, everyone)
 
 
+@pytest.mark.integration  # spawns a real gloo process group: ~6 s, the full suite runs it
 def test_every_rank_runs_lockstep_blocks_of_one_length():
     """Each rank's own step time once gave two ranks blocks of 24 and 25 steps on a busy
     machine; their collectives crossed and the probe died. The block is agreed: the smallest."""
@@ -100,6 +101,7 @@ def test_every_rank_runs_lockstep_blocks_of_one_length():
     assert not failed and blocks == [5, 5]
 
 
+@pytest.mark.integration  # spawns a real gloo process group: ~7 s, the full suite runs it
 def test_the_lockstep_probe_times_ddp_steps_alike_on_every_rank():
     """Two plain gloo processes (no Ray): the lockstep phase runs the model under DDP as the
     loop does, every rank the same number of steps, each step split into work and sync (the

@@ -148,7 +148,7 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
     one = measured_forecast("raybench", 1, 64, own, loaded)
     assert one.step_ms == near(2.0) and one.wait_ms == 0.0
     assert one.predicted_samples_per_sec == near(64 / 0.002)
-    # the reference is rank 0 alone just before the lockstep (at the N=1 batch): at 0.8 ms
+    # the reference is rank 0 alone at the start of the probe (at the N=1 batch): at 0.8 ms
     # there the launcher's work scales by 1.5/0.8, to 3.75 ms
     loaded[2]["solo_s"] = [0.0008] * 40
     adjacent = measured_forecast("raybench", 2, 64, own, loaded)
