@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raybench import stats
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import LocalConductor, PipeChannel
 from raybench.backends.local import LocalSession, train_rank, wants_gpu
@@ -349,8 +350,10 @@ def _lockstep(model: torch.nn.Module, criterion: Any, x: torch.Tensor, y: torch.
             sync.append(s)
         block_means.append((time.perf_counter() - block_start) / block)
         elapsed = time.perf_counter() - started
+        half = (stats.relative_halfwidth(*stats.mean_interval(block_means))
+                if len(block_means) >= 5 else None)
         more = elapsed < seconds or (elapsed < LOCKSTEP_MAX_FACTOR * seconds
-                                     and _half_width(block_means) > LOCKSTEP_TOLERANCE)
+                                     and (half is None or half > LOCKSTEP_TOLERANCE))
         flag = torch.tensor([int(more)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank runs as many steps
         if not flag.item():
@@ -370,14 +373,6 @@ def _timed(step: Callable[[], float], seconds: float) -> list[float]:
     while time.perf_counter() < end or len(times) < 20:
         times.append(step())
     return times
-
-
-def _half_width(means: list[float]) -> float:
-    """The 95% interval's half-width of the mean of block means, as a share of it."""
-    if len(means) < 5:
-        return float("inf")
-    arr = np.asarray(means)
-    return float(1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) / arr.mean())
 
 
 def _loaded_rank(rank: int, world: int, port: int, results: Any, cfg_dict: dict,
