@@ -163,6 +163,7 @@ class Recovery:
     recovery_s: float | None = None  # failure -> that step
     resumed_from_epoch: int | None = None  # the checkpoint's epoch; None: started over
     note: str = ""  # why recovery_s is missing
+    cause: str = ""  # what failed: "chaos kill", or the first failed rank's error in one line
 
 
 @dataclass
@@ -354,6 +355,7 @@ class WorkersFailed:
 
     at: float  # epoch seconds
     ranks: list[int]
+    cause: str = ""  # the first failed rank's error, one line (what a user asks first)
 
 
 @dataclass
@@ -631,15 +633,19 @@ class ScalingModelReport:
     fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
     allreduce: list[AllreduceMeasure]  # measured under load
     profile: dict  # one-worker phase times and work quantiles per per-worker batch (raw loop)
-    # Per launcher, its mean work per step at the N=1 point's batch (seconds, from its rate).
+    # Per launcher, its mean work per step at the N=1 point (seconds, from its rate); the
+    # forecast scales each by raw's step beside the probes over raw's here (probe raw_ms).
     launcher_factor: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None  # this machine's peak (calibrate.py)
     # Per N the sweep runs, the loaded-step probe's means in ms (forecast.probe_summary):
     # rank 0 alone at the N=1 batch, N at once, and the lockstep steps' work and sync.
     probe: dict[str, dict] = field(default_factory=dict)  # keyed by str(N), as JSON keys are
-    # Per probe (str(N)), the raw launcher's N=1 step over the probe's bare step alone
-    # (forecast.basis_ratios): far from 1.0-1.2 the machine changed speed in between.
+    # Per probe (str(N)), the raw loop's N=1 step just before and after it over the probe's
+    # bare step alone (forecast.basis_ratios): far from 1.0-1.2 a spell met one of them.
     basis_ratios: dict[str, float] = field(default_factory=dict)
+    # Per probe (str(N)), the raw loop's step at the N=1 point over the same step beside the
+    # probe (forecast.point_drift): far from 1 the N=1 point ran at another machine speed.
+    point_drift: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -97,6 +97,16 @@ def throughput_line(timing) -> str:
             f"(warm-up excluded, {timing.measured_steps} steps){start}")
 
 
+def recovery_lines(timing) -> list[str]:
+    """Each failure the run survived: what failed and how long training stopped for it."""
+    lines = []
+    for r in timing.recoveries:
+        after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s is not None
+                 else r.note)
+        lines.append(f"survived a failure ({r.cause or 'cause not reported'}): {after}")
+    return lines
+
+
 def _resolve_config(args: argparse.Namespace) -> tuple[Config, Path | None]:
     """The run's config: a new one from YAML and flags, or a stopped run's own (flags on top)."""
     if not args.resume:
@@ -192,6 +202,8 @@ def finish(run_dir: Path, cfg: Config, data: Source, result: RunResult, out: Con
     out.summary(_summary("VAL ", cfg.data.task, result.metrics_valid))
     out.summary(_summary("TEST", cfg.data.task, result.metrics_test))
     out.summary(throughput_line(result.timing))
+    for line in recovery_lines(result.timing):
+        out.summary(line)
     out.summary(f"Saved → {run_dir.resolve()}")
 
 

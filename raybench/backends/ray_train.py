@@ -266,7 +266,8 @@ def controller_clock(queue: Any) -> Any:
 
     class ControllerClock(ray.train.UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-            put(WorkersFailed(time.time(), sorted(worker_exceptions)))
+            put(WorkersFailed(time.time(), sorted(worker_exceptions),
+                              failure_cause(worker_exceptions)))
 
         def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
             epoch = metrics[0].get("epoch") if metrics else None
@@ -276,17 +277,30 @@ def controller_clock(queue: Any) -> Any:
     return ControllerClock()
 
 
+def failure_cause(worker_exceptions: dict) -> str:
+    """The first failed rank's error in one line: a run that recovered still says what it
+    recovered from (a lost node reads differently from a bug in the loop)."""
+    if not worker_exceptions:
+        return ""
+    rank = min(worker_exceptions)
+    error = worker_exceptions[rank]
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return f"rank {rank}: {type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class _Events:
     """What the progress queue carries besides rank 0's reports."""
 
     def __init__(self, on_report: Callable[[dict], None] | None, chaos: Any) -> None:
         self.on_report, self.chaos = on_report, chaos
         self.failures: list[float] = []
+        self.causes: dict[float, str] = {}  # failure time -> what failed
         self.first_steps: list[float] = []  # rank 0's first step of every incarnation
 
     def __call__(self, message: Any) -> None:
         if isinstance(message, WorkersFailed):
             self.failures.append(message.at)
+            self.causes[message.at] = message.cause
         elif isinstance(message, FirstStep):
             self.first_steps.append(message.at)
             if self.chaos is not None:
@@ -373,7 +387,7 @@ class RayTrainBackend:
         run = result.return_value
         run.timing.object_store_peak_mib, run.timing.spilled_mib = store.mib()
         time_recoveries(run.timing, events.failures, monkey.kills if monkey else [],
-                        events.first_steps)
+                        events.first_steps, events.causes)
         return run
 
     def start(self, cfg: Config, options: LoopOptions, run_name: str) -> RayResident:
@@ -446,11 +460,12 @@ class RayResident:
 
 
 def time_recoveries(timing: Any, failures: list[float], kills: list[float],
-                    first_steps: list[float]) -> None:
+                    first_steps: list[float], causes: dict[float, str] | None = None) -> None:
     """One Recovery per failure: from the failure (the chaos kill when there was one, its own
     clock being the earlier; else when the controller saw it) to rank 0's next first training
     step, whether the restart resumed from a checkpoint or started over. Each restore from a
-    checkpoint gets the failure that preceded it (none for an elastic resize)."""
+    checkpoint gets the failure that preceded it (none for an elastic resize). `causes` maps a
+    controller-seen failure's time to what failed."""
     timing.failures = len(failures)
     seen_by = "chaos" if kills else "controller"
     events = sorted(kills) if kills else sorted(failures)
@@ -463,7 +478,8 @@ def time_recoveries(timing: Any, failures: list[float], kills: list[float],
     for i, failed in enumerate(events):
         nxt = events[i + 1] if i + 1 < len(events) else float("inf")
         after = next((t for t in first_steps if t > failed), None)
-        recovery = Recovery(failure_epoch_s=failed, seen_by=seen_by, first_step_epoch_s=after)
+        recovery = Recovery(failure_epoch_s=failed, seen_by=seen_by, first_step_epoch_s=after,
+                            cause="chaos kill" if kills else (causes or {}).get(failed, ""))
         if after is None:
             recovery.note = ("no training step followed: the run ended, or its progress queue "
                              "was lost")

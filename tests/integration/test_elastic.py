@@ -85,8 +85,19 @@ def test_a_node_leaves_and_returns_the_run_shrinks_and_grows(reg_npz, tmp_path):
     assert timing["failures"] >= 1  # the lost node; growing back is a resize, not a failure
     lost = next(r for r in timing["restores"] if r["world_size"] == 1 and r["from_epoch"] >= two)
     assert lost["recovery_s"] > 0
-    grown = next(r for r in timing["restores"] if r["world_size"] == 2)
-    assert grown["failure_epoch_s"] is None  # a resize: nothing failed
+    # the node's loss is a failure that says what failed (the worker on it died)
+    lost_failure = next(r for r in timing["recoveries"]
+                        if r["failure_epoch_s"] == lost["failure_epoch_s"])
+    assert lost_failure["cause"].startswith("rank "), lost_failure
+    # growing back (the first two-worker restore after the loss) is a resize: no failure is
+    # attributed to it unless the controller reported one in between, whose cause is shown
+    grown = next(r for r in timing["restores"]
+                 if r["world_size"] == 2 and r["from_epoch"] > lost["from_epoch"])
+    between = [r for r in timing["recoveries"]
+               if lost["first_step_epoch_s"] < r["failure_epoch_s"] < grown["first_step_epoch_s"]]
+    assert grown["failure_epoch_s"] is None, (
+        "the grow-back restore was attributed a failure; failures the controller saw between "
+        f"the loss and the grow-back: {between}")
     # the last incarnation ran on two workers again, each with its own equal shard
     assert timing["num_workers"] == 2 and len(timing["ranks"]) == 2
     # time to first step is the job's start-up, not the restart's (which recovery_s measures)
