@@ -8,27 +8,38 @@ at N >= 2 ever reaches the model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import statistics
+from collections.abc import Iterator
 
 from raybench import calibrate, stats
 from raybench.backends import LaunchContext
 from raybench.backends.ddp import allreduce_sweep, loaded_step_sweep
 from raybench.backends.raw import RawBackend
 from raybench.console import Console
-from raybench.interleave import Contender, PointRun, Precision
+from raybench.interleave import MIN_WINDOW_STEPS, Contender, PointRun, Precision
 from raybench.loop import LoopOptions, worker_threads
 from raybench.models import count_parameters, flops_per_sample
 from raybench.plan import Measure, Plan, ScaleSpec, global_batch, point_config
-from raybench.results import AllreduceMeasure, Forecast, RunRecord, ScalingModelReport
+from raybench.results import (
+    AllreduceMeasure,
+    Forecast,
+    RunRecord,
+    ScalingModelReport,
+    WindowOrder,
+)
 from raybench.scaling_model import (
     CommModel,
     StepProfile,
     basis_warning,
     drifted_basis,
     expected_max,
+    moved_point,
     normalised,
+    point_warning,
     predict,
     quantiles_of,
     with_measurement,
@@ -38,6 +49,7 @@ from raybench.scaling_model import (
 PROFILE = Precision(window_s=0.5, min_pairs=6, max_pairs=12, budget_s=90.0, warmup_steps=20,
                     max_outside_load=0.10)
 ALLREDUCE_SIZES = (4 << 10, 256 << 10, 4 << 20)  # besides the gradient: for the ring fit
+BESIDE_WINDOWS = 2  # raw windows just before and just after each probe
 
 
 def wanted(spec: ScaleSpec, p: Plan) -> bool:
@@ -124,12 +136,20 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     extra = [n for n in spec.predict if n not in spec.workers and (not glob or glob % n == 0)]
     threads, cores = worker_threads(p.base), os.cpu_count() or 1
     peak = calibrate.calibrate(recalibrate=recalibrate)
-    loaded = loaded_steps(spec, p, anchor, glob, out)
     launchers = [b for b in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
                                           and not m.chaos and not m.without
                                           and not m.ingest_only)]
-    own = {b: launcher_work(runs, b) for b in launchers}
-    forecasts = [measured_forecast(b, n, glob // n if glob else anchor, own[b], loaded)
+    point = {b: launcher_work(runs, b) for b in launchers}
+    beside = None
+    if point.get("raw"):  # the N=1 base is then re-measured beside every probe
+        raw = next(m.backend for m in measures if m.name == "raw")
+        beside = RawBeside(raw, point_config(p.base, 1, None), anchor)
+    with beside or _nothing():
+        loaded = loaded_steps(spec, p, anchor, glob, out, beside)
+    own = rebased(point, loaded)
+    # N=1 is forecast from its own point; N >= 2 from the N=1 step at the probes' time
+    forecasts = [measured_forecast(b, n, glob // n if glob else anchor,
+                                   point[b] if n == 1 else own[b], loaded)
                  for b in launchers if own[b] for n in spec.workers
                  if not (b == "raw" and n > 1) and (not glob or glob % n == 0)]
     profile, comm = StepProfile([anchor], [0.0], [1.0], [0.0]), CommModel()
@@ -150,19 +170,62 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
                    for n, r in loaded.items() if r["allreduce_s"]]
         + [AllreduceMeasure(n, m, t, "busy loop") for (n, m), t in comm.measured.items()],
         profile=dataclasses.asdict(profile), calibration=peak,
-        launcher_factor={b: w[0] for b, w in own.items() if w},
+        launcher_factor={b: w[0] for b, w in point.items() if w},
         probe={str(n): probe_summary(r) for n, r in loaded.items()},
-        basis_ratios=basis_ratios(own.get("raw"), loaded))
+        basis_ratios=basis_ratios(loaded), point_drift=point_drift(point.get("raw"), loaded))
     if drifted := drifted_basis(report.basis_ratios):
         out.warn(basis_warning(drifted))
+    if moved := moved_point(report.point_drift):
+        out.warn(point_warning(moved))
     return report, forecasts
 
 
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class RawBeside:
+    """The raw launcher's N=1 loop, kept resident through the probes: a few windows just
+    before and just after each probe give the one-worker step at the probe's time. The
+    forecast scales each launcher's N=1 step, and a slow spell of the machine during the N=1
+    point (measured: 1.77 ms a step against 1.18 ms, every forecast of that sweep 36-44% low)
+    would otherwise be carried into every N; measured beside the probe, the launchers' ratios
+    to raw (interleaved at the N=1 point, so a spell cancels from them) are applied to the
+    machine's speed at the probe's time."""
+
+    def __init__(self, backend: RawBackend, cfg, batch: int) -> None:
+        cfg.train.batch_size = batch
+        self.backend, self.cfg = backend, cfg
+        self.resident, self.steps = None, MIN_WINDOW_STEPS
+
+    def __enter__(self) -> RawBeside:
+        options = LoopOptions(checkpoint=False, evaluate=False)
+        self.resident = self.backend.start(self.cfg, options, "raw_beside")
+        first = self._window(PROFILE.warmup_steps, warmup=True)
+        self.steps = max(MIN_WINDOW_STEPS, math.ceil(PROFILE.window_s / first))
+        self._window(self.steps, warmup=True)  # settled before the first counted window
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.resident is not None:
+            self.resident.abort()
+
+    def _window(self, steps: int, warmup: bool = False) -> float:
+        report = self.resident.measure(WindowOrder(steps, warmup=warmup), timeout_s=600.0)[0]
+        return report.seconds / max(report.steps, 1)
+
+    def steps_s(self) -> list[float]:
+        """Seconds a step in each of a few windows, now."""
+        return [self._window(self.steps) for _ in range(BESIDE_WINDOWS)]
+
+
 def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,
-                 out: Console) -> dict[int, dict]:
+                 out: Console, beside: RawBeside | None = None) -> dict[int, dict]:
     """At each N >= 2 of the sweep: N processes running the one-worker step at the batch N
     trains with, one alone at the N=1 batch, all at once, then in DDP lockstep
-    (backends.ddp.loaded_step_sweep)."""
+    (backends.ddp.loaded_step_sweep); with `beside`, the raw loop's N=1 step just before and
+    just after (`raw_s`)."""
 
     found = {}
     for n in spec.workers:
@@ -171,8 +234,10 @@ def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,
             continue  # N=1 is forecast from its own point: nothing to probe
         out.log(f"Scaling model: {n} processes running the batch-{b} step, one alone, at once, "
                 "then in DDP lockstep")
+        before = beside.steps_s() if beside else []
         found[n] = loaded_step_sweep(n, point_config(p.base, 1, None), (
             p.features, p.base.data.window, p.base.data.task), b, solo_batch=anchor)
+        found[n]["raw_s"] = before + (beside.steps_s() if beside else [])
     return found
 
 
@@ -187,15 +252,35 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
     return mean, shape
 
 
-def basis_ratios(raw: tuple[float, list[float]] | None,
-                 loaded: dict[int, dict]) -> dict[str, float]:
-    """Per probe (by N), the raw launcher's N=1 step over the probe's step alone at the same
-    batch (rank 0's, at the start of that probe): whether the machine ran at one speed for the
-    N=1 point and for each probe a forecast is made from."""
+def rebased(own: dict[str, tuple[float, list[float]] | None],
+            loaded: dict[int, dict]) -> dict[str, tuple[float, list[float]] | None]:
+    """Each launcher's N=1 step at the probes' time: its ratio to raw at the N=1 point (both
+    in the point's interleaved windows) times raw's step beside the probes. Unchanged without
+    raw measured beside them."""
+    beside = [t for row in loaded.values() for t in row.get("raw_s") or []]
+    raw = own.get("raw")
+    if not beside or raw is None:
+        return own
+    now = statistics.fmean(beside)
+    return {b: (w[0] / raw[0] * now, w[1]) if w else w for b, w in own.items()}
+
+
+def basis_ratios(loaded: dict[int, dict]) -> dict[str, float]:
+    """Per probe (by N), the raw loop's N=1 step just before and after it over the probe's
+    own step alone at the same batch (rank 0's, at its start): the two measure one speed of
+    the machine unless a spell met one of them."""
+    return {str(n): statistics.fmean(row["raw_s"]) / statistics.fmean(row["solo_s"])
+            for n, row in loaded.items() if row.get("solo_s") and row.get("raw_s")}
+
+
+def point_drift(raw: tuple[float, list[float]] | None,
+                loaded: dict[int, dict]) -> dict[str, float]:
+    """Per probe (by N), the raw loop's N=1 step at the N=1 point over the same step beside
+    the probe: far from 1 the N=1 point ran at another speed of the machine than the rest."""
     if raw is None:
         return {}
-    return {str(n): raw[0] / statistics.fmean(row["solo_s"])
-            for n, row in loaded.items() if row.get("solo_s")}
+    return {str(n): raw[0] / statistics.fmean(row["raw_s"])
+            for n, row in loaded.items() if row.get("raw_s")}
 
 
 def probe_summary(row: dict) -> dict:
@@ -207,7 +292,8 @@ def probe_summary(row: dict) -> dict:
             "lockstep_work_ms": mean_ms("synced_work_s"),
             "lockstep_sync_ms": mean_ms("synced_allreduce_s"),
             "allreduce_ms": row["allreduce_s"] * 1e3 if row.get("allreduce_s") else None,
-            "lockstep_samples": len(row.get("synced_work_s") or [])}
+            "lockstep_samples": len(row.get("synced_work_s") or []),
+            "raw_ms": mean_ms("raw_s")}
 
 
 def measured_forecast(backend: str, n: int, batch: int, own: tuple[float, list[float]],

@@ -200,19 +200,37 @@ def with_measurement(f: Forecast, measured: float | None) -> Forecast:
 # On a steady machine the raw launcher's N=1 loop ran 1.06-1.18x the probe's step alone at the
 # same batch (the loop's data fetch and clocks; 2026-11-28, two MLP sweeps, each probe); the
 # sweeps whose forecasts missed by 34-44% had a probe at 0.85x (an LSTM's N=4 probe met a slow
-# spell) and probes at 1.65-1.71x (the N=1 windows met one). Outside this range a forecast
-# carries the machine's change of speed, not the model's scaling.
+# spell) and probes at 1.65-1.71x (the N=1 windows met one). The raw step compared is now
+# measured just before and after each probe; outside this range a spell met one of them and
+# the forecast carries it.
 BASIS_RANGE = (0.9, 1.35)
+# The N=1 point's raw step over raw's step beside the probes: outside this range the point ran
+# at another speed of the machine than the probes (and, likely, the N >= 2 points), so its
+# efficiencies compare across that change.
+POINT_RANGE = (0.85, 1.18)
 
 
 def drifted_basis(ratios: dict[str, float]) -> dict[str, float]:
-    """The probes (by N) whose reference step disagrees with the N=1 point's raw loop."""
+    """The probes (by N) whose reference step disagrees with the raw loop beside them."""
     return {n: r for n, r in ratios.items() if not BASIS_RANGE[0] <= r <= BASIS_RANGE[1]}
 
 
 def basis_warning(drifted: dict[str, float]) -> str:
     each = ", ".join(f"{r:.2f}x in the N={n} probe" for n, r in drifted.items())
-    return (f"the N=1 point's raw loop step over the probe's bare step was {each} "
+    return (f"the raw loop's N=1 step beside the probe over the probe's bare step was {each} "
             f"({BASIS_RANGE[0]}-{BASIS_RANGE[1]}x on a steady machine): the machine's speed "
-            "changed between them and those forecasts carry that change; run the sweep again "
-            "before trusting them")
+            "changed within the probe and those forecasts carry that change; run the sweep "
+            "again before trusting them")
+
+
+def moved_point(ratios: dict[str, float]) -> dict[str, float]:
+    """The probes (by N) beside which raw ran at another speed than at the N=1 point."""
+    return {n: r for n, r in ratios.items() if not POINT_RANGE[0] <= r <= POINT_RANGE[1]}
+
+
+def point_warning(moved: dict[str, float]) -> str:
+    each = ", ".join(f"{r:.2f}x its step beside the N={n} probe" for n, r in moved.items())
+    return (f"the N=1 point's raw step was {each}: the machine ran at another speed during "
+            "the N=1 point, so the efficiencies against it compare across that change (the "
+            "forecasts use the speed beside the probes); run the sweep again before trusting "
+            "the efficiencies")

@@ -24,7 +24,7 @@ from raybench.results import (
     read_json,
     read_status,
 )
-from raybench.scaling_model import basis_warning, drifted_basis
+from raybench.scaling_model import basis_warning, drifted_basis, moved_point, point_warning
 
 # A point whose repeats or windows spread wider than this (IQR or range over the median) is
 # too noisy to decide on: said in the findings.
@@ -297,7 +297,9 @@ def forecast_note(doc: ScalingDoc) -> str:
             "over the ranks; sharing: how much slower the one-worker step ran in N-rank "
             "lockstep than alone.")
     drifted = drifted_basis(doc.model.basis_ratios) if doc.model else {}
-    return note + (f" Warning: {basis_warning(drifted)}." if drifted else "")
+    moved = moved_point(doc.model.point_drift) if doc.model else {}
+    return (note + (f" Warning: {basis_warning(drifted)}." if drifted else "")
+            + (f" Warning: {point_warning(moved)}." if moved else ""))
 
 
 def target_table(doc: ScalingDoc) -> Table | None:

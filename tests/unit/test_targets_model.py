@@ -157,24 +157,48 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
 
 
 def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_the_probe():
-    """The raw launcher's N=1 step against each probe's bare step alone: 1.71x at N=2 (a slow
-    spell during the N=1 windows) puts a warning under the forecasts naming that probe; 1.14x
-    (the loop's own data fetch and clocks) does not."""
+    """The raw loop's N=1 step just before and after each probe against the probe's bare step
+    alone: 1.71x at N=2 (a slow spell met one of them) puts a warning under the forecasts
+    naming that probe; 1.14x (the loop's own data fetch and clocks) does not. The N=1 point's
+    raw step against raw's beside the probes: 1.5x (the point met a slow spell) warns that the
+    efficiencies compare across a change of speed; 1.05x does not."""
     from types import SimpleNamespace
 
-    from raybench.forecast import basis_ratios
+    from raybench.forecast import basis_ratios, point_drift
     from raybench.report.sections import forecast_note
 
-    loaded = {2: {"work_s": [0.003] * 10, "solo_s": [0.001] * 5},
-              4: {"work_s": [0.006] * 10, "solo_s": [0.0015] * 5}}
-    ratios = basis_ratios((0.00171, [1.0]), loaded)
+    loaded = {2: {"work_s": [0.003] * 10, "solo_s": [0.001] * 5, "raw_s": [0.00171] * 4},
+              4: {"work_s": [0.006] * 10, "solo_s": [0.0015] * 5,
+                  "raw_s": [0.0016, 0.0018, 0.0017, 0.00174]}}
+    ratios = basis_ratios(loaded)
     assert ratios == pytest.approx({"2": 1.71, "4": 1.14})
-    assert basis_ratios(None, loaded) == {}  # no raw launcher in the sweep: nothing to check
-    drifted = SimpleNamespace(model=SimpleNamespace(basis_ratios=ratios))
-    steady = SimpleNamespace(model=SimpleNamespace(basis_ratios={"2": 1.14, "4": 1.06}))
-    note = forecast_note(drifted)
-    assert "Warning: the N=1 point's raw loop step over the probe's bare step was 1.71x in the " \
-           "N=2 probe" in note
+    assert basis_ratios({2: {"solo_s": [0.001]}}) == {}  # no raw beside: nothing to check
+    drift = point_drift((0.00171 * 1.5, [1.0]), loaded)
+    assert drift == pytest.approx({"2": 1.5, "4": 1.5})
+    assert point_drift(None, loaded) == {}
+    model = SimpleNamespace(basis_ratios=ratios, point_drift={})
+    steady = SimpleNamespace(basis_ratios={"2": 1.14, "4": 1.06}, point_drift={"2": 1.05})
+    note = forecast_note(SimpleNamespace(model=model))
+    assert "Warning: the raw loop's N=1 step beside the probe over the probe's bare step was " \
+           "1.71x in the N=2 probe" in note
     assert "N=4 probe" not in note
-    assert "Warning" not in forecast_note(steady)
+    assert "Warning" not in forecast_note(SimpleNamespace(model=steady))
     assert "Warning" not in forecast_note(SimpleNamespace(model=None))
+    moved = SimpleNamespace(basis_ratios={"2": 1.1}, point_drift=drift)
+    assert "the N=1 point's raw step was 1.50x its step beside the N=2 probe" in \
+        forecast_note(SimpleNamespace(model=moved))
+
+
+def test_the_n1_base_is_raw_beside_the_probes_times_each_launchers_ratio_to_raw():
+    """At the N=1 point (interleaved windows) raw ran 2.0 ms a step and raybench 2.4 ms, in a
+    slow spell; beside the probes raw ran 1.0, 1.2, 1.1 and 1.1 ms. raybench's N=1 step at the
+    probes' time: 2.4 / 2.0 x 1.1 = 1.32 ms; raw's own: 1.1 ms. No raw beside: unchanged."""
+    from raybench.forecast import rebased
+
+    loaded = {2: {"raw_s": [0.001, 0.0012]}, 4: {"raw_s": [0.0011, 0.0011]}}
+    own = {"raw": (0.002, [1.0]), "raybench": (0.0024, [0.9, 1.1]), "ddp": None}
+    now = rebased(own, loaded)
+    assert now["raybench"][0] == pytest.approx(0.00132) and now["raybench"][1] == [0.9, 1.1]
+    assert now["raw"][0] == pytest.approx(0.0011) and now["ddp"] is None
+    assert rebased(own, {2: {"raw_s": []}}) == own
+    assert rebased({"raybench": (0.0024, [1.0])}, loaded) == {"raybench": (0.0024, [1.0])}
