@@ -241,7 +241,8 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
     while every other rank does the same, then data-parallel steps in lockstep, the model
     wrapped in DistributedDataParallel as the loop wraps it (the all-reduce launched from
     inside backward). Rank 0 gets every rank's times: its own steps at solo_batch alone, the
-    others waiting (`solo_s`, with a process group only), the unsynchronised steps (`work_s`), the
+    others waiting, on both sides of the phase all at once (`solo_s`, with a process group
+    only), the unsynchronised steps (`work_s`), the
     lockstep steps' work (`synced_work_s`: the step less its sync) and sync (`synced_allreduce_s`:
     from the last gradient bucket's launch to the end of backward, as the loop's SyncClock
     times it: the communication backward could not hide plus the wait for the last rank,
@@ -268,20 +269,21 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
         step()
     out = {"work_s": [], "allreduce_s": None, "synced_work_s": [], "synced_allreduce_s": [],
            "solo_s": []}
+    solo = functools.partial(step, *_fake_batch(solo_batch or batch, window, features, task))
     if group:
         # rank 0 alone (the others blocked in a barrier), just before the phases it is the
         # reference of: the step's slowdown with N ranks is a ratio measured within seconds,
-        # not against an N=1 probe a minute earlier on a machine whose speed drifts
-        if dist.get_rank() == 0:
-            solo = functools.partial(step, *_fake_batch(solo_batch or batch, window, features,
-                                                        task))
-            for _ in range(5):  # a new shape's first steps allocate
-                solo()
-            out["solo_s"] = _timed(solo, seconds / 2)
-        dist.barrier()
+        # not against an N=1 probe a minute earlier on a machine whose speed drifts. Only once
+        # every rank is warm (the spawned ranks start seconds apart, and rank 0 alone ran
+        # during the others' imports and warm-up), and on both sides of the phase all at
+        # once, so that a spell within the probe shows as two different halves.
+        for _ in range(5):  # a new shape's first steps allocate
+            solo()
+        out["solo_s"] = _alone(solo, seconds / 4)
     work = _timed(step, seconds)
     out["work_s"] = work
     if group:
+        out["solo_s"] += _alone(solo, seconds / 4)
         # blocks of about a tenth of the probe's seconds: enough block means to judge the
         # interval by, whether a step takes a millisecond (an MLP) or 0.2 s (an LSTM)
         block = agreed_block(seconds, statistics.fmean(work))
@@ -294,6 +296,14 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
         latency = np.min(np.asarray([m for _, _, m in everyone]), axis=0)
         out["allreduce_s"] = float(np.percentile(latency, 50))
     return out
+
+
+def _alone(step: Callable[[], float], seconds: float) -> list[float]:
+    """Rank 0's steps for `seconds` while every other rank waits in a barrier."""
+    dist.barrier()
+    times = _timed(step, seconds) if dist.get_rank() == 0 else []
+    dist.barrier()
+    return times
 
 
 # The lockstep phase runs in blocks until the mean step is known to within this share (95%

@@ -120,3 +120,5 @@ def test_the_lockstep_probe_times_ddp_steps_alike_on_every_rank():
     # each step's shortest sync is no longer than any rank's: its median no more than theirs
     assert 0 < row["allreduce_s"] <= statistics.median(sync)
     assert len(row["work_s"]) >= 2 * 20  # the unsynchronised phase of both ranks
+    # rank 0 alone (at the batch given, 16 here), on both sides of that phase
+    assert len(row["solo_s"]) >= 2 and all(t > 0 for t in row["solo_s"])
