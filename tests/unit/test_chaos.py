@@ -41,6 +41,7 @@ def test_a_restart_without_a_checkpoint_is_still_a_timed_recovery():
     time_recoveries(timing, failures=[104.0], kills=[103.0], first_steps=[90.0, 111.5])
     (rec,) = timing.recoveries
     assert rec.recovery_s == pytest.approx(8.5) and rec.seen_by == "chaos"
+    assert rec.cause == "chaos kill"
     assert rec.resumed_from_epoch is None and rec.note == ""
     assert timing.failures == 1
 
@@ -49,9 +50,11 @@ def test_each_failure_is_matched_to_the_restore_that_followed_it():
     resumed = Restore(from_epoch=2, world_size=2, restore_s=0.01, first_step_epoch_s=120.0)
     resize = Restore(from_epoch=5, world_size=2, restore_s=0.01, first_step_epoch_s=200.0)
     timing = _timing([resumed, resize])
-    time_recoveries(timing, failures=[112.0], kills=[], first_steps=[100.0, 120.0, 200.0])
+    time_recoveries(timing, failures=[112.0], kills=[], first_steps=[100.0, 120.0, 200.0],
+                    causes={112.0: "rank 1: ActorDiedError: the actor died"})
     (rec,) = timing.recoveries
     assert rec.recovery_s == pytest.approx(8.0) and rec.resumed_from_epoch == 2
+    assert rec.cause == "rank 1: ActorDiedError: the actor died"
     assert resumed.recovery_s == pytest.approx(8.0) and resumed.failure_epoch_s == 112.0
     assert resize.failure_epoch_s is None  # a resize follows no failure
 
@@ -71,3 +74,23 @@ def test_without_the_queue_the_restores_still_time_their_recoveries():
     timing = _timing([resumed])
     time_recoveries(timing, failures=[41.0], kills=[], first_steps=[])
     assert timing.recoveries[0].recovery_s == pytest.approx(9.0)
+
+
+def test_a_failure_says_what_failed_in_one_line():
+    """The first failed rank's error, its type and first line: what a user (and a red CI log)
+    needs to tell a lost node from a bug in the loop."""
+    from raybench.backends.ray_train import failure_cause
+    from raybench.run import recovery_lines
+
+    errors = {3: ValueError("late"), 1: RuntimeError("\n  gloo: connection reset\nTraceback...")}
+    assert failure_cause(errors) == "rank 1: RuntimeError: gloo: connection reset"
+    assert failure_cause({}) == ""
+    assert len(failure_cause({0: RuntimeError("x" * 1000)})) == 300
+    timing = _timing([])
+    time_recoveries(timing, failures=[10.0, 50.0], kills=[], first_steps=[20.0],
+                    causes={10.0: failure_cause(errors)})
+    assert recovery_lines(timing) == [
+        "survived a failure (rank 1: RuntimeError: gloo: connection reset): training resumed "
+        "10.0s later",
+        "survived a failure (cause not reported): no training step followed: the run ended, or "
+        "its progress queue was lost"]
