@@ -139,17 +139,14 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     launchers = [b for b in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
                                           and not m.chaos and not m.without
                                           and not m.ingest_only)]
-    point = {b: launcher_work(runs, b) for b in launchers}
+    own = {b: launcher_work(runs, b) for b in launchers}
     beside = None
-    if point.get("raw"):  # the N=1 base is then re-measured beside every probe
+    if own.get("raw"):  # raw's N=1 step re-measured beside every probe: the checks' reference
         raw = next(m.backend for m in measures if m.name == "raw")
         beside = RawBeside(raw, point_config(p.base, 1, None), anchor)
     with beside or _nothing():
         loaded = loaded_steps(spec, p, anchor, glob, out, beside)
-    own = rebased(point, loaded)
-    # N=1 is forecast from its own point; N >= 2 from the N=1 step at the probes' time
-    forecasts = [measured_forecast(b, n, glob // n if glob else anchor,
-                                   point[b] if n == 1 else own[b], loaded)
+    forecasts = [measured_forecast(b, n, glob // n if glob else anchor, own[b], loaded)
                  for b in launchers if own[b] for n in spec.workers
                  if not (b == "raw" and n > 1) and (not glob or glob % n == 0)]
     profile, comm = StepProfile([anchor], [0.0], [1.0], [0.0]), CommModel()
@@ -170,9 +167,9 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
                    for n, r in loaded.items() if r["allreduce_s"]]
         + [AllreduceMeasure(n, m, t, "busy loop") for (n, m), t in comm.measured.items()],
         profile=dataclasses.asdict(profile), calibration=peak,
-        launcher_factor={b: w[0] for b, w in point.items() if w},
+        launcher_factor={b: w[0] for b, w in own.items() if w},
         probe={str(n): probe_summary(r) for n, r in loaded.items()},
-        basis_ratios=basis_ratios(loaded), point_drift=point_drift(point.get("raw"), loaded))
+        basis_ratios=basis_ratios(loaded), point_drift=point_drift(own.get("raw"), loaded))
     if drifted := drifted_basis(report.basis_ratios):
         out.warn(basis_warning(drifted))
     if moved := moved_point(report.point_drift):
@@ -187,12 +184,11 @@ def _nothing() -> Iterator[None]:
 
 class RawBeside:
     """The raw launcher's N=1 loop, kept resident through the probes: a few windows just
-    before and just after each probe give the one-worker step at the probe's time. The
-    forecast scales each launcher's N=1 step, and a slow spell of the machine during the N=1
-    point (measured: 1.77 ms a step against 1.18 ms, every forecast of that sweep 36-44% low)
-    would otherwise be carried into every N; measured beside the probe, the launchers' ratios
-    to raw (interleaved at the N=1 point, so a spell cancels from them) are applied to the
-    machine's speed at the probe's time."""
+    before and just after each probe give the one-worker step at the probe's time, so that the
+    forecast can say when the machine's speed moved. The forecast itself scales each
+    launcher's step at the N=1 point: on five sweeps' stored probes (2026-11-28) the N >= 2
+    points ran nearer the N=1 point's speed than the probes' (mean |error| 12.9% with the
+    point's step as the base, 17.0% with raw's beside the probes; docs/scaling.md)."""
 
     def __init__(self, backend: RawBackend, cfg, batch: int) -> None:
         cfg.train.batch_size = batch
@@ -250,19 +246,6 @@ def launcher_work(runs: list[RunRecord], backend: str) -> tuple[float, list[floa
     mean = statistics.median(r.batch_size_per_worker / r.samples_per_sec for r in ones)
     shape = next((normalised(r.work_ms_quantiles) for r in ones if r.work_ms_quantiles), [1.0])
     return mean, shape
-
-
-def rebased(own: dict[str, tuple[float, list[float]] | None],
-            loaded: dict[int, dict]) -> dict[str, tuple[float, list[float]] | None]:
-    """Each launcher's N=1 step at the probes' time: its ratio to raw at the N=1 point (both
-    in the point's interleaved windows) times raw's step beside the probes. Unchanged without
-    raw measured beside them."""
-    beside = [t for row in loaded.values() for t in row.get("raw_s") or []]
-    raw = own.get("raw")
-    if not beside or raw is None:
-        return own
-    now = statistics.fmean(beside)
-    return {b: (w[0] / raw[0] * now, w[1]) if w else w for b, w in own.items()}
 
 
 def basis_ratios(loaded: dict[int, dict]) -> dict[str, float]:

@@ -633,8 +633,7 @@ class ScalingModelReport:
     fitted: bool  # alpha and beta fitted to the measured all-reduces (else given)
     allreduce: list[AllreduceMeasure]  # measured under load
     profile: dict  # one-worker phase times and work quantiles per per-worker batch (raw loop)
-    # Per launcher, its mean work per step at the N=1 point (seconds, from its rate); the
-    # forecast scales each by raw's step beside the probes over raw's here (probe raw_ms).
+    # Per launcher, its mean work per step at the N=1 point's batch (seconds, from its rate).
     launcher_factor: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None  # this machine's peak (calibrate.py)
     # Per N the sweep runs, the loaded-step probe's means in ms (forecast.probe_summary):

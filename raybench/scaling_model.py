@@ -204,9 +204,9 @@ def with_measurement(f: Forecast, measured: float | None) -> Forecast:
 # measured just before and after each probe; outside this range a spell met one of them and
 # the forecast carries it.
 BASIS_RANGE = (0.9, 1.35)
-# The N=1 point's raw step over raw's step beside the probes: outside this range the point ran
-# at another speed of the machine than the probes (and, likely, the N >= 2 points), so its
-# efficiencies compare across that change.
+# The N=1 point's raw step over raw's step beside the probes: outside this range the machine
+# ran at another speed during the N=1 point than beside the probes, and a forecast (the
+# point's step scaled by the probe's ratios) and the efficiencies against N=1 carry it.
 POINT_RANGE = (0.85, 1.18)
 
 
@@ -231,6 +231,6 @@ def moved_point(ratios: dict[str, float]) -> dict[str, float]:
 def point_warning(moved: dict[str, float]) -> str:
     each = ", ".join(f"{r:.2f}x its step beside the N={n} probe" for n, r in moved.items())
     return (f"the N=1 point's raw step was {each}: the machine ran at another speed during "
-            "the N=1 point, so the efficiencies against it compare across that change (the "
-            "forecasts use the speed beside the probes); run the sweep again before trusting "
-            "the efficiencies")
+            "the N=1 point than during the probes, and the forecasts built on both and the "
+            "efficiencies against N=1 carry that change; run the sweep again before trusting "
+            "them")

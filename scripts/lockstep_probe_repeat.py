@@ -4,8 +4,9 @@
     python scripts/lockstep_probe_repeat.py REPEATS
 
 Each repeat runs the probe at N=1 (batch 64), N=2 (32 a rank) and N=4 (16 a rank) and prints
-the means it measured: rank 0's step alone, the lockstep steps' work and sync, and how many
-lockstep steps it took to get there. Run it alone: it measures the machine.
+the means it measured: rank 0's step alone (and its two halves), all at once, the lockstep
+steps' work and sync, and how many lockstep steps it took to get there. Run it alone: it
+measures the machine.
 """
 
 import statistics
@@ -30,8 +31,14 @@ def main(repeats: int) -> None:
                 continue
             work = statistics.fmean(row["synced_work_s"]) * 1e3
             sync = statistics.fmean(row["synced_allreduce_s"]) * 1e3
-            print(f"repeat {rep} N={n}: rank 0 alone {statistics.fmean(row['solo_s']) * 1e3:.3f} "
-                  f"ms; lockstep work {work:.3f} + sync {sync:.3f} = {work + sync:.3f} ms "
+            solo = row["solo_s"]
+            k = max(1, len(solo) * 2 // 5)  # about each half's steps (they run on both sides
+            # of the phase all at once)
+            print(f"repeat {rep} N={n}: rank 0 alone {statistics.fmean(solo) * 1e3:.3f} ms "
+                  f"(first {statistics.fmean(solo[:k]) * 1e3:.3f}, last "
+                  f"{statistics.fmean(solo[-k:]) * 1e3:.3f}); all at once "
+                  f"{statistics.fmean(row['work_s']) * 1e3:.3f} ms; lockstep work {work:.3f} + "
+                  f"sync {sync:.3f} = {work + sync:.3f} ms "
                   f"({len(row['synced_work_s']) // n} steps a rank, {took:.1f} s)", flush=True)
 
 

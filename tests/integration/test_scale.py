@@ -58,14 +58,15 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
     assert model.alpha_s is not None and model.gradient_bytes == 4 * 193
     assert model.calibration["matmul_gflops_per_core"] > 0 and "raybench" in model.launcher_factor
     assert ray2.predicted_samples_per_sec == f2.predicted_samples_per_sec
-    # the N=1 base at the probe's time: raybench's step over raw's at the N=1 point, times raw's
-    # step just before and after the N=2 probe; scaled by the probe's lockstep over alone
+    # the N=1 point's step scaled by the probe's lockstep over alone; raw's step just before
+    # and after the N=2 probe is the checks' reference
     probe = model.probe["2"]
     assert probe["raw_ms"] > 0 and set(model.basis_ratios) == set(model.point_drift) == {"2"}
     factor = model.launcher_factor
-    assert f2.work_ms == pytest.approx(factor["raybench"] / factor["raw"] * probe["raw_ms"]
-                                       * probe["lockstep_work_ms"] / probe["solo_ms"])
+    assert f2.work_ms == pytest.approx(factor["raybench"] * 1e3 * probe["lockstep_work_ms"]
+                                       / probe["solo_ms"])
     assert model.basis_ratios["2"] == pytest.approx(probe["raw_ms"] / probe["solo_ms"])
+    assert model.point_drift["2"] == pytest.approx(factor["raw"] * 1e3 / probe["raw_ms"])
     assert ray2.cpu_mfu is not None and 0 < ray2.cpu_mfu < 1
     assert {"backend", "workers", "predicted_samples_per_sec", "measured_samples_per_sec",
             "error"} <= set(saved["forecasts"][0])
