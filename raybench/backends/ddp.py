@@ -242,9 +242,9 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
     wrapped in DistributedDataParallel as the loop wraps it (the all-reduce launched from
     inside backward). Rank 0 gets every rank's times: its own steps at solo_batch alone, the
     others waiting, on both sides of the phase all at once (`solo_s`, with a process group
-    only), the unsynchronised steps (`work_s`), the
-    lockstep steps' work (`synced_work_s`: the step less its sync) and sync (`synced_allreduce_s`:
-    from the last gradient bucket's launch to the end of backward, as the loop's SyncClock
+    only), the unsynchronised steps (`work_s`), the lockstep steps' work (`synced_work_s`:
+    the step less its sync) and sync (`synced_allreduce_s`: from the last gradient bucket's
+    launch to the end of backward, as the loop's SyncClock
     times it: the communication backward could not hide plus the wait for the last rank,
     scheduler wake-ups included), and per step the shortest sync any rank saw (`allreduce_s`:
     the communication alone). Outside a process group (N=1) only the work is timed."""
@@ -288,14 +288,20 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
         # interval by, whether a step takes a millisecond (an MLP) or 0.2 s (an LSTM)
         block = agreed_block(seconds, statistics.fmean(work))
         synced, sync = _lockstep(model, criterion, x, y, cfg.train.lr, seconds, block)
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, (work, synced, sync))
-        out["work_s"] = [w for ranks_work, _, _ in everyone for w in ranks_work]
-        out["synced_work_s"] = [w for _, ranks_synced, _ in everyone for w in ranks_synced]
-        out["synced_allreduce_s"] = [a for _, _, ranks_sync in everyone for a in ranks_sync]
-        latency = np.min(np.asarray([m for _, _, m in everyone]), axis=0)
-        out["allreduce_s"] = float(np.percentile(latency, 50))
+        out.update(_gathered(work, synced, sync))
     return out
+
+
+def _gathered(work: list[float], synced: list[float], sync: list[float]) -> dict:
+    """Every rank's step times in one list per phase, and per lockstep step the shortest sync
+    any rank saw (its median: the communication alone)."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (work, synced, sync))
+    latency = np.min(np.asarray([m for _, _, m in everyone]), axis=0)
+    return {"work_s": [w for ranks_work, _, _ in everyone for w in ranks_work],
+            "synced_work_s": [w for _, ranks_synced, _ in everyone for w in ranks_synced],
+            "synced_allreduce_s": [a for _, _, ranks_sync in everyone for a in ranks_sync],
+            "allreduce_s": float(np.percentile(latency, 50))}
 
 
 def _alone(step: Callable[[], float], seconds: float) -> list[float]:
