@@ -13,7 +13,6 @@ import dataclasses
 import math
 import os
 import statistics
-from collections.abc import Iterator
 
 from raybench import calibrate, stats
 from raybench.backends import LaunchContext
@@ -144,7 +143,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     if own.get("raw"):  # raw's N=1 step re-measured beside every probe: the checks' reference
         raw = next(m.backend for m in measures if m.name == "raw")
         beside = RawBeside(raw, point_config(p.base, 1, None), anchor)
-    with beside or _nothing():
+    with beside or contextlib.nullcontext():
         loaded = loaded_steps(spec, p, anchor, glob, out, beside)
     forecasts = [measured_forecast(b, n, glob // n if glob else anchor, own[b], loaded)
                  for b in launchers if own[b] for n in spec.workers
@@ -175,11 +174,6 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     if moved := moved_point(report.point_drift):
         out.warn(point_warning(moved))
     return report, forecasts
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class RawBeside:
