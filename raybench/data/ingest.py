@@ -30,6 +30,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # on every rank whatever order the shards arrived in.
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 EVAL_BATCH = 4096
+# Cut windows per streamed fetch (rows_per_fetch): 8 MiB is 35 k windows of 60 values, where
+# Ray Data's fixed cost per fetch fell to a fifth of the windows' own (docs/data.md); a few
+# fetches in flight stay small beside a worker's memory.
+FETCH_BYTES = 8 << 20
 
 
 class Ingest(Protocol):
@@ -172,7 +176,8 @@ class RayDataIngest:
         self.n_local = meta.splits["train"].chunks // self.world * meta.chunk_windows
         self.steps_per_epoch = -(-self.n_local // batch)
         self.dataset_mib = meta.splits["train"].chunks * meta.row_values * 4 / 2**20
-        self.rows_per_fetch = rows_per_fetch(batch, meta.chunk_windows)
+        self.rows_per_fetch = rows_per_fetch(batch, meta.chunk_windows,
+                                             4 * meta.window * meta.features)
         stats = meta.norm_stats
         self._mu = torch.tensor(stats["mu"], dtype=torch.float32)
         self._sd = torch.tensor(stats["sd"], dtype=torch.float32)
@@ -287,11 +292,17 @@ def _column(batch: Any, name: str, width: int) -> torch.Tensor:
     return as_tensor(values.reshape(len(batch), width)).float()
 
 
-def rows_per_fetch(batch: int, chunk_windows: int) -> int:
-    """Chunk rows per fetch: about four training batches of windows, rounded so that a fetch
-    holds whole batches where that costs at most twice as many rows (then no batch straddles
-    two fetches and none is copied together from two)."""
-    rows = max(1, math.ceil(4 * batch / chunk_windows))
+def rows_per_fetch(batch: int, chunk_windows: int, window_bytes: int) -> int:
+    """Chunk rows per fetch: about FETCH_BYTES of cut windows and at least four training
+    batches, rounded so that a fetch holds whole batches where that costs at most twice as
+    many rows (then no batch straddles two fetches and none is copied together from two).
+
+    Ray Data charges a fetch a fixed cost whatever its size (its batcher, formatting and thread
+    hand-off: about 3 ms of the machine's CPU here, a third of it in the training process,
+    docs/data.md). At four batches of 1024 windows that cost was most of the ingest's CPU, and
+    on two cores that CPU is taken from the training step."""
+    windows = max(4 * batch, FETCH_BYTES // window_bytes)
+    rows = max(1, math.ceil(windows / chunk_windows))
     whole = batch // math.gcd(batch, chunk_windows)  # rows whose windows are whole batches
     if whole <= 2 * rows:
         rows = max(whole, rows // whole * whole)

@@ -167,10 +167,21 @@ def test_the_collate_cuts_the_same_windows_as_memory_bit_for_bit(tmp_path):
 def test_a_fetch_holds_whole_batches_where_it_costs_little():
     from raybench.data.ingest import rows_per_fetch
 
-    assert rows_per_fetch(1024, 256) == 16  # 4096 windows: four whole batches
-    assert rows_per_fetch(64, 256) == 1
-    assert rows_per_fetch(96, 256) == 3  # 768 windows: eight whole batches
-    assert rows_per_fetch(1000, 256) == 16  # a whole-batch fetch would take 125 rows
+    big = 4 * 256 * 32  # a window of 256 steps of 32 features: 32 KiB
+    assert rows_per_fetch(1024, 256, big) == 16  # 4096 windows: four whole batches
+    assert rows_per_fetch(64, 256, big) == 1
+    assert rows_per_fetch(96, 256, big) == 3  # 768 windows: eight whole batches
+    assert rows_per_fetch(1000, 256, big) == 16  # a whole-batch fetch would take 125 rows
+
+
+def test_a_fetch_of_small_windows_holds_about_fetch_bytes_so_its_fixed_cost_is_shared():
+    from raybench.data.ingest import FETCH_BYTES, rows_per_fetch
+
+    small = 4 * 60  # the seed's window: 60 steps of one feature
+    rows = rows_per_fetch(1024, 256, small)
+    assert rows == 136  # 34,816 windows, 34 whole batches (137 rows would split one)
+    assert abs(rows * 256 * small - FETCH_BYTES) <= 4 * 256 * small
+    assert rows_per_fetch(1024, 1, small) == 34 * 1024  # one window a row: whole batches too
 
 
 def test_a_cut_or_damaged_shard_is_refused_before_any_worker(tmp_path):
