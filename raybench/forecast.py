@@ -8,7 +8,6 @@ at N >= 2 ever reaches the model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -42,6 +41,7 @@ from raybench.scaling_model import (
     predict,
     quantiles_of,
     with_measurement,
+    with_speed,
 )
 
 # The one-worker profile: short interleaved windows of a raw process per batch, a bounded time.
@@ -122,12 +122,13 @@ def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: 
 
 
 def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord],
-         context: LaunchContext, out: Console,
-         recalibrate: bool = False) -> tuple[ScalingModelReport, list[Forecast]]:
+         context: LaunchContext, out: Console, recalibrate: bool = False,
+         beside: RawBeside | None = None) -> tuple[ScalingModelReport, list[Forecast]]:
     """The forecasts, from the N=1 runs in `runs` and what this function measures itself: at
     each N >= 2 of the sweep, N copies of the one-worker step running at once (the machine's
-    contention), then in DDP lockstep; for a --predict N not run, a raw
-    profile of its batch and the ring fitted to all-reduces (each worker with its own cores)."""
+    contention), then in DDP lockstep, with `beside` (started: speed_reference) run just before
+    and after; for a --predict N not run, a raw profile of its batch and the ring fitted to
+    all-reduces (each worker with its own cores)."""
 
     grad_bytes = 4 * count_parameters(p.model)
     glob = global_batch(spec, p.base)
@@ -139,12 +140,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
                                           and not m.chaos and not m.without
                                           and not m.ingest_only)]
     own = {b: launcher_work(runs, b) for b in launchers}
-    beside = None
-    if own.get("raw"):  # raw's N=1 step re-measured beside every probe: the checks' reference
-        raw = next(m.backend for m in measures if m.name == "raw")
-        beside = RawBeside(raw, point_config(p.base, 1, None), anchor)
-    with beside or contextlib.nullcontext():
-        loaded = loaded_steps(spec, p, anchor, glob, out, beside)
+    loaded = loaded_steps(spec, p, anchor, glob, out, beside)
     forecasts = [measured_forecast(b, n, glob // n if glob else anchor, own[b], loaded)
                  for b in launchers if own[b] for n in spec.workers
                  if not (b == "raw" and n > 1) and (not glob or glob % n == 0)]
@@ -177,12 +173,15 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
 
 
 class RawBeside:
-    """The raw launcher's N=1 loop, kept resident through the probes: a few windows just
-    before and just after each probe give the one-worker step at the probe's time, so that the
-    forecast can say when the machine's speed moved. The forecast itself scales each
-    launcher's step at the N=1 point: on five sweeps' stored probes (2026-11-28) the N >= 2
-    points ran nearer the N=1 point's speed than the probes' (mean |error| 12.9% with the
-    point's step as the base, 17.0% with raw's beside the probes; docs/scaling.md)."""
+    """The raw launcher's N=1 loop, kept resident from the probes to the end of the sweep: the
+    machine's speed as one fixed workload sees it. A few windows just before and just after
+    each probe say when the probes ran at another speed than the N=1 point; one window in every
+    round of each N >= 2 point (interleave.PointRun's reference) gives the speed the point ran
+    at, so that each forecast is also checked at the speed it was made at (forecast.check).
+    The forecast itself scales each launcher's step at the N=1 point: on five sweeps' stored
+    probes (2026-11-28) the N >= 2 points ran nearer the N=1 point's speed than the probes'
+    (mean |error| 12.9% with the point's step as the base, 17.0% with raw's beside the probes;
+    docs/scaling.md)."""
 
     def __init__(self, backend: RawBackend, cfg, batch: int) -> None:
         cfg.train.batch_size = batch
@@ -208,6 +207,20 @@ class RawBeside:
     def steps_s(self) -> list[float]:
         """Seconds a step in each of a few windows, now."""
         return [self._window(self.steps) for _ in range(BESIDE_WINDOWS)]
+
+    def step_s(self) -> float:
+        """Seconds a step in one window, now."""
+        return self._window(self.steps)
+
+
+def speed_reference(spec: ScaleSpec, p: Plan, measures: list[Measure]) -> RawBeside | None:
+    """Raw's N=1 loop at the N=1 point's batch, to be kept resident through the sweep; None
+    when the sweep does not measure raw (nothing to compare its speed with)."""
+    raw = next((m.backend for m in measures if m.name == "raw"), None)
+    if raw is None:
+        return None
+    glob = global_batch(spec, p.base)
+    return RawBeside(raw, point_config(p.base, 1, None), glob if glob else p.base.train.batch_size)
 
 
 def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,
@@ -316,12 +329,19 @@ def extrapolation_inputs(spec: ScaleSpec, p: Plan, extra: list[int], anchor: int
     return profile, comm_under_load(spec, p, profile.scaled(anchor_s), grad_bytes, out)
 
 
-def check(forecasts: list[Forecast], runs: list[RunRecord]) -> None:
-    """Set each measured point beside its kept forecast (the median over repeats)."""
+def check(forecasts: list[Forecast], runs: list[RunRecord],
+          reference_s: dict[int, list[float]] | None = None) -> None:
+    """Set each measured point beside its kept forecast (the median over repeats), and where
+    raw's N=1 step was measured in the point's rounds (`reference_s`, by N), the speed the
+    point ran at against the N=1 point's (raw's step there over raw's step then)."""
+    raw = launcher_work(runs, "raw")
     for f in forecasts:
         rates = [r.samples_per_sec for r in runs if r.label == f.backend
                  and r.workers == f.workers and r.samples_per_sec]
         with_measurement(f, statistics.median(rates) if rates else None)
+        then = (reference_s or {}).get(f.workers)
+        if raw and then and f.workers > 1:
+            with_speed(f, raw[0] / statistics.median(then))
 
 
 def add_costs(forecasts: list[Forecast], per_worker_second: float) -> None:
@@ -331,4 +351,4 @@ def add_costs(forecasts: list[Forecast], per_worker_second: float) -> None:
                                           / f.predicted_samples_per_sec)
 
 
-__all__ = ["add_costs", "check", "make", "quantiles_of", "wanted"]
+__all__ = ["add_costs", "check", "make", "quantiles_of", "speed_reference", "wanted"]

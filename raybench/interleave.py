@@ -84,6 +84,7 @@ class PointMeasurement:
     windows: list[MeasuredWindow]
     comparisons: list[Comparison]
     wall_s: float
+    reference_s: list[float] = field(default_factory=list)  # the speed reference, per round
 
 
 def planned_pairs(labels: list[str]) -> list[tuple[str, str]]:
@@ -102,9 +103,13 @@ class PointRun:
     """One point's resident measurement, from the first start to the last stop."""
 
     def __init__(self, contenders: list[Contender], precision: Precision, repeat: int,
-                 workers: int, log: Callable[[str], None]) -> None:
+                 workers: int, log: Callable[[str], None],
+                 reference: Callable[[], float] | None = None) -> None:
         self.contenders, self.p, self.repeat, self.workers = contenders, precision, repeat, workers
         self.log = log
+        # One window of a fixed workload per round (seconds a step): the machine's speed while
+        # the point ran, which a forecast made earlier is set against (forecast.check).
+        self.reference, self.reference_s = reference, []
         self.pairs = planned_pairs([c.label for c in contenders])
         self.started = time.monotonic()
 
@@ -121,7 +126,8 @@ class PointRun:
             raise
         windows = [w for c in self.contenders for w in c.windows]
         comparisons = [self._compare(num, den, results) for num, den in self.pairs]
-        return PointMeasurement(results, windows, comparisons, time.monotonic() - self.started)
+        return PointMeasurement(results, windows, comparisons, time.monotonic() - self.started,
+                                self.reference_s)
 
     # -------------------------------------------------------------- start and warm up
 
@@ -160,6 +166,8 @@ class PointRun:
         round_no, last_round_s = 0, 0.0
         while True:
             t0 = time.monotonic()
+            if self.reference is not None:
+                self.reference_s.append(self.reference())
             order = self.contenders if round_no % 2 == 0 else self.contenders[::-1]
             for slot, c in enumerate(order):
                 c.windows.append(self._window(c, round_no, slot))

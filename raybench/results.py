@@ -619,6 +619,10 @@ class Forecast:
     sync_share: float | None = None  # (wait + all-reduce) / step
     min_batch_sync_under_20pct: int | None = None
     cost_per_million_samples: float | None = None  # with raybench.scale's cost settings
+    # The machine's speed while the point ran over its speed at the N=1 point: raw's N=1 step
+    # there over raw's N=1 step in a window of every round of the point (> 1: faster then).
+    speed: float | None = None
+    error_same_speed: float | None = None  # predicted x speed / measured - 1
 
 
 @dataclass
@@ -645,6 +649,9 @@ class ScalingModelReport:
     # Per probe (str(N)), the raw loop's step at the N=1 point over the same step beside the
     # probe (forecast.point_drift): far from 1 the N=1 point ran at another machine speed.
     point_drift: dict[str, float] = field(default_factory=dict)
+    # Per N >= 2 point (str(N)), raw's N=1 step in a window of each of the point's rounds (ms,
+    # every repeat; the speed reference forecast.check compares with the N=1 point).
+    reference_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -197,6 +197,17 @@ def with_measurement(f: Forecast, measured: float | None) -> Forecast:
     return f
 
 
+def with_speed(f: Forecast, speed: float) -> Forecast:
+    """The machine's speed while the point ran over its speed at the N=1 point (> 1: faster),
+    and the error of the forecast carried to that speed: predicted x speed / measured - 1.
+    The forecast is made of N=1 steps, so a machine 10% slower a minute later makes it 10%
+    too high whatever the model; this error is the model's own."""
+    f.speed = speed
+    if f.measured_samples_per_sec and f.predicted_samples_per_sec:
+        f.error_same_speed = f.predicted_samples_per_sec * speed / f.measured_samples_per_sec - 1
+    return f
+
+
 # On a steady machine the raw launcher's N=1 loop ran 1.06-1.18x the probe's step alone at the
 # same batch (the loop's data fetch and clocks; 2026-11-28, two MLP sweeps, each probe); the
 # sweeps whose forecasts missed by 34-44% had a probe at 0.85x (an LSTM's N=4 probe met a slow

@@ -12,6 +12,7 @@ two independent starts of one point disagree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -117,6 +118,9 @@ class Sweep:
         self.windows: list[MeasuredWindow] = []
         self.model: ScalingModelReport | None = None
         self.forecasts: list[Forecast] = []
+        # raw's N=1 loop, resident from the forecast on: the machine's speed at every N >= 2
+        self.beside: forecast.RawBeside | None = None
+        self.reference_s: dict[int, list[float]] = {}
 
     @property
     def resident(self) -> bool:
@@ -124,23 +128,42 @@ class Sweep:
 
     def run(self) -> None:
         """Repeats outermost, then points, so a drifting machine spreads over every point."""
-        for repeat in range(1, self.spec.repeats + 1):
-            for n, cfg in self.p.points:
-                if self.spec.startup_floor and any(m.name == "raybench" for m in self.measures):
-                    self._floor(n, cfg, repeat)
-                at_n = [m for m in self.measures if m.name not in SINGLE_WORKER or n == 1]
-                if self.resident:
-                    self._resident_point(n, cfg, at_n, repeat)
-                else:
-                    for m in at_n:
-                        self._restart_run(m, n, cfg, repeat)
-                if n == 1 and repeat == 1 and forecast.wanted(self.spec, self.p):
-                    # before any N >= 2 point runs: the forecasts are made blind and kept
-                    self.model, self.forecasts = forecast.make(
-                        self.spec, self.p, self.measures, self.runs, self.context, self.out,
-                        self.spec.recalibrate)
-        forecast.check(self.forecasts, self.runs)
+        with contextlib.ExitStack() as held:
+            for repeat in range(1, self.spec.repeats + 1):
+                for n, cfg in self.p.points:
+                    self._point(n, cfg, repeat)
+                    if n == 1 and repeat == 1 and forecast.wanted(self.spec, self.p):
+                        self._forecast(held)
+        forecast.check(self.forecasts, self.runs, self.reference_s)
+        if self.model is not None:
+            self.model.reference_ms = {str(n): [x * 1e3 for x in steps]
+                                       for n, steps in self.reference_s.items()}
         forecast.add_costs(self.forecasts, self.spec.cost_per_worker_second)
+
+    def _point(self, n: int, cfg: Config, repeat: int) -> None:
+        if self.spec.startup_floor and any(m.name == "raybench" for m in self.measures):
+            self._floor(n, cfg, repeat)
+        at_n = [m for m in self.measures if m.name not in SINGLE_WORKER or n == 1]
+        if self.resident:
+            self._resident_point(n, cfg, at_n, repeat)
+            return
+        for m in at_n:
+            self._restart_run(m, n, cfg, repeat)
+
+    def _forecast(self, held: contextlib.ExitStack) -> None:
+        """Before any N >= 2 point runs: the forecasts are made blind and kept, and raw's N=1
+        loop stays resident to measure the machine's speed at every later point."""
+        self.beside = forecast.speed_reference(self.spec, self.p, self.measures)
+        if self.beside is not None:
+            held.enter_context(self.beside)
+        self.model, self.forecasts = forecast.make(
+            self.spec, self.p, self.measures, self.runs, self.context, self.out,
+            self.spec.recalibrate, self.beside)
+
+    def _reference(self, n: int, labels: list[str]) -> forecast.RawBeside | None:
+        """The speed reference, where a launcher measured at N has a forecast to check."""
+        forecast_at_n = {f.backend for f in self.forecasts if f.workers == n}
+        return self.beside if n > 1 and forecast_at_n & set(labels) else None
 
     def _floor(self, n: int, cfg: Config, repeat: int) -> None:
         floor = startup_floor(cfg, storage_path=self.context.storage_path,
@@ -150,11 +173,15 @@ class Sweep:
                      f"after {floor:.1f}s")
 
     def _restart_run(self, m: Measure, n: int, cfg: Config, repeat: int) -> None:
+        if beside := self._reference(n, [m.label]):  # the machine's speed before and after
+            self.reference_s.setdefault(n, []).append(beside.step_s())
         t0 = time.time()
         options = dataclasses.replace(run_options(self.spec, self.p.target,
                                                   self.context.storage_path), launch_time=t0)
         result = run_one(m, cfg, options, f"n{n}_r{repeat}_{int(t0 * 1000)}")
         self._record(m, cfg, repeat, result, time.time() - t0)
+        if beside:
+            self.reference_s[n].append(beside.step_s())
 
     def _resident_point(self, n: int, cfg: Config, at_n: list[Measure], repeat: int) -> None:
         """The launchers of a ratio measured together, interleaved; one that is in no ratio
@@ -170,8 +197,11 @@ class Sweep:
         contenders = [Contender(m.label, m.backend, with_ingest(cfg, m.ingest), m.ingest_only,
                                 env=m.env) for m in group]
         options = LoopOptions(checkpoint=False, evaluate=False)
-        run = PointRun(contenders, self.spec.precision, repeat, n, self.out.log)
+        beside = self._reference(n, [m.label for m in group])
+        run = PointRun(contenders, self.spec.precision, repeat, n, self.out.log,
+                       beside.step_s if beside else None)
         point = run.measure(options, f"n{n}_r{repeat}_{int(time.time() * 1000)}")
+        self.reference_s.setdefault(n, []).extend(point.reference_s)
         self.windows += point.windows
         self.comparisons += point.comparisons
         for m in group:

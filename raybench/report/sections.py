@@ -168,9 +168,12 @@ def scaling_section(path: Path) -> Section:
                    environment_table(doc)]
     if doc.forecasts:
         errors = [abs(x.error) for x in doc.forecasts if x.error is not None]
+        same = [abs(x.error_same_speed) for x in doc.forecasts if x.error_same_speed is not None]
         if errors:
             sec.findings.append(f"{title}: the forecasts, made from N=1 before the other points "
-                                f"ran, were within {f.pct(max(errors))} of what was measured")
+                                f"ran, were within {f.pct(max(errors))} of what was measured"
+                                + (f" ({f.pct(max(same))} at the speed the N=1 point ran at)"
+                                   if same else ""))
     if doc.target and not any(p.target and p.target.reached for p in doc.summary):
         runs = [r for r in doc.runs if r.target is not None]
         sec.findings.append(f"{title}: 0 of {len(runs)} runs reached {doc.target}.")
@@ -280,11 +283,13 @@ def forecasts_table(doc: ScalingDoc) -> Table | None:
     rows = [[x.backend, str(x.workers), str(x.batch_size_per_worker),
              f.rate(x.predicted_samples_per_sec),
              "forecast (not run)" if x.extrapolated else f.rate(x.measured_samples_per_sec),
-             f.signed_pct(x.error), f.ms(x.work_ms), f.ms(x.wait_ms), f.ms(x.allreduce_ms),
+             f.signed_pct(x.error), f.ratio(x.speed), f.signed_pct(x.error_same_speed),
+             f.ms(x.work_ms), f.ms(x.wait_ms), f.ms(x.allreduce_ms),
              f.ratio(x.slowdown, 1)] for x in doc.forecasts]
     return Table("Forecasts, made from the N=1 point before any other ran",
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
-                  "error", "work ms", "waiting ms", "all-reduce ms", "sharing the machine"],
+                  "error", "machine speed vs N=1", "error at N=1's speed", "work ms",
+                  "waiting ms", "all-reduce ms", "sharing the machine"],
                  rows,
                  note=forecast_note(doc))
 
@@ -295,7 +300,9 @@ def forecast_note(doc: ScalingDoc) -> str:
             "scheduled again), measured; for an N not run, the slowest of N ranks (order "
             "statistics); all-reduce: the communication, the shortest sync of a lockstep step "
             "over the ranks; sharing: how much slower the one-worker step ran in N-rank "
-            "lockstep than alone.")
+            "lockstep than alone. Machine speed: raw's one-worker step at the N=1 point over "
+            "the same step in a window of every round of the point (below 1: the machine ran "
+            "slower then); the error at N=1's speed is the forecast's, that change taken out.")
     drifted = drifted_basis(doc.model.basis_ratios) if doc.model else {}
     moved = moved_point(doc.model.point_drift) if doc.model else {}
     return (note + (f" Warning: {basis_warning(drifted)}." if drifted else "")

@@ -109,3 +109,23 @@ def test_rounds_that_overlap_a_cpu_burner_are_excluded(small_data, tmp_path):
     assert c.excluded_pairs >= 1
     assert c.excluded_pairs == len({w.round for w in point.windows if w.excluded})
     assert c.pairs + c.excluded_pairs == len({w.round for w in point.windows})
+
+
+def test_a_speed_reference_runs_one_window_in_every_round(small_data, tmp_path):
+    """The forecast's speed reference (raw's N=1 loop, resident beside the point) serves one
+    window at the start of each round, and the point keeps its seconds per step."""
+    from raybench.forecast import RawBeside
+
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.early_stop_patience = 64, 0
+    context = LaunchContext(scratch_dir=tmp_path)
+    precision = Precision(window_s=0.1, min_pairs=3, max_pairs=3, max_outside_load=1.0,
+                          warmup_steps=5)
+    contenders = [Contender("ddp", DdpBackend(small_data, context), cfg)]
+    with RawBeside(RawBackend(small_data, context), Config(), 64) as beside:
+        point = PointRun(contenders, precision, 1, 1, lambda line: None,
+                         beside.step_s).measure(LoopOptions(checkpoint=False, evaluate=False),
+                                                "reference")
+    rounds = {w.round for w in point.windows}
+    assert len(rounds) == 3 and len(point.reference_s) == 3
+    assert all(0 < s < 1 for s in point.reference_s)  # seconds a step of a batch of 64

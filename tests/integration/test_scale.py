@@ -2,6 +2,7 @@
 
 import csv
 import json
+import statistics
 
 import pytest
 
@@ -67,6 +68,13 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
                                        / probe["solo_ms"])
     assert model.basis_ratios["2"] == pytest.approx(probe["raw_ms"] / probe["solo_ms"])
     assert model.point_drift["2"] == pytest.approx(factor["raw"] * 1e3 / probe["raw_ms"])
+    # raw's N=1 step just before and just after each N=2 run: the machine's speed then
+    reference = model.reference_ms["2"]
+    assert len(reference) == 2 * 2 and all(x > 0 for x in reference)  # raybench's run, ddp's
+    assert f2.speed == pytest.approx(factor["raw"] * 1e3 / statistics.median(reference))
+    assert f2.error_same_speed == pytest.approx(f2.predicted_samples_per_sec * f2.speed
+                                                / f2.measured_samples_per_sec - 1)
+    assert forecasts[("raybench", 1)].speed is None and eight.speed is None
     assert ray2.cpu_mfu is not None and 0 < ray2.cpu_mfu < 1
     assert {"backend", "workers", "predicted_samples_per_sec", "measured_samples_per_sec",
             "error"} <= set(saved["forecasts"][0])

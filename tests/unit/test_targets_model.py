@@ -156,6 +156,31 @@ def test_a_forecast_from_the_loaded_step_probe_by_hand():
     assert adjacent.slowdown == near(1.5 / 0.8)
 
 
+def test_a_forecast_is_also_checked_at_the_speed_it_was_made_at():
+    """Raw's N=1 point: 1024 samples at 512,000 samples/s, 2 ms a step. In the N=2 point's
+    rounds raw's same step took 2.5, 2.2 and 2.0 ms (median 2.2: the machine ran at 0.909 of
+    its N=1 speed). raybench's N=2 forecast of 1,100 samples/s met 1,000 measured: +10% as
+    made, 0% at the speed it was made at. The N=4 point had no reference: no speed."""
+    from raybench.forecast import check
+    from raybench.results import Forecast
+    from tests.unit.test_scaling_report import rec
+
+    raw = rec("raw", 1, 1, 512_000.0)
+    raw.batch_size_per_worker = 1024
+    runs = [raw, rec("raybench", 2, 1, 1000.0), rec("raybench", 4, 1, 1500.0)]
+    two = Forecast("raybench", 2, 512, predicted_samples_per_sec=1100.0)
+    four = Forecast("raybench", 4, 256, predicted_samples_per_sec=1500.0)
+    check([two, four], runs, {2: [0.0025, 0.0022, 0.0020]})
+    assert two.error == pytest.approx(0.1)
+    assert two.speed == pytest.approx(0.002 / 0.0022)
+    assert two.error_same_speed == pytest.approx(1100 * (0.002 / 0.0022) / 1000 - 1)
+    assert abs(two.error_same_speed) < 1e-9
+    assert four.error == pytest.approx(0.0) and four.speed is None
+    assert four.error_same_speed is None
+    check([four], [r for r in runs if r.backend != "raw"], {4: [0.002]})
+    assert four.speed is None  # no raw N=1 point: nothing to compare the reference with
+
+
 def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_the_probe():
     """The raw loop's N=1 step just before and after each probe against the probe's bare step
     alone: 1.71x at N=2 (a slow spell met one of them) puts a warning under the forecasts
