@@ -201,7 +201,8 @@ class Sweep:
         run = PointRun(contenders, self.spec.precision, repeat, n, self.out.log,
                        beside.step_s if beside else None)
         point = run.measure(options, f"n{n}_r{repeat}_{int(time.time() * 1000)}")
-        self.reference_s.setdefault(n, []).extend(point.reference_s)
+        if point.reference_s:
+            self.reference_s.setdefault(n, []).extend(point.reference_s)
         self.windows += point.windows
         self.comparisons += point.comparisons
         for m in group:
