@@ -31,8 +31,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 EVAL_BATCH = 4096
 # Cut windows per streamed fetch (rows_per_fetch): 8 MiB is 35 k windows of 60 values, where
-# Ray Data's fixed cost per fetch fell to a fifth of the windows' own (docs/data.md); a few
-# fetches in flight stay small beside a worker's memory.
+# Ray Data's fixed cost per fetch is under a fifth of the windows' own CPU in the training
+# process (docs/data.md); a few fetches in flight stay small beside a worker's memory.
 FETCH_BYTES = 8 << 20
 
 
@@ -298,9 +298,9 @@ def rows_per_fetch(batch: int, chunk_windows: int, window_bytes: int) -> int:
     many rows (then no batch straddles two fetches and none is copied together from two).
 
     Ray Data charges a fetch a fixed cost whatever its size (its batcher, formatting and thread
-    hand-off: about 3 ms of the machine's CPU here, a third of it in the training process,
-    docs/data.md). At four batches of 1024 windows that cost was most of the ingest's CPU, and
-    on two cores that CPU is taken from the training step."""
+    hand-off: 1.4-2.1 ms of the machine's CPU here, about 1.2 ms in the training process,
+    docs/data.md). At four batches of 1024 windows that was about 60% of the ingest's CPU in
+    the training process, and on two cores that CPU is taken from the training step."""
     windows = max(4 * batch, FETCH_BYTES // window_bytes)
     rows = max(1, math.ceil(windows / chunk_windows))
     whole = batch // math.gcd(batch, chunk_windows)  # rows whose windows are whole batches
