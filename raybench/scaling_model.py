@@ -201,7 +201,8 @@ def with_speed(f: Forecast, speed: float) -> Forecast:
     """The machine's speed while the point ran over its speed at the N=1 point (> 1: faster),
     and the error of the forecast carried to that speed: predicted x speed / measured - 1.
     The forecast is made of N=1 steps, so a machine 10% slower a minute later makes it 10%
-    too high whatever the model; this error is the model's own."""
+    too high whatever the model; this error is what is left once that change is taken out
+    (docs/scaling.md: it explained one sweep's misses and not another's agreement)."""
     f.speed = speed
     if f.measured_samples_per_sec and f.predicted_samples_per_sec:
         f.error_same_speed = f.predicted_samples_per_sec * speed / f.measured_samples_per_sec - 1
