@@ -132,7 +132,7 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
 
     grad_bytes = 4 * count_parameters(p.model)
     glob = global_batch(spec, p.base)
-    anchor = glob if glob else p.base.train.batch_size  # the N=1 point's batch
+    anchor = n1_batch(spec, p)
     extra = [n for n in spec.predict if n not in spec.workers and (not glob or glob % n == 0)]
     threads, cores = worker_threads(p.base), os.cpu_count() or 1
     peak = calibrate.calibrate(recalibrate=recalibrate)
@@ -206,7 +206,7 @@ class RawBeside:
 
     def steps_s(self) -> list[float]:
         """Seconds a step in each of a few windows, now."""
-        return [self._window(self.steps) for _ in range(BESIDE_WINDOWS)]
+        return [self.step_s() for _ in range(BESIDE_WINDOWS)]
 
     def step_s(self) -> float:
         """Seconds a step in one window, now."""
@@ -219,8 +219,12 @@ def speed_reference(spec: ScaleSpec, p: Plan, measures: list[Measure]) -> RawBes
     raw = next((m.backend for m in measures if m.name == "raw"), None)
     if raw is None:
         return None
-    glob = global_batch(spec, p.base)
-    return RawBeside(raw, point_config(p.base, 1, None), glob if glob else p.base.train.batch_size)
+    return RawBeside(raw, point_config(p.base, 1, None), n1_batch(spec, p))
+
+
+def n1_batch(spec: ScaleSpec, p: Plan) -> int:
+    """The N=1 point's batch: the global batch (strong scaling) or the per-worker one."""
+    return global_batch(spec, p.base) or p.base.train.batch_size
 
 
 def loaded_steps(spec: ScaleSpec, p: Plan, anchor: int, glob: int | None,

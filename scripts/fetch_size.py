@@ -11,22 +11,21 @@ first epoch on a fresh Ray pays for Ray Data's processes starting; read from the
 Run it alone: it measures the machine.
 """
 
-import os
 import sys
 import time
 
 import ray
 import torch
 
+from raybench import interference
 from raybench.data import ingest
 from raybench.data.parquet import load_meta
 
 
 def machine_cpu_s() -> float:
-    """CPU seconds the whole machine has spent outside idle and iowait."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has spent busy (steal included), as the interleaved
+    rounds read it."""
+    return interference.sample().busy_s
 
 
 class OneRank:
