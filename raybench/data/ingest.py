@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
+from raybench.affinity import every_core
 from raybench.data.dataset import Dataset, as_tensor, shard_bounds
 from raybench.data.parquet import COLUMNS, ParquetDataset, unfold
 
@@ -188,13 +189,20 @@ class RayDataIngest:
         self._primed: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _train_fetches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's fetches, its first one already taken: Ray Data starts its prefetch
+        threads at the first fetch, and starts them here with the process's cores, not only
+        the pinned training thread's (--pin_threads), so that cutting windows overlaps the
+        step on another core."""
         shard = self.session.dataset_shard("train")
         rows = self.rows_per_fetch
-        return iter(shard.iter_torch_batches(
-            batch_size=rows, prefetch_batches=self.prefetch,
-            collate_fn=arrow_collate(WindowCollate(self, epoch)),
-            local_shuffle_buffer_size=4 * rows if self.shuffle else None,
-            local_shuffle_seed=self.seed + self._epochs_started if self.shuffle else None))
+        with every_core():
+            fetches = iter(shard.iter_torch_batches(
+                batch_size=rows, prefetch_batches=self.prefetch,
+                collate_fn=arrow_collate(WindowCollate(self, epoch)),
+                local_shuffle_buffer_size=4 * rows if self.shuffle else None,
+                local_shuffle_seed=self.seed + self._epochs_started if self.shuffle else None))
+            first = next(fetches, None)
+        return fetches if first is None else itertools.chain([first], fetches)
 
     def prime(self) -> None:
         """Start the first epoch's pipeline and wait for its first fetch, before any clock runs:
@@ -202,10 +210,8 @@ class RayDataIngest:
         measured epoch or window."""
         asked = time.perf_counter()
         self._epochs_started += 1
-        fetches = self._train_fetches(1)
-        first = next(fetches)
+        self._primed = self._train_fetches(1)
         self.first_batch_s, self.first_batch_at = time.perf_counter() - asked, time.time()
-        self._primed = itertools.chain([first], fetches)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         primed, self._primed = self._primed, None

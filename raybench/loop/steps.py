@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raybench import probes
+from raybench.affinity import pin_cores
 from raybench.config import Config, metric_mode
 from raybench.data.ingest import Ingest
 from raybench.loop.collector import MetricsCollector, SyncClock, mean_breakdown, startup_marks
@@ -126,17 +126,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pin_cores(local_rank: int, threads: int) -> list[int] | None:
-    """Pin the calling thread (and the intra-op threads it starts later, which inherit it) to
-    `threads` cores chosen by local rank; None where the OS offers no affinity."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    cores = [allowed[(local_rank * threads + i) % len(allowed)] for i in range(threads)]
-    os.sched_setaffinity(0, cores)  # 0: this thread (Linux sets affinity per thread)
-    return cores
 
 
 def setup(cfg: Config, ingest: Ingest, session: Session, collector: MetricsCollector,
