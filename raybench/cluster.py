@@ -52,6 +52,10 @@ def _pod(image: str, name: str, cpu: str, memory: str, gpus: int, pvc: str) -> d
                 # Requests equal to limits: Guaranteed QoS, so a benchmark's CPUs are its own.
                 "resources": {"requests": dict(resources), "limits": dict(resources)},
                 "securityContext": _security(),
+                # Keep idle Ray worker processes for reuse: past the soft limit (default: the
+                # pod's CPUs) Ray kills them after a second, and a streamed run's next epoch
+                # starts its read tasks' Python processes again on the training CPUs.
+                "env": [{"name": "RAY_num_workers_soft_limit", "value": "64"}],
                 "volumeMounts": [{"name": "results", "mountPath": RESULTS_MOUNT},
                                  {"name": "dshm", "mountPath": "/dev/shm"}],
             }],

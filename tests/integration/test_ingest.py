@@ -82,3 +82,24 @@ def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp
     # the pipeline was started, and its first batch fetched, before any measured window
     streamed = [w for w in doc.windows if w.launcher == "raybench+ray_data"]
     assert streamed and run1.first_batch_at < min(w.started_at for w in streamed)
+
+
+def test_idle_read_workers_are_kept_for_the_next_epoch(ray_cluster):
+    """Ray kills idle worker processes past its soft limit after a second; a streamed epoch's
+    read tasks then start new Python processes every epoch, on the training worker's CPU.
+    The local Ray raybench starts keeps them (LOCAL_RAY_ENV): more quarter-CPU tasks than
+    the node has CPUs, then longer idle than Ray's kill delay, and every process is still
+    there to be reused."""
+    import os
+    import time
+
+    @ray_cluster.remote(num_cpus=0.25)
+    def read_like_task():
+        time.sleep(2.0)  # overlap: each task holds its own worker process
+        return os.getpid()
+
+    pids = set(ray_cluster.get([read_like_task.remote() for _ in range(8)]))
+    assert len(pids) > 4  # more workers than the session's 4 CPUs, Ray's default soft limit
+    time.sleep(3.0)  # Ray's idle_worker_killing_time_threshold_ms is 1000
+    gone = [pid for pid in pids if not os.path.exists(f"/proc/{pid}")]
+    assert not gone, f"Ray killed idle workers {gone}: the next epoch would start them again"

@@ -52,6 +52,9 @@ def test_render_one_valid_rayjob_per_worker_count(tmp_path, gpus):
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["cpu"] == "2" and limits.get("nvidia.com/gpu") == ("1" if gpus else None)
     assert ("--use-gpu" in doc["spec"]["entrypoint"]) == bool(gpus)
+    for pod in (group, doc["spec"]["rayClusterSpec"]["headGroupSpec"]):
+        env = pod["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "RAY_num_workers_soft_limit", "value": "64"} in env
 
 
 def mutate(doc, path, value):
