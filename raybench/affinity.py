@@ -31,8 +31,8 @@ def every_core() -> Iterator[None]:
     again: threads started inside (a prefetcher's, say) are not held to the training thread's
     core, where their work would add to the step instead of overlapping it. A no-op where
     nothing was pinned."""
-    own = os.sched_getaffinity(0) if _unpinned is not None else None
-    if own is None or own == _unpinned:
+    own = os.sched_getaffinity(0) if _unpinned is not None else _unpinned
+    if own == _unpinned:  # nothing pinned, or not this thread
         yield
         return
     os.sched_setaffinity(0, _unpinned)

@@ -22,6 +22,9 @@ from raybench.cli import Parser, worker_counts
 from raybench.errors import UserError, missing_file, run_cli
 
 RAY_VERSION = "2.60.0"
+# RAY_num_workers_soft_limit for every Ray node raybench configures (these pods, a local Ray):
+# idle worker processes kept for reuse instead of killed after a second (backends/ray_cluster.py).
+IDLE_WORKERS_KEPT = 64
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 RESULTS_MOUNT = "/mnt/results"
 EXAMPLE = """examples:
@@ -55,7 +58,7 @@ def _pod(image: str, name: str, cpu: str, memory: str, gpus: int, pvc: str) -> d
                 # Keep idle Ray worker processes for reuse: past the soft limit (default: the
                 # pod's CPUs) Ray kills them after a second, and a streamed run's next epoch
                 # starts its read tasks' Python processes again on the training CPUs.
-                "env": [{"name": "RAY_num_workers_soft_limit", "value": "64"}],
+                "env": [{"name": "RAY_num_workers_soft_limit", "value": str(IDLE_WORKERS_KEPT)}],
                 "volumeMounts": [{"name": "results", "mountPath": RESULTS_MOUNT},
                                  {"name": "dshm", "mountPath": "/dev/shm"}],
             }],

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raybench.backends.local import wants_gpu
+from raybench.cluster import IDLE_WORKERS_KEPT
 from raybench.config import Config
 from raybench.errors import UserError, install_signal_handlers
 
@@ -24,9 +25,10 @@ from raybench.errors import UserError, install_signal_handlers
 # and kills the rest after a second. Ray Train's and Ray Data's actors alone exceed 2, so on a
 # small machine every epoch of a streamed run started its read tasks' processes again: 34
 # Python processes in a 10-epoch run here, each ~2 s of CPU at niceness 0 while it imports,
-# taken from the niceness-15 training worker (docs/data.md). Kept, they are reused.
+# taken from the niceness-15 training worker (docs/data.md). Kept, they are reused; the
+# KubeRay pods raybench.cluster renders set the same.
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0",
-                 "RAY_num_workers_soft_limit": str(max(64, os.cpu_count() or 1))}
+                 "RAY_num_workers_soft_limit": str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1))}
 REPORT_POLL_S = 0.2
 # A local Ray gets as many logical CPUs as the workers ask for, so that 4 workers run on a
 # 2-core laptop; past this many worker processes per core the machine only thrashes.

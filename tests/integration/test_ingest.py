@@ -1,6 +1,8 @@
 """Ray Data ingest of a Parquet dataset on real Ray Train workers, next to the memory path."""
 
 import json
+import os
+import time
 
 import pytest
 
@@ -90,8 +92,6 @@ def test_idle_read_workers_are_kept_for_the_next_epoch(ray_cluster):
     The local Ray raybench starts keeps them (LOCAL_RAY_ENV): more quarter-CPU tasks than
     the node has CPUs, then longer idle than Ray's kill delay, and every process is still
     there to be reused."""
-    import os
-    import time
 
     @ray_cluster.remote(num_cpus=0.25)
     def read_like_task():
