@@ -87,6 +87,13 @@ class DataConfig:
         "memory|ray_data (ray_data streams --parquet_dir)", NOT_SCALE)})
     prefetch_batches: int = field(default=2, metadata={"min": 0, **cli(
         "Ray Data batches each worker prefetches")})
+    # ray_data only: read the train split once into Ray's object store (Dataset.materialize,
+    # as Ray's docs advise for data that fits) and stream every epoch from there, instead of
+    # reading the Parquet files again each epoch. Off by default: a benchmark on a sample that
+    # fits would otherwise flatter a job whose real data does not.
+    cache_train: bool = field(default=False, metadata=cli(
+        "ray_data: read the train split once into Ray's object store, not every epoch",
+        const=True))
 
 
 @dataclass

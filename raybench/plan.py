@@ -151,14 +151,19 @@ def load_data(cfg: Config, spec: ScaleSpec,
     if streamed and not cfg.data.parquet_dir:
         raise UserError("--ingest ray_data streams a Parquet dataset: give --parquet_dir (write "
                         "one with python -m raybench.data prepare --format parquet)")
+    if cfg.data.cache_train and not streamed:
+        raise UserError("--cache-train keeps the streamed launcher's train split in Ray's "
+                        "object store: add ray_data to --ingest")
     if spec.synthetic_samples:
         data, source, resolved = _synthetic(cfg, spec.synthetic_samples, out)
         return data, None, source, resolved
     stream = memory = None
     if streamed:
-        stream, source, resolved = load_source(with_ingest(cfg, "ray_data"), out.log)
+        stream, source, resolved = load_source(with_ingest(cfg, "ray_data"), out.log,
+                                               for_launcher=True)
     if "memory" in spec.ingest or set(spec.backends) & {"ddp", "raw"}:
-        memory, source, resolved = load_source(with_ingest(cfg, "memory"), out.log)
+        memory, source, resolved = load_source(with_ingest(cfg, "memory"), out.log,
+                                               for_launcher=True)
     resolved.data.ingest = cfg.data.ingest
     return memory, stream, source, resolved
 

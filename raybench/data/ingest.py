@@ -25,6 +25,7 @@ import torch
 from raybench.affinity import every_core
 from raybench.data.dataset import Dataset, as_tensor, shard_bounds
 from raybench.data.parquet import COLUMNS, ParquetDataset, unfold
+from raybench.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # (inputs, targets, naive baseline, key): the key orders gathered evaluation rows identically
@@ -359,6 +360,9 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
     import ray.train
 
     datasets = {"train": read_train_split(data)}
+    if cfg.data.cache_train:
+        datasets["train"] = cache_split(datasets["train"], data.splits["train"].chunks
+                                        * data.row_values * 4)
     if cfg.data.shuffle_train:
         datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.train.seed)
     # Blocks in file order: with one worker the stream is the memory path's order exactly, and
@@ -368,6 +372,28 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
     return {"datasets": datasets,
             "dataset_config": ray.train.DataConfig(datasets_to_split=["train"],
                                                    execution_options={"train": options})}
+
+
+def cache_split(ds: Any, split_bytes: int) -> Any:
+    """The split read once into Ray's object store, its blocks in file order (as streamed).
+
+    Measured (docs/data.md): a streamed epoch re-runs the Parquet read tasks and Ray Data's
+    SplitCoordinator executes again; cached, each epoch only hands out blocks already in the
+    store. What does not fit in half the store is refused: it would spill to disk every
+    epoch, slower than reading the Parquet files."""
+    import ray
+
+    check_cache_fits(split_bytes, ray.cluster_resources().get("object_store_memory", 0))
+    ds.context.execution_options.preserve_order = True
+    return ds.materialize()
+
+
+def check_cache_fits(split_bytes: float, store_bytes: float) -> None:
+    if split_bytes > store_bytes / 2:
+        raise UserError(f"--cache-train: the train split ({split_bytes / 2**20:,.0f} MiB) does "
+                        f"not fit in half of Ray's object store ({store_bytes / 2**20:,.0f} "
+                        "MiB); stream it without --cache-train, or give Ray a bigger store "
+                        "(--object-store-mib)")
 
 
 def read_train_split(data: ParquetDataset) -> Any:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from raybench import run, scale
+from raybench.backends.ray_cluster import ObjectStoreMonitor
 from raybench.data.__main__ import main as data_main
 
 
@@ -45,14 +46,18 @@ def test_one_worker_streams_the_same_windows_as_memory(ray_cluster, parquet_dir,
               str(tmp_path), "--quiet"]
     assert run.main([*common, "--ingest", "memory", "--run_name", "mem"]) == 0
     assert run.main([*common, "--ingest", "ray_data", "--run_name", "rd"]) == 0
-    rd = check_streamed(tmp_path, "rd", parquet_dir, 1, 64)
-    assert timing_of(tmp_path, "mem")["steps_per_epoch"] == rd["steps_per_epoch"]
-    # same windows, same order, same normalisation: the same test metrics
+    # read once into the object store, each epoch streamed from there: the same windows too
+    assert run.main([*common, "--ingest", "ray_data", "--cache-train", "--run_name",
+                     "cached"]) == 0
     m1 = json.loads((tmp_path / "mem" / "metrics_test.json").read_text())
-    m2 = json.loads((tmp_path / "rd" / "metrics_test.json").read_text())
-    assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-5)
-    assert m1["baseline_persistence"]["mse"] == pytest.approx(
-        m2["baseline_persistence"]["mse"], rel=1e-6)
+    for name in ("rd", "cached"):
+        streamed = check_streamed(tmp_path, name, parquet_dir, 1, 64)
+        assert timing_of(tmp_path, "mem")["steps_per_epoch"] == streamed["steps_per_epoch"]
+        # same windows, same order, same normalisation: the same test metrics
+        m2 = json.loads((tmp_path / name / "metrics_test.json").read_text())
+        assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-5)
+        assert m1["baseline_persistence"]["mse"] == pytest.approx(
+            m2["baseline_persistence"]["mse"], rel=1e-6)
 
 
 def test_two_workers_stream_equal_shares_and_decide_alike(ray_cluster, parquet_dir, tmp_path):
@@ -103,3 +108,19 @@ def test_idle_read_workers_are_kept_for_the_next_epoch(ray_cluster):
     time.sleep(3.0)  # Ray's idle_worker_killing_time_threshold_ms is 1000
     gone = [pid for pid in pids if not os.path.exists(f"/proc/{pid}")]
     assert not gone, f"Ray killed idle workers {gone}: the next epoch would start them again"
+
+
+def test_object_store_monitor_keeps_one_channel_and_sees_the_store(ray_cluster):
+    """Each sample makes the raylet ask every worker process for its stats; the monitor keeps
+    its channel across samples (Ray's helper opened one and read the node table each call)
+    and still sees bytes put into the store."""
+    import numpy as np
+
+    monitor = ObjectStoreMonitor()
+    held = ray_cluster.put(np.ones(4 * 2**20, dtype=np.uint8))  # 4 MiB, in the shared store
+    monitor._sample()
+    ask = monitor._ask
+    monitor._sample()
+    assert monitor._ask is ask
+    assert monitor.peak_bytes >= 4 * 2**20 and monitor.spilled_bytes == 0
+    del held

@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 import yaml
 
-from raybench import cluster, report, scale, scaling_report
+from raybench import cluster, report, run, scale, scaling_report
 from raybench.data.__main__ import main as data_main
+from raybench.data.ingest import check_cache_fits
 from raybench.errors import UserError, run_cli
 from tests.unit.test_scaling_report import rec
 
@@ -142,6 +143,18 @@ def test_scale_refuses_a_sweep_that_would_measure_nothing():
         scale.run_sweep(scale.build_parser().parse_args(["--workers", "2", "--predict", "8"]))
     with pytest.raises(UserError, match="add ray_data to --ingest"):
         scale.run_sweep(scale.build_parser().parse_args(["--workers", "1", "--ingest-ceiling"]))
+    with pytest.raises(UserError, match="--cache-train keeps the streamed launcher's"):
+        scale.run_sweep(scale.build_parser().parse_args(
+            ["--workers", "1", "--cache-train", "--synthetic-samples", "1000"]))
+
+
+def test_cache_train_needs_a_stream_and_room_in_the_store(reg_npz, tmp_path):
+    with pytest.raises(UserError, match="--cache-train keeps a streamed train split"):
+        run.main(["--cache-train", "--npz_path", str(reg_npz), "--save_dir", str(tmp_path)])
+    check_cache_fits(100 * 2**20, 201 * 2**20)  # fits in half the store
+    with pytest.raises(UserError, match=r"train split \(300 MiB\) does not fit in half of "
+                                        r"Ray's object store \(400 MiB\)"):
+        check_cache_fits(300 * 2**20, 400 * 2**20)
 
 
 @pytest.fixture
