@@ -268,10 +268,11 @@ class ObjectStoreMonitor:
 
     A sample is not free: the raylet asks every worker process of every node for its stats,
     so its cost grows with the processes a streamed run keeps. Measured here with 20 idle
-    actors: 21-31 ms of the machine's CPU a sample through Ray's get_memory_info_reply (a new
-    channel and node-table read each call), 15-17 ms over one kept channel. Every 2 s over the
-    kept channel that is under 0.5% of a 2-core machine (every 0.5 s before: 2-3%); the spill
-    total is read again at the end, so only a peak shorter than 2 s can be missed."""
+    actors (scripts/store_sample_cost.py): 21-91 ms of the machine's CPU a sample through
+    Ray's get_memory_info_reply (a new channel and node-table read each call), 0-45% less over
+    one kept channel. Every 0.5 s that was 2-9% of a 2-core machine; every 2 s it is a quarter
+    of that or less. The spill total is read again at the end, so only a peak shorter than 2 s
+    can be missed."""
 
     def __init__(self, every_s: float = 2.0) -> None:
         import threading

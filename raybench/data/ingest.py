@@ -361,8 +361,8 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
 
     datasets = {"train": read_train_split(data)}
     if cfg.data.cache_train:
-        datasets["train"] = cache_split(datasets["train"], data.splits["train"].chunks
-                                        * data.row_values * 4)
+        row_bytes = 4 * (data.row_values + data.chunk_windows)  # x's stretch and y, float32
+        datasets["train"] = cache_split(datasets["train"], data.splits["train"].chunks * row_bytes)
     if cfg.data.shuffle_train:
         datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.train.seed)
     # Blocks in file order: with one worker the stream is the memory path's order exactly, and
