@@ -141,6 +141,8 @@ def _synthetic(cfg: Config, samples: int, out: Console) -> tuple[Dataset, str, C
 def with_ingest(cfg: Config, ingest: str) -> Config:
     out = copy.deepcopy(cfg)
     out.data.ingest = ingest
+    # --cache-train is the streamed launchers' flag: an in-memory launcher has no split to cache
+    out.data.cache_train = cfg.data.cache_train and ingest == "ray_data"
     return out
 
 
@@ -159,12 +161,10 @@ def load_data(cfg: Config, spec: ScaleSpec,
         return data, None, source, resolved
     stream = memory = None
     if streamed:
-        stream, source, resolved = load_source(with_ingest(cfg, "ray_data"), out.log,
-                                               for_launcher=True)
+        stream, source, resolved = load_source(with_ingest(cfg, "ray_data"), out.log)
     if "memory" in spec.ingest or set(spec.backends) & {"ddp", "raw"}:
-        memory, source, resolved = load_source(with_ingest(cfg, "memory"), out.log,
-                                               for_launcher=True)
-    resolved.data.ingest = cfg.data.ingest
+        memory, source, resolved = load_source(with_ingest(cfg, "memory"), out.log)
+    resolved.data.ingest, resolved.data.cache_train = cfg.data.ingest, cfg.data.cache_train
     return memory, stream, source, resolved
 
 

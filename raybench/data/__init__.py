@@ -54,13 +54,10 @@ def load_configured(data_cfg, model_kind: str,
 Source = Dataset | ParquetDataset
 
 
-def load_source(cfg, say: Callable[[str], None] = print,
-                for_launcher: bool = False) -> tuple[Source, str, object]:
+def load_source(cfg, say: Callable[[str], None] = print) -> tuple[Source, str, object]:
     """The data a config asks for, where it came from, and the config resolved against it: an
     in-memory Dataset (an NPZ, or a Parquet dataset loaded whole for --ingest memory), or a
-    Parquet dataset's metadata for --ingest ray_data. Every mistake fails here, before Ray.
-    for_launcher: one of scale's launchers, whose flags the sweep as a whole was checked for
-    (--cache-train is the streamed launcher's, not the in-memory one's)."""
+    Parquet dataset's metadata for --ingest ray_data. Every mistake fails here, before Ray."""
     from raybench.config import resolve
 
     d = cfg.data
@@ -69,7 +66,7 @@ def load_source(cfg, say: Callable[[str], None] = print,
     if d.ingest == "ray_data" and not d.parquet_dir:
         raise UserError("--ingest ray_data streams a Parquet dataset: give --parquet_dir (write "
                         "one with python -m raybench.data prepare --format parquet)")
-    if d.cache_train and d.ingest != "ray_data" and not for_launcher:
+    if d.cache_train and d.ingest != "ray_data":
         raise UserError("--cache-train keeps a streamed train split in Ray's object store: it "
                         "needs --ingest ray_data")
     if not d.parquet_dir:

@@ -361,8 +361,7 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
 
     datasets = {"train": read_train_split(data)}
     if cfg.data.cache_train:
-        row_bytes = 4 * (data.row_values + data.chunk_windows)  # x's stretch and y, float32
-        datasets["train"] = cache_split(datasets["train"], data.splits["train"].chunks * row_bytes)
+        datasets["train"] = cache_split(datasets["train"], data)
     if cfg.data.shuffle_train:
         datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.train.seed)
     # Blocks in file order: with one worker the stream is the memory path's order exactly, and
@@ -374,7 +373,7 @@ def trainer_datasets(cfg: Any, data: Dataset | ParquetDataset) -> dict[str, Any]
                                                    execution_options={"train": options})}
 
 
-def cache_split(ds: Any, split_bytes: int) -> Any:
+def cache_split(ds: Any, data: ParquetDataset) -> Any:
     """The split read once into Ray's object store, its blocks in file order (as streamed).
 
     Measured (docs/data.md): a streamed epoch re-runs the Parquet read tasks and Ray Data's
@@ -383,7 +382,9 @@ def cache_split(ds: Any, split_bytes: int) -> Any:
     epoch, slower than reading the Parquet files."""
     import ray
 
-    check_cache_fits(split_bytes, ray.cluster_resources().get("object_store_memory", 0))
+    row_bytes = 4 * (data.row_values + data.chunk_windows)  # x's stretch and y, float32
+    check_cache_fits(data.splits["train"].chunks * row_bytes,
+                     ray.cluster_resources().get("object_store_memory", 0))
     ds.context.execution_options.preserve_order = True
     return ds.materialize()
 
