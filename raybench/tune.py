@@ -18,6 +18,7 @@ A sweep YAML names a base config and a search space over any config key:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from raybench.data.ingest import open_ingest, trainer_datasets
 from raybench.errors import (
     UserError,
     graceful_tune_signals,
+    printable,
     raise_if_stopped,
     run_cli,
     stopped,
@@ -269,8 +271,25 @@ def _make_tuner(spec: SweepSpec, data_ref: Any, output: Output, key: str, mode: 
                 num_to_keep=1, checkpoint_score_attribute=key, checkpoint_score_order=mode)))
 
 
+class OneLineSaveErrors(logging.Filter):
+    """Ray Tune logs a failed save of the experiment's state with a traceback. Measured here
+    on a busy machine: its final save on SIGTERM copied `driver_artifacts` while a temporary
+    file in it was renamed (FileNotFoundError); the state saved before stands, so --resume
+    works. The user gets the failure in one line, not Ray's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            first = record.getMessage().strip().splitlines()[0]
+            record.msg, record.args = f"{first} {type(exc).__name__}: {printable(exc)}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def run_sweep(args: argparse.Namespace) -> dict:
     import ray
+
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(OneLineSaveErrors())
 
     out = Console(quiet=args.quiet)
     spec, output = _load_spec(args)

@@ -88,3 +88,24 @@ def test_sweep_settings_that_would_be_ignored_or_cannot_run_are_refused(tmp_path
     sweep.write_text(text + "search_space: {train.lr: {choice: [0.1]}}\n")
     with pytest.raises(UserError, match=message):
         load_sweep(sweep)
+
+
+def test_a_failed_save_of_tunes_state_is_one_line_not_a_traceback(caplog):
+    """Ray Tune logs a failed state save with its traceback (seen on SIGTERM on a busy
+    machine); the sweep's user gets one line."""
+    import logging
+
+    from raybench.tune import OneLineSaveErrors
+
+    logger = logging.getLogger("test.experiment_state")
+    logger.addFilter(OneLineSaveErrors())
+    try:
+        raise FileNotFoundError(2, "Failed to open local file '/tmp/ray/x.tmp'\nDetail: gone")
+    except FileNotFoundError:
+        with caplog.at_level(logging.ERROR, logger="test.experiment_state"):
+            logger.exception("Saving experiment state to storage at '/out' failed with "
+                             "exception: ")
+    (record,) = caplog.records
+    text = caplog.text
+    assert "Traceback" not in text and record.exc_info is None
+    assert "failed with exception: FileNotFoundError: [Errno 2] Failed to open local file" in text
