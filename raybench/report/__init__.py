@@ -106,7 +106,7 @@ def build(paths: list[str], fmt: str, out: Path | None = None) -> str:
 
 def compare_command(args: argparse.Namespace) -> int:
     """The regression gate: a table of changes, then exit 1 if any --fail-if holds."""
-    from raybench import compare
+    from raybench.report import compare
 
     if args.paths:
         raise UserError("--compare takes exactly two scaling reports; drop the other paths")

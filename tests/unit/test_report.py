@@ -67,7 +67,7 @@ def test_written_files_are_readable_by_others(tmp_path):
 def test_the_regression_gate_flags_what_changed_beyond_the_noise(tmp_path, capsys):
     import dataclasses
 
-    from raybench import compare
+    from raybench.report import compare
     from tests.unit.test_scaling_report import rec
 
     base = [rec("raybench", n, r, v) for n, vals in ((1, (100, 102, 98)), (2, (150, 151, 149)))
