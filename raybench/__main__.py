@@ -12,7 +12,8 @@ COMMANDS = {
     "data": ("raybench.data.__main__", "prepare an NPZ (S&P 500, synthetic, CSV/Parquet)"),
     "tune": ("raybench.tune", "Ray Tune sweep with ASHA early stopping over the same loop"),
     "scale": ("raybench.scale", "measure 1 -> N workers vs plain DDP and a raw loop; merge"),
-    "cluster": ("raybench.cluster", "render and validate KubeRay RayJob/RayCluster manifests"),
+    "cluster": ("raybench.cluster.__main__", "KubeRay manifests; an emulated multi-node "
+                "cluster on this machine"),
     "report": ("raybench.report", "one HTML/Markdown file comparing runs, scalings, sweeps"),
 }
 

@@ -35,7 +35,10 @@ class Parser(argparse.ArgumentParser):
         import sys
 
         args = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args([self._spelling(a) for a in args], namespace)
+        # after `--` the words are another command's (cluster local exec -- ...): as written
+        cut = args.index("--") if "--" in args else len(args)
+        args = [self._spelling(a) for a in args[:cut]] + args[cut:]
+        return super().parse_known_args(args, namespace)
 
     def _spelling(self, arg: str) -> str:
         """`--foo_bar[=x]` as `--foo-bar[=x]` when only the hyphenated flag exists (and the

@@ -13,23 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from raybench.backends.local import wants_gpu
-from raybench.cluster import IDLE_WORKERS_KEPT
 from raybench.config import Config
 from raybench.errors import UserError, install_signal_handlers
+from raybench.ray_env import NODE_ENV
 
+# Every Ray node raybench configures keeps idle worker processes for reuse (ray_env.py).
+LOCAL_RAY_ENV = dict(NODE_ENV)
 # Ray Train V2's report() returns only when the controller next polls its workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): measured here, that added 2 s to every
 # 0.1 s epoch. Clusters raybench starts itself poll every 0.2 s (users can still override).
 # That polling costs CPU, though: with both cores busy (LSTM, 2 workers) steps ran 4-6% slower
 # at 0.2 s than at 2 s, so throughput benchmarks (raybench.scale) keep Ray's 2 s.
-# Ray keeps idle worker processes only up to num_workers_soft_limit (default: the node's CPUs)
-# and kills the rest after a second. Ray Train's and Ray Data's actors alone exceed 2, so on a
-# small machine every epoch of a streamed run started its read tasks' processes again: 34
-# Python processes in a 10-epoch run here, each ~2 s of CPU at niceness 0 while it imports,
-# taken from the niceness-15 training worker (docs/data.md). Kept, they are reused; the
-# KubeRay pods raybench.cluster renders set the same.
-LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0",
-                 "RAY_num_workers_soft_limit": str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1))}
 REPORT_POLL_S = 0.2
 # A local Ray gets as many logical CPUs as the workers ask for, so that 4 workers run on a
 # 2-core laptop; past this many worker processes per core the machine only thrashes.

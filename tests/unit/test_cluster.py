@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raybench import cluster
+from raybench.cluster import kuberay as cluster
+from raybench.cluster.__main__ import main as cluster_main
 from raybench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,12 +102,12 @@ def test_validate_cli(tmp_path, capsys):
     good.write_text(yaml.safe_dump(job()))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(mutate(job(), [*WG, "replica"], 1)))
-    assert cluster.main(["validate", str(good), "--schemas", str(SCHEMAS)]) == 0
-    assert cluster.main(["validate", str(good), str(bad), "--schemas", str(SCHEMAS)]) == 1
+    assert cluster_main(["validate", str(good), "--schemas", str(SCHEMAS)]) == 0
+    assert cluster_main(["validate", str(good), str(bad), "--schemas", str(SCHEMAS)]) == 1
     out = capsys.readouterr().out
     assert f"{good}: valid" in out and f"{bad}: INVALID" in out
     with pytest.raises(UserError, match="schemas not found"):
-        cluster.main(["validate", str(good), "--schemas", str(tmp_path)])
+        cluster_main(["validate", str(good), "--schemas", str(tmp_path)])
 
 
 def test_validate_uses_the_schemas_shipped_in_the_package(tmp_path):
@@ -130,12 +131,12 @@ def test_validate_uses_the_schemas_shipped_in_the_package(tmp_path):
 ])
 def test_render_refuses_empty_image_and_unbalanced_quotes(tmp_path, argv, message):
     with pytest.raises(UserError, match=message):
-        cluster.main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
+        cluster_main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
                       *argv])
 
 
 def test_render_keeps_quoted_extra_flags_quoted(tmp_path):
-    cluster.main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
+    cluster_main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
                   "--extra", "--set 'io.run_name=a b'"])
     doc = yaml.safe_load(next(tmp_path.glob("*.yaml")).read_text())
     assert "--set 'io.run_name=a b'" in doc["spec"]["entrypoint"]

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from raybench import cluster, config, report, run, scale, tune
+from raybench import config, report, run, scale, tune
+from raybench.cluster.__main__ import build_parser as cluster_parser
 from raybench.data.__main__ import build_parser as data_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PARSERS = {"run": run.build_parser, "scale": scale.build_parser, "tune": tune.build_parser,
-           "data": data_parser, "cluster": cluster.build_parser, "report": report.build_parser}
+           "data": data_parser, "cluster": cluster_parser, "report": report.build_parser}
 
 
 def commands() -> list[tuple[str, str]]:

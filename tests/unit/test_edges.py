@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 import yaml
 
-from raybench import cluster, report, run, scale, scaling_report
+from raybench import report, run, scale, scaling_report
+from raybench.cluster import kuberay as cluster
+from raybench.cluster.__main__ import main as cluster_main
 from raybench.data.__main__ import main as data_main
 from raybench.data.ingest import check_cache_fits
 from raybench.errors import UserError, run_cli
@@ -32,7 +34,7 @@ def test_an_argument_mistake_is_one_line_without_a_usage_dump(capsys):
 
 
 def test_workers_has_one_syntax_and_each_command_refuses_the_forms_it_cannot_run(capsys):
-    from raybench import cluster, run
+    from raybench import run
     from raybench.cli import Workers, parse_workers
 
     assert parse_workers("4") == Workers((4,))
@@ -45,7 +47,7 @@ def test_workers_has_one_syntax_and_each_command_refuses_the_forms_it_cannot_run
     err = one_line_error(capsys, run.main, ["--workers", "1,2,4"])
     assert "raybench.scale" in err
     # a sweep (scale, cluster render) runs fixed sizes; a range is an elastic run's
-    for main, argv in ((scale.main, []), (cluster.main, ["render", "--image", "x"])):
+    for main, argv in ((scale.main, []), (cluster_main, ["render", "--image", "x"])):
         err = one_line_error(capsys, main, [*argv, "--workers", "2-4"])
         assert "elastic run's range (raybench.run --workers MIN-MAX)" in err
     assert scale.build_parser().parse_args(["--workers", "4,1"]).workers == [1, 4]
@@ -128,10 +130,10 @@ def test_validate_refuses_what_is_not_a_kuberay_manifest(tmp_path, text, message
 
 def test_render_refuses_flags_the_entrypoint_would_not_take(tmp_path):
     with pytest.raises(UserError, match="raybench.scale does not take --bogus-flag"):
-        cluster.main(["render", "--workers", "1,2", "--image", "img", "--extra",
+        cluster_main(["render", "--workers", "1,2", "--image", "img", "--extra",
                       "--bogus-flag 3", "--out", str(tmp_path)])
     assert not list(tmp_path.glob("*.yaml"))
-    assert cluster.main(["render", "--workers", "1", "--image", "img", "--extra",
+    assert cluster_main(["render", "--workers", "1", "--image", "img", "--extra",
                          "--synthetic-samples 1000", "--out", str(tmp_path)]) == 0
     assert yaml.safe_load((tmp_path / "rayjob-scale-n1.yaml").read_text())["kind"] == "RayJob"
 

@@ -1,11 +1,7 @@
-"""`python -m raybench.cluster`: KubeRay manifests for scaling experiments.
-
-  render    one RayJob per worker count (a worker pod per Ray Train worker, shut down after the
-            job), each running raybench.scale (or raybench.run) with the matching --workers
-  validate  check RayJob/RayCluster manifests against the KubeRay v1 CRD schemas, strictly
-            (unknown keys are errors), plus the rules the operator enforces at admission and
-            raybench's own policy (non-root, unprivileged, requests equal to limits)
-"""
+"""KubeRay manifests for scaling experiments: one RayJob per worker count (`render`), and
+checks of RayJob/RayCluster manifests against the KubeRay v1 CRD schemas, strictly (unknown
+keys are errors), plus the rules the operator enforces at admission and raybench's own policy
+(non-root, unprivileged, requests equal to limits) (`validate`). Rendering imports no torch."""
 
 from __future__ import annotations
 
@@ -18,19 +14,12 @@ from typing import Any
 
 import yaml
 
-from raybench.cli import Parser, worker_counts
-from raybench.errors import UserError, missing_file, run_cli
+from raybench.errors import UserError, missing_file
+from raybench.ray_env import IDLE_WORKERS_KEPT
 
 RAY_VERSION = "2.60.0"
-# RAY_num_workers_soft_limit for every Ray node raybench configures (these pods, a local Ray):
-# idle worker processes kept for reuse instead of killed after a second (backends/ray_cluster.py).
-IDLE_WORKERS_KEPT = 64
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 RESULTS_MOUNT = "/mnt/results"
-EXAMPLE = """examples:
-  python -m raybench.cluster render --workers 1,2,4,8 --image registry.example/raybench:0.1.0 \\
-      --cpus-per-worker 2 --out cluster/generated/
-  python -m raybench.cluster validate cluster/*.yaml cluster/generated/*.yaml"""
 
 
 # ------------------------------------------------------------------ rendering
@@ -165,7 +154,7 @@ def default_schema_dir() -> Path:
     env = os.environ.get("RAYBENCH_KUBERAY_SCHEMAS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent / "kuberay"
+    return Path(__file__).resolve().parents[1] / "kuberay"
 
 
 def load_schemas(directory: str | Path) -> dict[str, dict]:
@@ -296,41 +285,7 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
     return report
 
 
-# ------------------------------------------------------------------ CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return render_command(args) if args.command == "render" else validate_command(args)
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m raybench.cluster", description=__doc__, epilog=EXAMPLE)
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="one RayJob per worker count")
-    r.add_argument("--workers", required=True, type=worker_counts, metavar="N,N,...",
-                   help="worker counts, one RayJob each, e.g. 1,2,4,8")
-    r.add_argument("--image", required=True, help="image with raybench (cluster/Dockerfile)")
-    r.add_argument("--cpus-per-worker", type=float, default=1.0)
-    r.add_argument("--gpus-per-worker", type=int, default=0)
-    r.add_argument("--memory-per-worker", default="4Gi")
-    r.add_argument("--results-pvc", default="raybench-results",
-                   help="ReadWriteMany PVC mounted at /mnt/results on every pod")
-    r.add_argument("--job", choices=("scale", "run"), default="scale",
-                   help="entrypoint: raybench.scale (Ray backend) or raybench.run")
-    r.add_argument("--repeats", type=int, default=3)
-    r.add_argument("--ttl", type=int, default=600, help="ttlSecondsAfterFinished")
-    r.add_argument("--extra", default="", help="more flags for the entrypoint, e.g. "
-                   "\"--synthetic-samples 1000000 --batch_size 1024\"")
-    r.add_argument("--out", default="cluster/generated")
-    r.add_argument("--schemas", help="validate what was rendered against these CRD schemas "
-                   "(default: the KubeRay schemas shipped with raybench)")
-    v = sub.add_parser("validate", help="check manifests against the KubeRay v1 CRD schemas")
-    v.add_argument("files", nargs="+")
-    v.add_argument("--schemas", help="directory with rayjob-v1.schema.json and "
-                   "raycluster-v1.schema.json (default: $RAYBENCH_KUBERAY_SCHEMAS, else the "
-                   "KubeRay v1.7.0 schemas shipped with raybench)")
-    return parser
+# ------------------------------------------------------------------ commands
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -379,6 +334,3 @@ def validate_command(args: argparse.Namespace) -> int:
             print(f"{path}: valid")
     return 1 if bad else 0
 
-
-if __name__ == "__main__":
-    run_cli(main)
