@@ -14,6 +14,7 @@ COMMANDS = {
     "scale": ("raybench.scale", "measure 1 -> N workers vs plain DDP and a raw loop; merge"),
     "cluster": ("raybench.cluster.__main__", "KubeRay manifests; an emulated multi-node "
                 "cluster on this machine"),
+    "probe": ("raybench.probe", "the network between a run's ranks: gloo all-reduce sweep"),
     "report": ("raybench.report", "one HTML/Markdown file comparing runs, scalings, sweeps"),
 }
 

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from raybench.ray_env import emulated_cluster
+
 
 def _cpu_model() -> str:
     try:
@@ -52,6 +54,8 @@ def collect(ray_cluster: bool = True) -> dict:
         "cpu_count": os.cpu_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
+    if cluster := emulated_cluster():  # links and CPU shares of an emulated cluster
+        env["emulated_cluster"] = cluster
     try:
         import ray
 

@@ -4,9 +4,11 @@ not this driver or one of its descendants: a local Ray's raylet, GCS and workers
 baseline ranks are all descendants; a CPU burner or another tenant is not).
 
 A window whose outside load crosses a threshold did not measure the launcher alone, and its
-pair is excluded. On a cluster this driver did not start, the workers' machines are not this
-one and the figures describe only the driver's machine; elsewhere than Linux there is nothing
-to read and the checks are skipped (None).
+pair is excluded. On an emulated cluster (raybench.cluster local) the run is every node's
+processes: the cluster's own CPU counter replaces this process tree. On a cluster this driver
+did not start, the workers' machines are not this one and the figures describe only the
+driver's machine; elsewhere than Linux there is nothing to read and the checks are skipped
+(None).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from raybench.ray_env import emulated_cluster
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
@@ -70,13 +74,32 @@ def tree_cpu(root: int) -> dict[int, float]:
 
 
 def sample(root: int | None = None) -> MachineSample | None:
-    """The machine's counters now (None where /proc cannot be read)."""
+    """The machine's counters now (None where /proc cannot be read). On an emulated cluster
+    every node's processes are the run, and most are outside this PID namespace: the run is
+    then the cluster's own CPU counter (its cgroup's), this process's tree included."""
     try:
         busy, steal, total = _machine_ticks()
-        own = tree_cpu(root or os.getpid())
+        cluster = _cluster_cpu_s()
+        own = {-1: cluster} if cluster is not None else tree_cpu(root or os.getpid())
     except (OSError, ValueError):
         return None
     return MachineSample(time.monotonic(), busy * TICK_S, steal * TICK_S, total * TICK_S, own)
+
+
+def _cluster_cpu_s() -> float | None:
+    """CPU seconds the emulated cluster this driver runs on has used (None elsewhere)."""
+    path = (emulated_cluster() or {}).get("cpu_usage_file")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    if path.endswith("cpu.stat"):  # cgroup v2, microseconds
+        usage = next(line.split()[1] for line in text.splitlines()
+                     if line.startswith("usage_usec"))
+        return int(usage) / 1e6
+    return int(text) / 1e9  # v1 cpuacct.usage, nanoseconds
 
 
 def run_cpu_s(a: dict[int, float], b: dict[int, float]) -> float:

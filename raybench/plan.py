@@ -61,6 +61,7 @@ class ScaleSpec:
     alpha_us: float | None = None
     beta_gbps: float | None = None
     no_model: bool = False
+    probe_network: bool = False  # the links between the largest point's ranks, measured first
     ray_train_switches: bool = False  # also each Ray Train helper switched off, in turn
     recalibrate: bool = False  # measure this machine's peak again (calibrate.py)
     worker_hour_cost: float | None = None  # None: costs in worker-seconds

@@ -5,6 +5,7 @@ and neither imports the other."""
 
 from __future__ import annotations
 
+import json
 import os
 
 # Ray keeps idle worker processes only up to num_workers_soft_limit (default: the node's CPUs)
@@ -16,3 +17,21 @@ IDLE_WORKERS_KEPT = 64
 
 NODE_ENV = {"RAY_USAGE_STATS_ENABLED": "0",
             "RAY_num_workers_soft_limit": str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1))}
+
+# An emulated cluster's nodes (raybench.cluster local) point every process on them, drivers,
+# jobs and trials alike, at the cluster's driver.json: its name, each node's address, link rate
+# and CPU share as last set, and the counter of the whole cluster's CPU time.
+EMULATED_CLUSTER_VAR = "RAYBENCH_EMULATED_CLUSTER"
+
+
+def emulated_cluster() -> dict | None:
+    """The emulated cluster this process runs on, as its driver.json says now; None
+    elsewhere."""
+    path = os.environ.get(EMULATED_CLUSTER_VAR)
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None

@@ -389,6 +389,35 @@ class AllreduceMeasure:
 
 
 @dataclass
+class NetworkRow:
+    """One size of the network probe, as nccl-tests reports an all-reduce: the slowest rank's
+    mean time, algorithm bandwidth (bytes / time) and bus bandwidth (algbw x 2(n-1)/n, what
+    each link carried: compare it with the link's rate), in Gbit/s."""
+
+    bytes: int
+    time_s: float
+    algbw_gbps: float
+    busbw_gbps: float
+    iters: int
+
+
+@dataclass
+class NetworkProbe:
+    """Gloo all-reduces between ranks placed as a run's workers (`raybench.probe network`,
+    `raybench.scale --probe-network`), and the ring t = 2(n-1) latency + 2(n-1)/n bytes /
+    bandwidth fitted to them (relative errors, so the small sizes set the latency)."""
+
+    rows: list[NetworkRow]
+    workers: int
+    latency_us: float | None  # per ring hop
+    bandwidth_gbps: float | None  # the fitted bus bandwidth, Gbit/s
+    nodes: list[str] = field(default_factory=list)  # each rank's node address, rank order
+    placement_strategy: str = "STRICT_SPREAD"
+    # the emulated cluster's settings when the probe ran on one (raybench.cluster local)
+    link: dict | None = None
+
+
+@dataclass
 class RunResult:
     """What the loop returns on rank 0 (and a launcher hands to a command)."""
 
@@ -701,6 +730,7 @@ class ScalingDoc:
     windows: list[MeasuredWindow] = field(default_factory=list)
     forecasts: list[Forecast] = field(default_factory=list)
     cost: dict | None = None  # worker_hour_cost, unit, deadline_s
+    network: NetworkProbe | None = None  # --probe-network: the links between the ranks
     # "completed", or "interrupted": a sweep stopped by Ctrl-C or SIGTERM keeps what it had
     # measured, marked so that nothing reads it as the whole sweep
     status: str = "completed"

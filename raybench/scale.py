@@ -170,6 +170,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beta-gbps", type=float, metavar="GB/S",
                        help="all-reduce bandwidth for forecasts (default: fitted here)")
     group.add_argument("--no-model", action="store_true", help="skip the scaling model")
+    group.add_argument("--probe-network", action="store_true",
+                       help="first measure the network between the largest point's ranks, "
+                       "placed as its workers (gloo all-reduces of 4 KiB to 64 MiB, as "
+                       "raybench.probe network): scaling.json's network")
     group.add_argument("--recalibrate", action="store_true",
                        help="measure this machine's matmul peak and memory bandwidth again "
                        "(cached per host; it gives each point's CPU MFU)")
@@ -263,7 +267,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ScaleSpec, Config]:
                       min_seconds=args.min_seconds, max_steps=args.max_steps or None),
         target=args.target, lr_scaling=args.lr_scaling, chaos=args.chaos,
         predict=args.predict or [], alpha_us=args.alpha_us, beta_gbps=args.beta_gbps,
-        no_model=args.no_model, ray_train_switches=args.ray_train_switches,
+        no_model=args.no_model, probe_network=args.probe_network,
+        ray_train_switches=args.ray_train_switches,
         recalibrate=args.recalibrate, worker_hour_cost=args.worker_hour_cost,
         deadline_s=args.deadline_s)
     return spec, config_from_args(args)

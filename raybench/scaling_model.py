@@ -112,14 +112,18 @@ class CommModel:
 
     @classmethod
     def fit(cls, measured: dict[tuple[int, int], float], alpha_s: float | None = None,
-            beta_s_per_byte: float | None = None) -> CommModel:
+            beta_s_per_byte: float | None = None, relative: bool = False) -> CommModel:
         """Least squares of t = 2(N-1) alpha + 2(N-1)/N m beta over the measured points;
-        alpha or beta given on the command line replace the fitted ones."""
+        alpha or beta given on the command line replace the fitted ones. `relative` weighs
+        each point by 1/t (relative errors): over sizes spanning four orders of magnitude the
+        small ones then set alpha instead of vanishing beside the large ones."""
         model = cls(dict(measured), alpha_s, beta_s_per_byte)
         rows = [(2 * (n - 1), 2 * (n - 1) / n * m, t) for (n, m), t in measured.items() if n > 1]
         if rows and (alpha_s is None or beta_s_per_byte is None):
             a = np.asarray([[r[0], r[1]] for r in rows])
             t = np.asarray([r[2] for r in rows])
+            if relative:
+                a, t = a / t[:, None], np.ones_like(t)
             if alpha_s is not None:
                 beta = float(np.linalg.lstsq(a[:, 1:], t - a[:, 0] * alpha_s, rcond=None)[0][0])
                 model.beta_s_per_byte = max(beta, 0.0)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from raybench import calibrate, environment, forecast, probes, scaling_report
 from raybench.artifacts import Output
-from raybench.backends import SINGLE_WORKER, LaunchContext
-from raybench.backends.ray_cluster import REPORT_POLL_S, start_ray
+from raybench.backends import SINGLE_WORKER, LaunchContext, ray_network
+from raybench.backends.ray_cluster import REPORT_POLL_S, place_workers, release, start_ray
 from raybench.backends.ray_train import RAY_TRAIN_SWITCHES, startup_floor
 from raybench.config import Config
 from raybench.console import Console
@@ -31,12 +31,21 @@ from raybench.errors import UserError
 from raybench.interleave import Contender, PointRun, planned_pairs
 from raybench.loop import LoopOptions
 from raybench.models import flops_per_sample
-from raybench.plan import Measure, Plan, ScaleSpec, measurements, plan, with_ingest
-from raybench.report.sections import printed
+from raybench.plan import (
+    Measure,
+    Plan,
+    ScaleSpec,
+    measurements,
+    plan,
+    point_config,
+    with_ingest,
+)
+from raybench.report.sections import network_table, printed
 from raybench.results import (
     Comparison,
     Forecast,
     MeasuredWindow,
+    NetworkProbe,
     RunRecord,
     RunResult,
     ScalingDoc,
@@ -47,6 +56,8 @@ from raybench.targets import Target
 
 # ------------------------------------------------------------------ run
 
+RAY_LAUNCHERS = ("raybench", "ddp-ray")  # launchers whose workers Ray places and holds
+
 
 def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
     out = Console(quiet=spec.quiet)
@@ -55,7 +66,7 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
         raise UserError(f"{output.where} already holds a scaling report; pick another --out")
     p = plan(spec, base, out)
     handle = None
-    if {"raybench", "ddp-ray"} & set(spec.backends):
+    if set(RAY_LAUNCHERS) & set(spec.backends) or spec.probe_network:
         # A throughput window reports once, at its end: keep Ray's own 2 s controller poll
         # (faster polling cost steps 4-6% with all cores busy). Runs in whole epochs (--target,
         # --chaos) report every epoch and each report() waits for the next poll: up to 2 s an
@@ -72,6 +83,10 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
     measures = measurements(spec, p, context)
     sweep = Sweep(spec, p, measures, context, out)
     try:
+        if handle is not None and sweep.resident:
+            check_resident_capacity(p, measures)
+        if spec.probe_network:
+            sweep.network = network_probe(p, out)
         sweep.run()
     except KeyboardInterrupt:
         if sweep.runs:  # what was measured stays, marked as a part of the sweep
@@ -86,6 +101,18 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
     doc = write(spec, output.local, env, p, sweep, out)
     out.summary(f"Saved → {output.publish()}")
     return doc
+
+
+def network_probe(p: Plan, out: Console) -> NetworkProbe:
+    """The network between the largest point's ranks (at least 2), placed as its workers,
+    before any point holds resources."""
+    cfg = point_config(p.points[-1][1], max(2, p.points[-1][0]), None)
+    out.log(f"Network probe: gloo all-reduces among {cfg.scaling.workers} ranks placed "
+            f"{cfg.scaling.placement_strategy}")
+    probe = ray_network.probe(cfg)
+    for line in network_table(probe).text().splitlines()[3:]:
+        out.log("  " + line)
+    return probe
 
 
 def ray_cpus(spec: ScaleSpec, p: Plan, largest: Config) -> int:
@@ -118,6 +145,7 @@ class Sweep:
         self.windows: list[MeasuredWindow] = []
         self.model: ScalingModelReport | None = None
         self.forecasts: list[Forecast] = []
+        self.network: NetworkProbe | None = None  # --probe-network
         # raw's N=1 loop, resident from the forecast on: the machine's speed at every N >= 2
         self.beside: forecast.RawBeside | None = None
         self.reference_s: dict[int, list[float]] = {}
@@ -184,12 +212,7 @@ class Sweep:
             self.reference_s[n].append(beside.step_s())
 
     def _resident_point(self, n: int, cfg: Config, at_n: list[Measure], repeat: int) -> None:
-        """The launchers of a ratio measured together, interleaved; one that is in no ratio
-        (an ingest's ceiling) alone afterwards, so fewer launchers hold resources at once."""
-        paired = {x for pair in planned_pairs([m.label for m in at_n]) for x in pair}
-        groups = [[m for m in at_n if m.label in paired]]
-        groups += [[m] for m in at_n if m.label not in paired]
-        for group in filter(None, groups):
+        for group in resident_groups(at_n):
             self._resident_group(n, cfg, group, repeat)
 
     def _resident_group(self, n: int, cfg: Config, group: list[Measure], repeat: int) -> None:
@@ -229,6 +252,41 @@ class Sweep:
                      f"{record.step_time_ms_p50 or 0:.2f} ms, data {record.data_share or 0:.0%}, "
                      f"sync {record.sync_share or 0:.0%}" + _fmt_target(record))
         return record
+
+
+def resident_groups(at_n: list[Measure]) -> list[list[Measure]]:
+    """The launchers of a ratio measured together, interleaved; one that is in no ratio (an
+    ingest's ceiling) alone afterwards, so fewer launchers hold resources at once."""
+    paired = {x for pair in planned_pairs([m.label for m in at_n]) for x in pair}
+    groups = [[m for m in at_n if m.label in paired]]
+    groups += [[m] for m in at_n if m.label not in paired]
+    return [g for g in groups if g]
+
+
+def check_resident_capacity(p: Plan, measures: list[Measure]) -> None:
+    """A resident point holds the workers of all its Ray launchers at once (the idle ones use
+    no CPU, but Ray counts their reservations). Placed together before anything starts: a
+    cluster that cannot hold them is refused now, in one line, not after the first point."""
+    n, cfg = p.points[-1]
+    for group in resident_groups([m for m in measures if m.name not in SINGLE_WORKER]):
+        held = [m for m in group if m.name in RAY_LAUNCHERS]
+        if len(held) < 2:
+            continue
+        groups = []
+        try:
+            for _ in held:
+                groups.append(place_workers(cfg, n, timeout_s=10.0))
+        except UserError:
+            need = f"{n} x {cfg.scaling.cpus_per_worker:g} CPU"
+            raise UserError(
+                f"the resident protocol holds {', '.join(m.label for m in held)} at once: "
+                f"N={n} needs {len(held)} placements of {need} "
+                f"({cfg.scaling.placement_strategy}) and this cluster holds {len(groups)}; "
+                "use a smaller --cpus-per-worker (each worker reserves that much; its threads "
+                "stay 1), nodes with more logical CPUs, or --protocol restart") from None
+        finally:
+            for pg in groups:
+                release(pg, [])
 
 
 def cpu_mfu(record: RunRecord, peak: dict | None) -> float | None:
@@ -302,7 +360,7 @@ def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
         precision=dataclasses.asdict(spec.precision) if sweep.resident else None,
         comparisons=scaling_report.pooled(sweep.comparisons, sweep.windows,
                                           spec.precision.ci_halfwidth),
-        windows=sweep.windows, status=status)
+        windows=sweep.windows, network=sweep.network, status=status)
     for text in printed(doc):
         out.summary(text)
     for row in summary_startup or []:

@@ -236,6 +236,30 @@ def place_workers(cfg: Config, workers: int, timeout_s: float):
                     "an autoscaling cluster")
 
 
+def placed_actors(cfg: Config, cls: type, timeout_s: float = 120.0) -> tuple[Any, list]:
+    """One actor of `cls` on each bundle of a placement group placed as Ray Train would place
+    cfg's workers (place_workers): the plain-DDP ranks and the network probe's."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = place_workers(cfg, cfg.scaling.workers, timeout_s)
+    remote = ray.remote(cls)
+    actors = [remote.options(
+        num_cpus=cfg.scaling.cpus_per_worker, num_gpus=1 if wants_gpu(cfg) else 0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+    ).remote() for i in range(cfg.scaling.workers)]
+    return pg, actors
+
+
+def release(pg: Any, actors: list) -> None:
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for actor in actors:
+        ray.kill(actor)
+    remove_placement_group(pg)
+
+
 def preflight(cfg: Config, wait_s: float | None = None) -> None:
     """Check that the run's workers can be placed, as Ray's scheduler would place them: a
     real placement group, honouring STRICT_PACK and STRICT_SPREAD. Without `wait_s` the
@@ -247,6 +271,14 @@ def preflight(cfg: Config, wait_s: float | None = None) -> None:
         check_resources(cfg)
     least = cfg.scaling.min_workers or cfg.scaling.workers  # an elastic run needs its minimum
     remove_placement_group(place_workers(cfg, least, wait_s if wait_s is not None else 10.0))
+
+
+def meeting_point() -> tuple[str, int]:
+    """This node's address and a free port on it: where torch.distributed ranks placed by Ray
+    meet (rank 0's)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return node_of_this_process()["ip"], sock.getsockname()[1]
 
 
 def node_of_this_process() -> dict[str, str]:

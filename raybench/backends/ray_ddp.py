@@ -6,7 +6,6 @@ cluster this is the DDP baseline that the `ddp` launcher (local processes) canno
 from __future__ import annotations
 
 import dataclasses
-import socket
 from typing import Any
 
 import torch
@@ -15,7 +14,12 @@ import torch.distributed as dist
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import ActorChannel, RayConductor, window_board
 from raybench.backends.local import LocalSession, train_rank, wants_gpu
-from raybench.backends.ray_cluster import node_of_this_process, place_workers
+from raybench.backends.ray_cluster import (
+    meeting_point,
+    node_of_this_process,
+    placed_actors,
+    release,
+)
 from raybench.config import Config
 from raybench.data.dataset import Dataset
 from raybench.loop import LoopOptions
@@ -33,11 +37,7 @@ class DdpRank:
     """One rank, as a Ray actor (wrapped with ray.remote where it is started)."""
 
     def address(self) -> tuple[str, int]:
-        """This node's address and a free port on it: where the ranks meet."""
-        ip = node_of_this_process()["ip"]
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            return ip, sock.getsockname()[1]
+        return meeting_point()
 
     def train(self, rank: int, world: int, address: tuple[str, int], cfg_dict: dict,
               data: Dataset, options: LoopOptions, allreduce_iters: int,
@@ -85,16 +85,9 @@ class RayRanks:
     def __init__(self, cfg: Config, data_ref: Any, options: LoopOptions,
                  allreduce_iters: int) -> None:
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         world = cfg.scaling.workers
-        self.pg = place_workers(cfg, world, timeout_s=120)
-        rank_cls = ray.remote(DdpRank)
-        gpus = 1 if wants_gpu(cfg) else 0
-        self.actors = [rank_cls.options(
-            num_cpus=cfg.scaling.cpus_per_worker, num_gpus=gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.pg, placement_group_bundle_index=i)).remote() for i in range(world)]
+        self.pg, self.actors = placed_actors(cfg, DdpRank)
         board = window_board(world) if options.resident else None
         try:
             address = ray.get(self.actors[0].address.remote())
@@ -126,12 +119,7 @@ class RayRanks:
         return results[0]
 
     def abort(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for actor in self.actors:
-            ray.kill(actor)
-        remove_placement_group(self.pg)
+        release(self.pg, self.actors)
 
 
 BACKEND = RayDdpBackend

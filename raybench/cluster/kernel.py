@@ -192,26 +192,28 @@ def delete_link(dev: str) -> None:
 
 @dataclass(frozen=True)
 class Cgroups:
-    """Where a group's CPU quota and freezer live: v1 (one directory per controller) or v2."""
+    """Where a group's CPU quota, freezer and CPU accounting live: v1 (a hierarchy per
+    controller) or v2 (one for all)."""
 
     version: int
     cpu_root: Path
     freezer_root: Path
+    acct_root: Path | None = None  # v1's cpuacct hierarchy (v2 accounts in cpu.stat)
 
     @classmethod
     def detect(cls) -> Cgroups:
         mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
         v1 = {opt: Path(m[1]) for m in mounts if m[2] == "cgroup"
-              for opt in m[3].split(",") if opt in ("cpu", "freezer")}
+              for opt in m[3].split(",") if opt in ("cpu", "freezer", "cpuacct")}
         if "cpu" in v1 and "freezer" in v1:
-            return cls(1, v1["cpu"], v1["freezer"])
+            return cls(1, v1["cpu"], v1["freezer"], v1.get("cpuacct"))
         for m in mounts:
             if m[2] != "cgroup2":
                 continue
             root = Path(m[1])
             controllers = (root / "cgroup.controllers").read_text().split()
             if "cpu" in controllers:
-                return cls(2, root, root)
+                return cls(2, root, root, root)
         if "cpu" in v1 or "freezer" in v1:
             lack = "freezer" if "cpu" in v1 else "cpu"
             raise KernelError(f"cgroup v1 has no {lack} controller mounted (mount -t cgroup -o "
@@ -222,8 +224,26 @@ class Cgroups:
                           "enforced")
 
     def dirs(self, rel: str) -> list[Path]:
-        return [self.cpu_root / rel] if self.version == 2 else [self.cpu_root / rel,
-                                                                   self.freezer_root / rel]
+        if self.version == 2:
+            return [self.cpu_root / rel]
+        roots = dict.fromkeys([self.cpu_root, self.freezer_root, self.acct_root])
+        return [root / rel for root in roots if root is not None]
+
+    def view(self) -> tuple[str, str, Path] | None:
+        """(fstype, options, hierarchy root) of the accounting hierarchy: a node mounts it
+        again inside its own mount namespace, where /sys is the netns's and has no cgroups."""
+        if self.acct_root is None:
+            return None
+        if self.version == 2:
+            return "cgroup2", "rw", self.acct_root
+        return "cgroup", "cpuacct", self.acct_root
+
+    def usage_file(self, rel: str) -> str | None:
+        """The file that counts the group's CPU time, relative to the accounting hierarchy's
+        root (v1: cpuacct.usage in ns; v2: cpu.stat's usage_usec)."""
+        if self.acct_root is None:
+            return None
+        return f"{rel}/{'cpu.stat' if self.version == 2 else 'cpuacct.usage'}"
 
     def create(self, rel: str) -> None:
         if self.version == 2:  # each ancestor hands the cpu controller down

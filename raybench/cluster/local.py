@@ -37,7 +37,7 @@ from pathlib import Path
 
 from raybench.cluster import kernel
 from raybench.errors import UserError
-from raybench.ray_env import NODE_ENV
+from raybench.ray_env import EMULATED_CLUSTER_VAR, NODE_ENV
 
 BENCHMARK_NET = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544
 NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")  # interface names are at most 15 characters
@@ -105,8 +105,9 @@ def parse_shares(text: str | None, nodes: int, cores: int) -> list[float]:
 class NodeSpec:
     index: int
     ip: str
-    cpu_share: float
+    cpu_share: float  # as last set (up, then `cpu`)
     logical_cpus: int
+    link_bps: int | None = None  # as last set (up, then `link --rate`); None: unshaped
 
     @property
     def role(self) -> str:
@@ -181,6 +182,14 @@ class LocalCluster:
     def host_end(self, i: int) -> str:
         return f"rbv-{self.name}-{i}"
 
+    def hostname(self, i: int) -> str:
+        return f"raybench-{self.name}-{i}"
+
+    def hosts_dir(self, i: int) -> Path:
+        """`ip netns exec` binds the files here over /etc in the node: its /etc/hosts names
+        every node, so a reverse lookup (c10d's, gloo's) never leaves the machine."""
+        return Path("/etc/netns") / self.netns(i)
+
     def cgroup(self, i: int | None = None) -> str:
         return f"raybench/{self.name}" + ("" if i is None else f"/node{i}")
 
@@ -190,6 +199,40 @@ class LocalCluster:
     @property
     def state_file(self) -> Path:
         return self.dir / "state.json"
+
+    def _save(self, spec: ClusterSpec) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+        tmp.replace(self.state_file)
+
+    def _update(self, i: int, **changes: object) -> None:
+        """Keep a change of node i in state.json and driver.json (what drivers read)."""
+        spec = self.spec()
+        spec.nodes[i] = dataclasses.replace(spec.nodes[i], **changes)
+        self._save(spec)
+        self._describe(spec)
+
+    @property
+    def driver_file(self) -> Path:
+        return self.dir / "driver.json"
+
+    @property
+    def view_dir(self) -> Path:
+        """Where each node mounts the cgroup accounting hierarchy, privately (empty here)."""
+        return self.dir / "cgroup"
+
+    def _describe(self, spec: ClusterSpec) -> None:
+        """driver.json: the settings figures measured on the cluster were measured under (a
+        driver's environment.json, a probe's record), and the counter of the whole cluster's
+        CPU time, so that a window's outside load leaves the other nodes out (interference)."""
+        usage = kernel.Cgroups.detect().usage_file(self.cgroup())
+        doc = {"name": spec.name, "subnet": spec.subnet,
+               "cpu_usage_file": str(self.view_dir / usage) if usage else None,
+               "nodes": [{"ip": n.ip, "link": rate_text(n.link_bps), "cpu_share": n.cpu_share,
+                          "logical_cpus": n.logical_cpus} for n in spec.nodes]}
+        tmp = self.driver_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(self.driver_file)
 
     def spec(self) -> ClusterSpec:
         if not self.state_file.is_file():
@@ -232,8 +275,9 @@ class LocalCluster:
         logical = _logical(logical_cpus, shares)
         net = self._subnet(subnet)
         ips = [str(net.network_address + i + 1) for i in range(nodes)]
-        return ClusterSpec(self.name, str(net), parse_rate(link),
-                           [NodeSpec(i, ip, s, c) for i, (ip, s, c)
+        bps = parse_rate(link)
+        return ClusterSpec(self.name, str(net), bps,
+                           [NodeSpec(i, ip, s, c, bps) for i, (ip, s, c)
                             in enumerate(zip(ips, shares, logical, strict=True))],
                            object_store_mib)
 
@@ -283,7 +327,9 @@ class LocalCluster:
 
     def _make(self, spec: ClusterSpec, log: Callable[[str], None]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+        self.view_dir.mkdir()
+        self._save(spec)
+        self._describe(spec)
         _ensure_auth_token()
         net = ipaddress.ip_network(spec.subnet)
         kernel.add_bridge(self.bridge, f"{net.network_address + HOST_OCTET}/{net.prefixlen}")
@@ -293,6 +339,7 @@ class LocalCluster:
                                  f"rbn-{self.name}-{node.index}", self.bridge,
                                  f"{node.ip}/{net.prefixlen}")
             self._shape(node.index, spec.link_bps)
+            self._hosts_file(spec, node.index)
             groups.create(self.cgroup(node.index))
             groups.set_cpu(self.cgroup(node.index), node.cpu_share)
             self.node_dir(node.index).joinpath("ray").mkdir(parents=True)
@@ -301,6 +348,14 @@ class LocalCluster:
         for node in spec.nodes[1:]:
             self._start_node(spec, node)
         self.wait_for_ray(spec, [n.index for n in spec.nodes])
+
+    def _hosts_file(self, spec: ClusterSpec, i: int) -> None:
+        # c10d's store listens dual-stack and looks its clients up as IPv4-mapped addresses
+        names = "".join(f"{ip}\t{self.hostname(n.index)}\n" for n in spec.nodes
+                        for ip in (n.ip, f"::ffff:{n.ip}"))
+        self.hosts_dir(i).mkdir(parents=True, exist_ok=True)
+        (self.hosts_dir(i) / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost\n::ffff:127.0.0.1\tlocalhost\n{names}")
 
     def _shape(self, i: int, bps: int | None) -> None:
         kernel.shape(self.host_end(i), bps)  # what the node receives
@@ -319,9 +374,12 @@ class LocalCluster:
                         f"--dashboard-host={node.ip}", f"--dashboard-port={DASHBOARD_PORT}"]
         else:
             ray_cmd += [f"--address={spec.address}"]
+        view = kernel.Cgroups.detect().view()
         init = ["ip", "netns", "exec", self.netns(node.index), "unshare", "--pid", "--fork",
-                "--kill-child", "--mount-proc", sys.executable, "-m", "raybench.cluster.node",
-                str(self.node_dir(node.index) / "ray"), "--", *ray_cmd]
+                "--kill-child", "--mount-proc", "--uts", sys.executable, "-m",
+                "raybench.cluster.node", str(self.node_dir(node.index) / "ray"),
+                self.hostname(node.index),
+                f"{view[0]}:{view[1]}:{self.view_dir}" if view else "-", "--", *ray_cmd]
         with open(self.node_dir(node.index) / "node.log", "ab") as log_file:
             self._launched[node.index] = subprocess.Popen(
                 self._joined(node.index, init), env=self.node_env(), stdout=log_file,
@@ -339,12 +397,11 @@ class LocalCluster:
         # gloo binds to what gethostname() resolves to unless told the interface: the host's
         # name resolves outside the node (or to loopback) and connectFullMesh fails.
         env.update(GLOO_SOCKET_IFNAME="eth0", RAY_AUTH_MODE="token")
+        env[EMULATED_CLUSTER_VAR] = str(self.driver_file)  # jobs and trials read it too
         return env
 
     def driver_env(self) -> dict[str, str]:
-        env = self.node_env()
-        env.update(RAY_ADDRESS=self.spec().address, RAYBENCH_EMULATED_CLUSTER=self.name)
-        return env
+        return {**self.node_env(), "RAY_ADDRESS": self.spec().address}
 
     def _died(self, spec: ClusterSpec, i: int) -> str | None:
         """Why node i, started by this process, is gone (its log's last error), or None while
@@ -391,6 +448,8 @@ class LocalCluster:
                 found.add(int(ns.rsplit("-", 1)[1]))
         for dev in kernel.links(f"rbv-{self.name}-"):
             found.add(int(dev.rsplit("-", 1)[1]))
+        for d in Path("/etc/netns").glob(f"raybench-{self.name}-*"):
+            found.add(int(d.name.rsplit("-", 1)[1]))
         groups = _groups()
         for root in groups.dirs(self.cgroup()) if groups else []:
             found.update(int(p.name[4:]) for p in root.glob("node*") if p.name[4:].isdigit())
@@ -409,6 +468,7 @@ class LocalCluster:
         for i in indices:
             kernel.delete_netns(self.netns(i))
             kernel.delete_link(self.host_end(i))
+            shutil.rmtree(self.hosts_dir(i), ignore_errors=True)
         kernel.delete_link(self.bridge)
         if groups is not None:
             with contextlib.suppress(OSError):
@@ -416,6 +476,8 @@ class LocalCluster:
             for parent in groups.dirs("raybench"):  # shared by clusters: only once empty
                 with contextlib.suppress(OSError):
                     parent.rmdir()
+        with contextlib.suppress(OSError):
+            Path("/etc/netns").rmdir()  # only once empty: other namespaces may use it
         _unmount_below(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -465,20 +527,30 @@ class LocalCluster:
         return spec.nodes[i]
 
     def set_link(self, i: int, *, rate: str | None = None, up: bool | None = None) -> str:
+        with self.locked():
+            return self._set_link(i, rate, up)
+
+    def _set_link(self, i: int, rate: str | None, up: bool | None) -> str:
         self.node(i)
         if rate is not None:
             bps = parse_rate(rate)
             self._shape(i, bps)
+            self._update(i, link_bps=bps)
             return f"node {i}: link shaped at {rate_text(bps)} in both directions"
         kernel.set_link_up(self.host_end(i), bool(up))
         return f"node {i}: link {'up' if up else 'down (cut off from every other node)'}"
 
     def set_cpu(self, i: int, share: float) -> str:
+        with self.locked():
+            return self._set_cpu(i, share)
+
+    def _set_cpu(self, i: int, share: float) -> str:
         self.node(i)
         cores = os.cpu_count() or 1
         if not (math.isfinite(share) and MIN_SHARE <= share <= cores):
             raise UserError(f"--share must be between {MIN_SHARE} and {cores}, got {share:g}")
         kernel.Cgroups.detect().set_cpu(self.cgroup(i), share)
+        self._update(i, cpu_share=share)
         return f"node {i}: CPU share {share:g} of a core's time (Ray still counts it as before)"
 
     def freeze(self, i: int, frozen: bool) -> str:
@@ -518,7 +590,7 @@ class LocalCluster:
         if init is None:
             raise UserError(f"node {i} of cluster {self.name!r} is not running (killed? "
                             f"python -m raybench.cluster local start {i} --name {self.name})")
-        enter = ["nsenter", f"--target={init}", "--net", "--mount", "--pid",
+        enter = ["nsenter", f"--target={init}", "--net", "--mount", "--pid", "--uts",
                  f"--wd={os.getcwd()}", "--", *argv]
         return self._joined(i, enter), self.driver_env()
 

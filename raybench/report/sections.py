@@ -16,6 +16,7 @@ from raybench.report import plots
 from raybench.report.tables import Table
 from raybench.results import (
     PHASES,
+    NetworkProbe,
     PointSummary,
     ScalingDoc,
     Timing,
@@ -190,8 +191,9 @@ def scaling_section(path: Path) -> Section:
 def printed(doc: ScalingDoc) -> list[str]:
     """What `raybench.scale` (and `scale merge`) prints at the end: the same tables as the
     report, as text, then the sentences that say what they mean."""
-    tables = [throughput_table(doc.summary), comparisons_table(doc), ingest_table(doc),
-              target_table(doc), faults_table(doc), forecasts_table(doc), cost_table(doc)]
+    tables = [network_table(doc.network), throughput_table(doc.summary),
+              comparisons_table(doc), ingest_table(doc), target_table(doc), faults_table(doc),
+              forecasts_table(doc), cost_table(doc)]
     blocks = [t.text() for t in tables if t is not None and (t.rows or t.note)]
     sentences = [scaling_report.comparison_sentence(c)
                  for c in scaling_report.headline(doc.comparisons)]
@@ -275,6 +277,34 @@ def comparisons_table(doc: ScalingDoc) -> Table | None:
                                         "gap by phase (points of a step)"], rows,
                  note="Each ratio from windows measured in alternation; a round whose windows "
                       "saw the machine busy outside the run is excluded.")
+
+
+def network_table(probe: NetworkProbe | None) -> Table | None:
+    """The network probe as nccl-tests prints an all-reduce sweep, with the fitted ring."""
+    if probe is None:
+        return None
+    rows = [[f"{r.bytes:,}", f"{r.time_s * 1e3:.3g}", f"{r.algbw_gbps:.3g}",
+             f"{r.busbw_gbps:.3g}", str(r.iters)] for r in probe.rows]
+    nodes = len(set(probe.nodes))
+    where = (f"{probe.workers} ranks on {nodes} node(s) ({', '.join(probe.nodes)}), "
+             f"{probe.placement_strategy}")
+    fit = (f"fitted ring: {probe.latency_us:.0f} us a hop, bus bandwidth "
+           f"{probe.bandwidth_gbps:.3g} Gbit/s" if probe.latency_us is not None
+           and probe.bandwidth_gbps else "the ring could not be fitted")
+    link = _link_sentence(probe.link)
+    lone = (" All ranks ran on one node: this is loopback, not a link." if nodes == 1
+            and probe.workers > 1 else "")
+    return Table(f"Network: gloo all-reduce among {where}",
+                 ["bytes", "time ms", "algbw Gbit/s", "busbw Gbit/s", "iterations"], rows,
+                 note=f"busbw = algbw x 2(n-1)/n: what each link carried. {fit}.{link}{lone}")
+
+
+def _link_sentence(link: dict | None) -> str:
+    if not link:
+        return ""
+    rates = sorted({n.get("link") or "unshaped" for n in link.get("nodes", [])})
+    return (f" Emulated cluster {link.get('name')!r}: links set at {', '.join(rates)} (tbf, "
+            "both directions).")
 
 
 def forecasts_table(doc: ScalingDoc) -> Table | None:

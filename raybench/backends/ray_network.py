@@ -1,0 +1,108 @@
+"""The network between ranks placed as a run's workers: gloo all-reduces of float32 tensors
+from 4 KiB to 64 MiB between Ray actors on the run's placement group, reported as nccl-tests
+does (time, algorithm bandwidth, bus bandwidth = algbw x 2(n-1)/n), with the ring model
+fitted to them. What gloo runs for a dense CPU all-reduce is a ring, pipelined in segments of
+at most 1 MiB, so each link carries 2(n-1)/n of the tensor and busbw approaches the slowest
+link's rate when the link, not the CPU, bounds it."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.distributed as dist
+
+from raybench.backends.ray_cluster import (
+    meeting_point,
+    node_of_this_process,
+    placed_actors,
+    release,
+)
+from raybench.config import Config
+from raybench.ray_env import emulated_cluster
+from raybench.results import NetworkProbe, NetworkRow
+from raybench.scaling_model import CommModel
+
+SIZES = tuple(4096 * 4**k for k in range(8))  # 4 KiB ... 64 MiB
+SECONDS_PER_SIZE = 1.0  # timed iterations of a size: at least this long...
+MIN_ITERS = 3  # ...and at least this many (64 MiB at 100 Mbit/s: 5.4 s each)
+
+
+class NetworkRank:
+    """One rank of the probe (wrapped with ray.remote where it is placed)."""
+
+    def address(self) -> tuple[str, int]:
+        return meeting_point()
+
+    def node(self) -> str:
+        return node_of_this_process()["ip"]
+
+    def sweep(self, rank: int, world: int, address: tuple[str, int], sizes: list[int],
+              seconds: float, min_iters: int) -> list[tuple[int, float]]:
+        """(iterations, mean seconds per all-reduce) for each size, on this rank."""
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://{address[0]}:{address[1]}")
+        try:
+            return [_timed_allreduce(nbytes, seconds, min_iters) for nbytes in sizes]
+        finally:
+            dist.destroy_process_group()
+
+
+def _timed_allreduce(nbytes: int, seconds: float, min_iters: int) -> tuple[int, float]:
+    """Warm up once (connections, buffers), time one to size the block, then a block of
+    rank 0's count on every rank: a collective every rank must call the same number of times."""
+    tensor = torch.ones(max(1, nbytes // 4))
+    dist.all_reduce(tensor)
+    dist.barrier()
+    t0 = time.perf_counter()
+    dist.all_reduce(tensor)
+    one = time.perf_counter() - t0
+    count = torch.tensor([max(min_iters, math.ceil(seconds / max(one, 1e-6)))])
+    dist.broadcast(count, 0)
+    iters = int(count)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(tensor)
+    return iters, (time.perf_counter() - t0) / iters
+
+
+def probe(cfg: Config, sizes: list[int] | tuple[int, ...] = SIZES,
+          seconds: float = SECONDS_PER_SIZE, min_iters: int = MIN_ITERS) -> NetworkProbe:
+    """All-reduces among cfg.scaling.workers ranks placed as its workers would be."""
+    import ray
+
+    world = cfg.scaling.workers
+    pg, actors = placed_actors(cfg, NetworkRank)
+    try:
+        nodes = ray.get([a.node.remote() for a in actors])
+        address = ray.get(actors[0].address.remote())
+        per_rank = ray.get([a.sweep.remote(rank, world, address, list(sizes), seconds,
+                                           min_iters) for rank, a in enumerate(actors)])
+    finally:
+        release(pg, actors)
+    # the slowest rank's mean: an all-reduce is done when the last rank has its result
+    times = [max(rank[k][1] for rank in per_rank) for k in range(len(sizes))]
+    iters = [per_rank[0][k][0] for k in range(len(sizes))]
+    record = network_record(world, list(sizes), times, iters, nodes,
+                            cfg.scaling.placement_strategy)
+    record.link = emulated_cluster()  # on an emulated cluster, the links' settings
+    return record
+
+
+def network_record(world: int, sizes: list[int], times: list[float], iters: list[int],
+                   nodes: list[str], strategy: str) -> NetworkProbe:
+    """nccl-tests' rows and the ring fitted to them (relative errors: latency from the
+    small sizes, bandwidth from the large)."""
+    factor = 2 * (world - 1) / world
+    rows = [NetworkRow(bytes=b, time_s=t, algbw_gbps=b * 8 / t / 1e9,
+                       busbw_gbps=b * 8 / t / 1e9 * factor, iters=k)
+            for b, t, k in zip(sizes, times, iters, strict=True)]
+    ring = CommModel.fit({(world, b): t for b, t in zip(sizes, times, strict=True)},
+                         relative=True)
+    latency = ring.alpha_s * 1e6 if ring.alpha_s is not None else None
+    bandwidth = 8 / ring.beta_s_per_byte / 1e9 if ring.beta_s_per_byte else None
+    return NetworkProbe(rows=rows, workers=world, latency_us=latency, bandwidth_gbps=bandwidth,
+                        nodes=nodes, placement_strategy=strategy)
