@@ -394,6 +394,10 @@ class LocalCluster:
         """What every process on a node inherits from its raylet (Ray's workers included)."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(NODE_ENV)
+        # a job's bare `python` resolves through the raylet's PATH: the Python of raybench
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(
+            os.pathsep) if p and p != bin_dir]])
         # gloo binds to what gethostname() resolves to unless told the interface: the host's
         # name resolves outside the node (or to loopback) and connectFullMesh fails.
         env.update(GLOO_SOCKET_IFNAME="eth0", RAY_AUTH_MODE="token")
@@ -568,7 +572,9 @@ class LocalCluster:
                 return f"node {i}: not running"
             with contextlib.suppress(OSError, kernel.KernelError):
                 kernel.Cgroups.detect().freeze(self.cgroup(i), False)
-            _kill_all([init, *kernel.netns_pids(self.netns(i))])
+            # its `unshare` (outside the PID namespace) reaps it and exits by itself
+            _kill_all([init])
+            _kill_all(kernel.netns_pids(self.netns(i)), grace_s=5.0)
             return f"node {i}: killed (init pid {init} and everything in its namespaces)"
 
     def start(self, i: int, timeout_s: float = UP_TIMEOUT_S) -> str:
@@ -710,7 +716,12 @@ def _wait_for_port(host: str, port: int, timeout_s: float, died: Callable[[], st
             time.sleep(0.3)
 
 
-def _kill_all(pids: list[int], timeout_s: float = 15.0) -> None:
+def _kill_all(pids: list[int], timeout_s: float = 15.0, grace_s: float = 0.0) -> None:
+    """SIGKILL `pids` (after `grace_s` for them to exit by themselves) and wait until none
+    runs (a zombie does not)."""
+    deadline = time.monotonic() + grace_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

@@ -44,6 +44,7 @@ def run_killing_rank0_after(cfg, ds, tmp_path, name, kill_after_epoch):
     return result, killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_killed_worker_restarts_from_checkpoint(ray_cluster, reg_npz, tmp_path, workers):
     cfg = fault_cfg(reg_npz, workers)
@@ -137,6 +138,7 @@ def test_sigterm_before_or_while_ray_starts_is_an_interruption_with_a_message(
     assert not alive, f"left running: {[p.pid for p in alive]}"
 
 
+@pytest.mark.slow
 def test_a_live_run_cannot_be_resumed_and_an_abandoned_one_is_taken_over(reg_npz, tmp_path):
     proc = _start(["--npz_path", str(reg_npz), "--epochs", "300", "--patience", "0",
                    "--save_dir", str(tmp_path), "--run_name", "owned"], tmp_path)
@@ -173,6 +175,7 @@ def test_a_live_run_cannot_be_resumed_and_an_abandoned_one_is_taken_over(reg_npz
     assert timing["checkpoint_save_s_total"] > 0 and timing["report_s_total"] > 0
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_as_diverged_not_completed(ray_cluster, reg_npz, tmp_path, capsys):
     from raybench import run
     from raybench.errors import run_cli
@@ -202,6 +205,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_checkpoint_and_resume_continues(ray_cluster, reg_npz,
                                                                     small_disk, capsys):
     from raybench import run
@@ -239,6 +243,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_continues(ray_cluster,
     assert [int(r["epoch"]) for r in history] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_resume_checks_the_model_and_survives_a_truncated_ray_snapshot(ray_cluster, reg_npz,
                                                                        tmp_path):
     """What a full disk did to Ray's record of the checkpoints: 0 bytes. raybench sets it
@@ -264,6 +269,7 @@ def test_resume_checks_the_model_and_survives_a_truncated_ray_snapshot(ray_clust
     assert (run_dir / "ray_train" / "checkpoint_manager_snapshot.json.unreadable").exists()
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_checkpoint_that_loads(ray_cluster, reg_npz, tmp_path,
                                                                capsys):
     """The newest checkpoint is damaged (a node died while writing it): --resume says so and
@@ -312,6 +318,7 @@ def _interrupt(proc, sig) -> tuple[str, list]:
     return rest, children
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_scale_sweep_keeps_what_was_measured_as_interrupted(tmp_path, cpu_burner):
     """Ctrl-C while the second point's launchers start: exit 130, the first point kept in a
     scaling.json that says `interrupted`, every launcher and the local Ray stopped."""
@@ -329,6 +336,7 @@ def test_ctrl_c_during_a_scale_sweep_keeps_what_was_measured_as_interrupted(tmp_
     assert {r["workers"] for r in doc["runs"]} == {1}
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_tune_sweep_is_an_interrupted_sweep_with_a_resume_hint(
         reg_npz, tmp_path, cpu_burner):
     """SIGTERM after the first trial: exit 143, trials.json `interrupted` with the trials that

@@ -60,6 +60,7 @@ def test_one_worker_streams_the_same_windows_as_memory(ray_cluster, parquet_dir,
             m2["baseline_persistence"]["mse"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_two_workers_stream_equal_shares_and_decide_alike(ray_cluster, parquet_dir, tmp_path):
     assert run.main(["--parquet_dir", str(parquet_dir), "--ingest", "ray_data", "--workers",
                      "2", "--epochs", "3", "--patience", "1", "--lr", "0.05", "--batch_size",
@@ -67,6 +68,7 @@ def test_two_workers_stream_equal_shares_and_decide_alike(ray_cluster, parquet_d
     check_streamed(tmp_path, "rd2", parquet_dir, 2, 32)
 
 
+@pytest.mark.slow
 def test_scale_puts_both_ingest_paths_side_by_side(ray_cluster, parquet_dir, tmp_path):
     doc = scale.run_sweep(scale.build_parser().parse_args([
         "--workers", "1", "--parquet_dir", str(parquet_dir), "--backends", "raybench",

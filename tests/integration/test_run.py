@@ -205,6 +205,7 @@ tune.main(["--config", "sweep.yaml", "--out", "tune", "--quiet"])
 """
 
 
+@pytest.mark.slow
 def test_a_users_own_model_runs_through_run_scale_and_tune(user_module, reg_npz):
     """The factory lives in the current directory only: raybench puts it on the local
     workers' path."""

@@ -80,6 +80,7 @@ def test_tiny_sweep_writes_all_three_files(ray_cluster, tmp_path):
             "error"} <= set(saved["forecasts"][0])
 
 
+@pytest.mark.slow
 def test_time_to_target_is_scored_per_point(ray_cluster, reg_npz, tmp_path):
     doc = scale.run_sweep(scale.build_parser().parse_args([
         "--workers", "1,2", "--repeats", "1", "--backends", "raybench", "--npz_path",
@@ -115,6 +116,7 @@ def long_npz(tmp_path_factory):
                         tmp_path_factory.mktemp("long") / "long.npz", samples=40000, seed=5)
 
 
+@pytest.mark.slow
 def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_cluster, long_npz,
                                                                        tmp_path, cpu_burner):
     # An epoch schedule: the kill lands once Ray has registered epoch 2's checkpoint, however

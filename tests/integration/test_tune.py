@@ -3,6 +3,7 @@
 import csv
 import json
 
+import pytest
 import yaml
 
 from raybench import run, tune
@@ -41,6 +42,7 @@ def test_asha_stops_bad_trials_and_best_config_runs(ray_cluster, reg_npz, tmp_pa
     assert any((tmp_path / "runs").glob("run_*/metrics_test.json"))
 
 
+@pytest.mark.slow
 def test_a_sweep_streams_a_parquet_dataset_with_ray_data(ray_cluster, tmp_path):
     """--ingest ray_data reaches every trial: each reads the Parquet dataset through Ray Data
     (it used to be accepted and silently ignored)."""
