@@ -38,6 +38,15 @@ def printable(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+def cause_line(exc: BaseException, limit: int = 300) -> str:
+    """What failed, in one line: the exception's type and the first line of its message that
+    is not a traceback's own (Ray wraps a worker's whole traceback into its errors)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "~"))]
+    text = keep[0] if keep else ""
+    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, limit)
+
+
 def missing_file(path: object, what: str) -> UserError:
     """Why a path the user gave is not a readable file, in their terms: not found, a broken
     symlink, a symlink loop, a directory, unreadable."""

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 from raybench import interference, stats
 from raybench.backends import Backend, Resident
+from raybench.backends.conductor import LauncherDied
 from raybench.config import Config
+from raybench.errors import cause_line
 from raybench.loop import LoopOptions
 from raybench.results import (
     PHASES,
@@ -99,6 +101,18 @@ def planned_pairs(labels: list[str]) -> list[tuple[str, str]]:
     return [p for p in pairs if p[0] in have]
 
 
+class PointFailed(Exception):
+    """A launcher of a point failed (killed, out of memory, its Ray run lost): which one, why,
+    and the windows and paired comparisons measured until then, which the sweep keeps."""
+
+    def __init__(self, label: str, workers: int, cause: str,
+                 windows: list[MeasuredWindow] | None = None,
+                 comparisons: list[Comparison] | None = None) -> None:
+        super().__init__(f"{label} at N={workers} failed: {cause}")
+        self.label, self.workers, self.cause = label, workers, cause
+        self.windows, self.comparisons = windows or [], comparisons or []
+
+
 class PointRun:
     """One point's resident measurement, from the first start to the last stop."""
 
@@ -112,17 +126,24 @@ class PointRun:
         self.reference, self.reference_s = reference, []
         self.pairs = planned_pairs([c.label for c in contenders])
         self.started = time.monotonic()
+        self.startup_s = 0.0  # from the first start until every launcher was warm
+        self.current = contenders[0]  # the launcher being started, measured or stopped now
 
     def measure(self, options: LoopOptions, run_name: str) -> PointMeasurement:
         try:
             for c in self.contenders:
                 self._start(c, options, run_name)
             self._rounds()
-            results = {c.label: c.resident.stop() for c in self.contenders}
-        except BaseException:
+            results = {}
+            for c in self.contenders:
+                self.current = c
+                results[c.label] = c.resident.stop()
+        except BaseException as exc:
             for c in self.contenders:
                 if c.resident is not None:
                     c.resident.abort()
+            if isinstance(exc, Exception):  # a launcher failed; a signal stays a signal
+                raise self._failed(exc) from None
             raise
         windows = [w for c in self.contenders for w in c.windows]
         comparisons = [self._compare(num, den, results) for num, den in self.pairs]
@@ -131,9 +152,25 @@ class PointRun:
 
     # -------------------------------------------------------------- start and warm up
 
+    def _failed(self, exc: Exception) -> PointFailed:
+        cause = str(exc) if isinstance(exc, LauncherDied) else cause_line(exc)
+        comparisons = []
+        for num, den in self.pairs:
+            pairs = self._paired(num, den)
+            if pairs:
+                a = next(c for c in self.contenders if c.label == num)
+                comparisons.append(paired_comparison(
+                    num, den, self.workers, pairs, sum(w.excluded for w in a.windows),
+                    self.p.ci_halfwidth))
+                comparisons[-1].repeat = self.repeat
+                comparisons[-1].note = f"measured until {self.current.label} failed"
+        windows = [w for c in self.contenders for w in c.windows]
+        return PointFailed(self.current.label, self.workers, cause, windows, comparisons)
+
     def _start(self, c: Contender, options: LoopOptions, run_name: str) -> None:
         """Start one launcher, warm it up, and size its windows from its own steps. The ones
         already started wait blocked meanwhile."""
+        self.current = c
         c.launched = time.time()
         with environment(c.env):  # read when its processes start
             c.resident = c.backend.start(
@@ -163,6 +200,7 @@ class PointRun:
     # -------------------------------------------------------------- rounds
 
     def _rounds(self) -> None:
+        self.startup_s = time.monotonic() - self.started  # every launcher up and warm
         round_no, last_round_s = 0, 0.0
         while True:
             t0 = time.monotonic()
@@ -189,6 +227,7 @@ class PointRun:
             c.steps = max(MIN_WINDOW_STEPS, math.ceil(self.p.window_s / max(step_s, 1e-9)))
 
     def _window(self, c: Contender, round_no: int, slot: int) -> MeasuredWindow:
+        self.current = c
         before = interference.sample()
         reports = c.resident.measure(WindowOrder(c.steps), timeout_s=self._timeout(c))
         load = interference.between(before, interference.sample())
@@ -253,15 +292,24 @@ class PointRun:
         comparison.repeat = self.repeat
         comparison.startup_s = {x: startup_of(results[x]) for x in (num, den)}
         if not comparison.reached:
-            elapsed = time.monotonic() - self.started
-            comparison.note = (f"±{comparison.halfwidth:.1%} after {len(pairs)} pairs "
-                               if comparison.halfwidth is not None else
-                               f"{len(pairs)} pair(s), too few for an interval ")
-            comparison.note += (f"when the {self.p.budget_s:g}s budget ran out "
-                                f"({elapsed:.0f}s used)"
-                                if self.p.max_pairs is None or len(a.windows) < self.p.max_pairs
-                                else f"at the {self.p.max_pairs}-pair cap")
+            comparison.note = self._why_not_precise(comparison, len(pairs), excluded,
+                                                    len(a.windows))
         return comparison
+
+    def _why_not_precise(self, c: Comparison, pairs: int, excluded: int, windows: int) -> str:
+        elapsed = time.monotonic() - self.started
+        note = (f"±{c.halfwidth:.1%} after {pairs} pairs " if c.halfwidth is not None
+                else f"{pairs} pair(s), too few for an interval ")
+        if self.p.max_pairs is not None and windows >= self.p.max_pairs:
+            note += f"at the {self.p.max_pairs}-pair cap"
+        else:
+            note += f"when the {self.p.budget_s:g}s budget ran out ({elapsed:.0f}s used)"
+        if self.startup_s > self.p.budget_s:
+            note += (f"; start-up alone took {self.startup_s:.0f}s of the {self.p.budget_s:g}s "
+                     "budget (raise --budget-s)")
+        if excluded:
+            note += f"; {excluded} round(s) excluded for load outside the run"
+        return note
 
 
 @contextlib.contextmanager

@@ -172,6 +172,9 @@ def load_data(cfg: Config, spec: ScaleSpec,
 def plan(spec: ScaleSpec, base: Config, out: Console) -> Plan:
     base.train.early_stop_patience = 0  # a benchmark measures steps, it does not early-stop
     memory, stream, source, base = load_data(base, spec, out)
+    if spec.predict and memory is None:
+        raise UserError("--predict: the scaling model's probes train on the data in memory; "
+                        "add memory to --ingest (e.g. --ingest memory,ray_data)")
     features = (memory if memory is not None else stream).n_features
     model = build_checked(base.model, features, base.data.window, base.data.task)
     target = parse_target(spec.target, base.data.task) if spec.target else None
@@ -179,6 +182,11 @@ def plan(spec: ScaleSpec, base: Config, out: Console) -> Plan:
         base.train.warmup_epochs = 0  # throughput from warm-up steps: the target may come first
     glob = global_batch(spec, base)
     points = [(n, point_config(base, n, glob)) for n in spec.workers]
+    split = [n for n in spec.predict if glob and glob % n]
+    if split:
+        raise UserError(f"--predict {','.join(map(str, split))}: strong scaling splits the "
+                        f"global batch {glob} across the workers, and {split[0]} does not "
+                        "divide it; predict counts that divide it, or use --mode weak")
     scale_lr(points, spec.lr_scaling)
     for n, cfg in points:
         for data in (memory, stream):

@@ -731,8 +731,9 @@ class ScalingDoc:
     forecasts: list[Forecast] = field(default_factory=list)
     cost: dict | None = None  # worker_hour_cost, unit, deadline_s
     network: NetworkProbe | None = None  # --probe-network: the links between the ranks
-    # "completed", or "interrupted": a sweep stopped by Ctrl-C or SIGTERM keeps what it had
-    # measured, marked so that nothing reads it as the whole sweep
+    # "completed"; "interrupted": a sweep stopped by Ctrl-C or SIGTERM keeps what it had
+    # measured, marked so that nothing reads it as the whole sweep; "failed": a launcher died
+    # (what was measured until then is kept), or nothing could be measured
     status: str = "completed"
 
 

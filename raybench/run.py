@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                        resumed=resume_dir is not None, started=started)
         result.timing.wall_time_s = time.time() - started
         finish(run_dir, cfg, data, result, out)
+    except KeyboardInterrupt:  # in training, the final evaluation or saving: --resume ends it
+        write_status(run_dir, RunStatus("interrupted"))
+        handle.shutdown()  # stops the workers with the local Ray we started
+        out.summary(f"Interrupted; continue with: python -m raybench.run --resume {run_dir}")
+        raise
     finally:
         lock.release()
     return 0
@@ -245,10 +250,7 @@ def train(cfg: Config, data: Source, run_dir: Path, handle: RayHandle, out: Cons
                               tracking=tracking_options(cfg, run_dir))
         return backend.run(cfg, options, _train_name(run_dir, cfg), resume_from=resume_from)
     except KeyboardInterrupt:
-        write_status(run_dir, RunStatus("interrupted"))
-        handle.shutdown()  # stops the workers with the local Ray we started
-        out.summary(f"Interrupted; continue with: python -m raybench.run --resume {run_dir}")
-        raise
+        raise  # main marks the run interrupted, wherever the signal came
     except BaseException as exc:
         failure = known_failure(exc)
         status = failure.status if failure else "failed"

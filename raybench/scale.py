@@ -203,6 +203,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.ci_halfwidth >= 1:
+        raise UserError(f"--ci-halfwidth {args.ci_halfwidth:g} is +-{args.ci_halfwidth:.0%}: a "
+                        "ratio known that loosely decides nothing; give a fraction below 1, "
+                        "e.g. 0.02 for +-2%")
     if args.global_batch_size is not None and args.mode != "strong":
         raise UserError("--global-batch-size sets strong scaling's fixed global batch; weak "
                         "scaling keeps --batch_size per worker")
@@ -220,6 +224,9 @@ def check_args(args: argparse.Namespace) -> None:
 def _check_modes(args: argparse.Namespace) -> None:
     if args.predict and 1 not in args.workers:
         raise UserError("--predict forecasts from the N=1 point: include 1 in --workers")
+    if args.predict and (args.no_model or "raybench" not in args.backends):
+        raise UserError("--predict forecasts raybench at worker counts not run from the "
+                        "scaling model: include the raybench backend and drop --no-model")
     if args.deadline_s is not None and not args.target:
         raise UserError("--deadline-s picks the cheapest N that reaches --target in time: give "
                         "--target")

@@ -13,7 +13,7 @@ from typing import Any
 
 from raybench import artifacts, stats
 from raybench.backends import NAMES
-from raybench.errors import UserError
+from raybench.errors import RunFailed, UserError
 from raybench.interleave import paired_comparison
 from raybench.results import (
     PHASES,
@@ -355,10 +355,16 @@ def write_report(out_dir: str | Path, *, environment: Any, config: dict, runs: l
     doc = ScalingDoc(environment=environment, config=config, mode=mode, runs=runs,
                      summary=summary, verdict=verdict(summary)
                      + cost_verdict(summary, extra.get("cost")), **extra)
-    artifacts.write_csv(out_dir / "scaling.csv", [dataclasses.asdict(r) for r in runs],
-                        CSV_COLUMNS)
-    plot(doc.summary, out_dir / "scaling.png")
-    write_doc(out_dir / "scaling.json", doc)  # last: its presence means complete
+    try:
+        artifacts.write_csv(out_dir / "scaling.csv", [dataclasses.asdict(r) for r in runs],
+                            CSV_COLUMNS)
+        plot(doc.summary, out_dir / "scaling.png")
+        write_doc(out_dir / "scaling.json", doc)  # last: its presence means complete
+    except OSError as exc:  # a full or read-only disk: no half a report that looks whole
+        for name in ("scaling.csv", "scaling.png"):
+            (out_dir / name).unlink(missing_ok=True)
+        raise RunFailed(f"cannot write the scaling report in {out_dir}: "
+                        f"{exc.strerror or exc}") from None
     return doc
 
 

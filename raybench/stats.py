@@ -67,13 +67,16 @@ def median_interval(samples: np.ndarray) -> Interval:
 
 
 def paired_ratio(numerators: dict[int, float], denominators: dict[int, float]) -> Interval | None:
-    """Ratio of two launchers measured in the same repeats: the mean of the per-repeat ratios
-    with its t-interval (repeats pair up because backends are interleaved within a repeat)."""
+    """Ratio of two launchers measured in the same repeats: the geometric mean of the
+    per-repeat ratios with the t-interval of their logs, as the resident windows' ratios (the
+    repeats pair up because backends are interleaved within a repeat). On the log scale a
+    ratio's bounds stay positive: three repeats of 0.3-0.9 once gave "-0.021-1.190"."""
     common = sorted(set(numerators) & set(denominators))
-    ratios = [numerators[r] / denominators[r] for r in common if denominators[r]]
+    ratios = [numerators[r] / denominators[r] for r in common
+              if denominators[r] and numerators[r] > 0]
     if not ratios:
         return None
-    mean, low, high = mean_interval(ratios)
+    mean, low, high = log_mean_interval(ratios)
     return Interval(mean, low, high, len(ratios))
 
 

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from raybench import calibrate, environment, forecast, probes, scaling_report
-from raybench.artifacts import Output
+from raybench.artifacts import Output, check_writable
 from raybench.backends import SINGLE_WORKER, LaunchContext, ray_network
 from raybench.backends.ray_cluster import REPORT_POLL_S, place_workers, release, start_ray
 from raybench.backends.ray_train import RAY_TRAIN_SWITCHES, startup_floor
 from raybench.config import Config
 from raybench.console import Console
-from raybench.errors import UserError
-from raybench.interleave import Contender, PointRun, planned_pairs
+from raybench.errors import RunFailed, UserError, cause_line
+from raybench.interleave import Contender, PointFailed, PointRun, planned_pairs
 from raybench.loop import LoopOptions
 from raybench.models import flops_per_sample
 from raybench.plan import (
@@ -52,6 +52,7 @@ from raybench.results import (
     ScalingModelReport,
     StartupPoint,
 )
+from raybench.runlock import RunLock
 from raybench.targets import Target
 
 # ------------------------------------------------------------------ run
@@ -64,7 +65,28 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
     output = Output(spec.out or time.strftime("results/scale_%Y%m%d_%H%M%S"))
     if output.has("scaling.json"):
         raise UserError(f"{output.where} already holds a scaling report; pick another --out")
-    p = plan(spec, base, out)
+    p = plan(spec, base, out)  # the user's mistakes, before anything is written
+    lock = claim(output)  # before Ray starts: a second sweep into it is refused
+    try:
+        return measure(spec, p, output, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim(output: Output) -> RunLock | None:
+    """A local --out must be writable before Ray starts (a read-only or full one used to fail
+    after the whole sweep), and one sweep owns it at a time (as a run owns its directory)."""
+    if output.uri:
+        return None
+    check_writable(output.local, "--out")
+    lock, _ = RunLock.acquire(output.local)
+    return lock
+
+
+def measure(spec: ScaleSpec, p: Plan, output: Output, out: Console) -> ScalingDoc:
+    """Start Ray where a launcher needs it, run every point, write the report; a sweep stopped
+    by a signal or a failed launcher keeps what it had measured, marked so."""
     handle = None
     if set(RAY_LAUNCHERS) & set(spec.backends) or spec.probe_network:
         # A throughput window reports once, at its end: keep Ray's own 2 s controller poll
@@ -75,7 +97,6 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
         handle = start_ray(largest, out.log, verbose=spec.verbose,
                            report_poll_s=REPORT_POLL_S if spec.whole_epochs else None,
                            extra_cpus=ray_cpus(spec, p, largest))
-    output.local.mkdir(parents=True, exist_ok=True)
     env = environment.collect()
     scratch = Path(tempfile.mkdtemp(prefix="raybench-scale-"))
     context = LaunchContext(scratch_dir=scratch, storage_path=output.storage("ray_train"),
@@ -94,13 +115,35 @@ def run_sweep(spec: ScaleSpec, base: Config) -> ScalingDoc:
             out.summary(f"Interrupted: {len(sweep.runs)} run(s) measured, saved as a partial "
                         f"sweep (status interrupted) in {output.publish()}")
         raise
+    except PointFailed as failed:
+        write(spec, output.local, env, p, sweep, out, status="failed")
+        raise RunFailed(f"{failed}; the {len(sweep.windows)} window(s) and {len(sweep.runs)} "
+                        f"run(s) measured until then are in {output.publish()} (status "
+                        "failed)") from None
     finally:
         for m in measures:
             m.backend.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    if (why := nothing_measured(sweep)) is not None:
+        write(spec, output.local, env, p, sweep, out, status="failed")
+        raise RunFailed(f"{why}; the sweep is kept as failed in {output.publish()}")
     doc = write(spec, output.local, env, p, sweep, out)
     out.summary(f"Saved → {output.publish()}")
     return doc
+
+
+def nothing_measured(sweep: Sweep) -> str | None:
+    """Why the sweep measured nothing it could report (no comparison with an interval, or no
+    throughput at all), or None. Such a sweep must not pass for a measurement."""
+    if sweep.resident and sweep.comparisons:
+        if any(c.ci95 for c in sweep.comparisons):
+            return None
+        c = sweep.comparisons[0]
+        return (f"no comparison was measured: {c.numerator}/{c.denominator} at N={c.workers} "
+                f"had {c.note or f'{c.pairs} pair(s)'}")
+    if any(r.samples_per_sec or r.target for r in sweep.runs):
+        return None
+    return "no throughput was measured: every window was excluded or none ran"
 
 
 def network_probe(p: Plan, out: Console) -> NetworkProbe:
@@ -206,7 +249,12 @@ class Sweep:
         t0 = time.time()
         options = dataclasses.replace(run_options(self.spec, self.p.target,
                                                   self.context.storage_path), launch_time=t0)
-        result = run_one(m, cfg, options, f"n{n}_r{repeat}_{int(t0 * 1000)}")
+        try:
+            result = run_one(m, cfg, options, f"n{n}_r{repeat}_{int(t0 * 1000)}")
+        except (UserError, RunFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 (a launcher's failure ends the sweep, named)
+            raise PointFailed(m.label, n, cause_line(exc)) from None
         self._record(m, cfg, repeat, result, time.time() - t0)
         if beside:
             self.reference_s[n].append(beside.step_s())
@@ -223,7 +271,12 @@ class Sweep:
         beside = self._reference(n, [m.label for m in group])
         run = PointRun(contenders, self.spec.precision, repeat, n, self.out.log,
                        beside.step_s if beside else None)
-        point = run.measure(options, f"n{n}_r{repeat}_{int(time.time() * 1000)}")
+        try:
+            point = run.measure(options, f"n{n}_r{repeat}_{int(time.time() * 1000)}")
+        except PointFailed as failed:  # what was measured until then stays in the record
+            self.windows += failed.windows
+            self.comparisons += failed.comparisons
+            raise
         if point.reference_s:
             self.reference_s.setdefault(n, []).extend(point.reference_s)
         self.windows += point.windows

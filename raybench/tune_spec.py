@@ -76,12 +76,17 @@ class Schedule:
     """When trials stop: ASHA over epochs (training_iteration), or every trial to max_t."""
 
     kind: str = "asha"  # asha | none
-    max_t: int = 0  # epochs a trial may run (0: the base config's epochs)
+    max_t: int | None = None  # epochs a trial may run (None: the base config's epochs)
     grace_period: int = 1  # epochs before ASHA may stop a trial
     reduction_factor: float = 2.0
 
     def check(self) -> None:
-        if self.max_t < 1 or self.grace_period < 1 or self.grace_period > self.max_t:
+        for key in ("max_t", "grace_period"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"scheduler: {key} must be a positive number of epochs, got "
+                                f"{value!r}")
+        if self.grace_period > self.max_t:
             raise UserError(f"scheduler: need 1 <= grace_period <= max_t, got max_t="
                             f"{self.max_t}, grace_period={self.grace_period}")
         if self.reduction_factor <= 1:
@@ -164,8 +169,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return SweepSpec(base=base_cfg, space=parse_space(raw.get("search_space"),
                                                       f"{path}: search_space"),
                      metric=metric, num_samples=num_samples,
-                     max_concurrent=raw.get("max_concurrent"),
-                     schedule=Schedule(**{"max_t": 0, **scheduler}))
+                     max_concurrent=_positive_or_none(raw.get("max_concurrent"),
+                                                      f"{path}: max_concurrent"),
+                     schedule=Schedule(**scheduler))
+
+
+def _positive_or_none(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{where} must be a positive integer, got {value!r}")
+    return value
 
 
 def _refuse_unknown(given: dict, known: set[str], where: str) -> None:
@@ -200,7 +214,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     given = {k: getattr(args, k) for k in ("max_t", "grace_period", "reduction_factor")
              if getattr(args, k) is not None}
     spec.schedule = dataclasses.replace(spec.schedule, kind=args.scheduler, **given)
-    if not spec.schedule.max_t:
+    if spec.schedule.max_t is None:
         spec.schedule.max_t = spec.base.train.epochs
     spec.schedule.check()
     if args.workers_per_trial < 1:
@@ -211,7 +225,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         spec.num_samples = args.num_samples
     if args.metric:
         spec.metric = args.metric
-    spec.max_concurrent = args.max_concurrent or spec.max_concurrent
+    if args.max_concurrent is not None:
+        spec.max_concurrent = _positive_or_none(args.max_concurrent, "--max-concurrent")
     spec.base.scaling.workers = args.workers_per_trial
     spec.base.train.epochs = spec.schedule.max_t
     spec.base.train.early_stop_patience = 0  # the scheduler decides when a trial stops

@@ -4,12 +4,13 @@ Each side blocks without spinning while it waits: local processes on a pipe (`re
 actors and Ray Train workers in a `ray.get` on an asyncio actor (`WindowBoard`) that hands every
 rank the same order and gathers one report per rank. The driver's side (`LocalConductor`,
 `RayConductor`) posts an order and waits for the reports, checking now and then that the
-launcher is still alive so a dead rank fails the measurement instead of hanging it.
+launcher is still alive so a dead rank fails the measurement, named, instead of hanging it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,18 @@ ALIVE_POLL_S = 1.0
 
 
 class LauncherDied(RuntimeError):
-    """A resident launcher stopped answering: a rank exited or its run failed."""
+    """A resident launcher stopped answering: a rank exited or its run failed. The message
+    names the rank, its pid and the cause where the launcher knows them."""
+
+
+def exit_text(code: int) -> str:
+    """A process's exit status in words: the signal that killed it, or its exit code."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 # ------------------------------------------------------------------ local processes
@@ -44,8 +56,8 @@ class PipeChannel:
 class LocalConductor:
     """The driver's end of local ranks' pipes (rank order)."""
 
-    def __init__(self, conns: list[Any], alive: Callable[[], bool]) -> None:
-        self.conns, self.alive = conns, alive
+    def __init__(self, conns: list[Any], dead: Callable[[], str | None]) -> None:
+        self.conns, self.dead = conns, dead  # dead(): why a rank is gone, None while all run
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
         for conn in self.conns:
@@ -56,14 +68,18 @@ class LocalConductor:
     def _receive(self, conn: Any, deadline: float) -> WindowReport:
         while not conn.poll(ALIVE_POLL_S):
             raise_if_stopped()
-            if not self.alive():
-                raise LauncherDied("a rank exited during a measured window")
+            if (why := self.dead()) is not None:
+                raise LauncherDied(f"{why} during a measured window")
             if time.monotonic() > deadline:
                 raise LauncherDied("a window took longer than its time limit")
         try:
             return conn.recv()
-        except EOFError:
-            raise LauncherDied("a rank exited during a measured window") from None
+        except (EOFError, OSError):  # the pipe closed: its rank is gone, or going
+            deadline = time.monotonic() + 5.0
+            while (why := self.dead()) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise LauncherDied(f"{why or 'a rank closed its pipe'} during a measured window"
+                               ) from None
 
     def stop(self) -> None:
         for conn in self.conns:
@@ -140,8 +156,8 @@ def window_board(world: int) -> Any:
 class RayConductor:
     """The driver's end of a board."""
 
-    def __init__(self, board: Any, alive: Callable[[], bool]) -> None:
-        self.board, self.alive = board, alive
+    def __init__(self, board: Any, dead: Callable[[], str | None]) -> None:
+        self.board, self.dead = board, dead  # dead(): why the launcher is gone, or None
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
         import ray
@@ -151,8 +167,8 @@ class RayConductor:
         deadline = time.monotonic() + timeout_s
         while not ray.wait([pending], timeout=ALIVE_POLL_S)[0]:
             raise_if_stopped()
-            if not self.alive():
-                raise LauncherDied("the launcher's run ended during a measured window")
+            if (why := self.dead()) is not None:
+                raise LauncherDied(f"{why} during a measured window")
             if time.monotonic() > deadline:
                 raise LauncherDied("a window took longer than its time limit")
         return ray.get(pending)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from raybench import stats
 from raybench.backends.base import LaunchContext
-from raybench.backends.conductor import LocalConductor, PipeChannel
+from raybench.backends.conductor import LocalConductor, PipeChannel, exit_text
 from raybench.backends.local import LocalSession, train_rank, wants_gpu
 from raybench.config import Config, from_dict
 from raybench.data.dataset import Dataset, load_dataset
@@ -137,10 +137,14 @@ class LocalResident:
         self.procs, self.results = _start(
             world, _rank_main, [(cfg.to_dict(), data_dir, options, allreduce_iters, child,
                                  group) for _, child in pipes])
-        self.conductor = LocalConductor([mine for mine, _ in pipes], alive=self._alive)
+        self.conductor = LocalConductor([mine for mine, _ in pipes], dead=self._dead)
 
-    def _alive(self) -> bool:
-        return all(p.exitcode is None for p in self.procs)
+    def _dead(self) -> str | None:
+        """The first rank that is gone, by rank, pid and how it ended."""
+        for rank, proc in enumerate(self.procs):
+            if proc.exitcode is not None:
+                return f"rank {rank} (pid {proc.pid}) {exit_text(proc.exitcode)}"
+        return None
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
         return self.conductor.measure(order, timeout_s)

@@ -22,6 +22,7 @@ from raybench.backends.ray_cluster import (
 )
 from raybench.config import Config
 from raybench.data.dataset import Dataset
+from raybench.errors import cause_line
 from raybench.loop import LoopOptions
 from raybench.results import RunResult, WindowOrder, WindowReport
 
@@ -97,12 +98,21 @@ class RayRanks:
         except BaseException:
             self.abort()
             raise
-        self.conductor = RayConductor(board, alive=self._alive) if board is not None else None
+        self.conductor = RayConductor(board, dead=self._dead) if board is not None else None
 
-    def _alive(self) -> bool:
+    def _dead(self) -> str | None:
+        """The first rank whose actor has ended, and why, or None while every rank runs."""
         import ray
 
-        return not ray.wait(self.futures, num_returns=1, timeout=0)[0]
+        done = ray.wait(self.futures, num_returns=1, timeout=0)[0]
+        if not done:
+            return None
+        rank = self.futures.index(done[0])
+        try:
+            ray.get(done[0])
+            return f"rank {rank} ended its run"
+        except Exception as exc:  # noqa: BLE001 (its death is what is being described)
+            return f"rank {rank} failed ({cause_line(exc)})"
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
         return self.conductor.measure(order, timeout_s)

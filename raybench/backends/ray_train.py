@@ -29,7 +29,7 @@ from raybench.config import Config, elastic, metric_mode
 from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
-from raybench.errors import raise_if_stopped
+from raybench.errors import cause_line, raise_if_stopped
 from raybench.loop import LoopOptions
 from raybench.results import (
     FirstStep,
@@ -419,7 +419,16 @@ class RayResident:
         self.thread = threading.Thread(target=self._fit, args=(trainer,), name="raybench-fit",
                                        daemon=True)
         self.thread.start()
-        self.conductor = RayConductor(board, alive=self.thread.is_alive)
+        self.conductor = RayConductor(board, dead=self._dead)
+
+    def _dead(self) -> str | None:
+        """Why the resident run ended (fit() returned or failed: a worker died, its placement
+        group was removed), or None while it serves windows."""
+        if self.thread.is_alive():
+            return None
+        error = self.outcome.get("error")
+        return f"its Ray Train run failed ({cause_line(error)})" if error else (
+            "its Ray Train run ended")
 
     def _fit(self, trainer: Any) -> None:
         try:
@@ -428,11 +437,7 @@ class RayResident:
             self.outcome["error"] = exc
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
-        try:
-            return self.conductor.measure(order, timeout_s)
-        except RuntimeError:
-            self._raise_failure()
-            raise
+        return self.conductor.measure(order, timeout_s)
 
     def stop(self) -> RunResult:
         self.conductor.stop()

@@ -8,16 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from raybench.errors import UserError, missing_file
+from raybench.errors import UserError, missing_file, printable
 from raybench.ray_env import IDLE_WORKERS_KEPT
 
 RAY_VERSION = "2.60.0"
+# An image reference as the distribution spec reads one: [registry[:port]/]name[:tag][@digest],
+# name components lowercase; what a kubelet would refuse to pull is refused here.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    rf"(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 RESULTS_MOUNT = "/mnt/results"
 
@@ -224,6 +232,8 @@ def operator_rules(kind: str, doc: dict) -> list[str]:
         for c in pod_spec.get("containers") or []:
             sc = {**pod_sc, **(c.get("securityContext") or {})}
             name = f"{where}.containers[{c.get('name')}]"
+            if isinstance(c.get("image"), str) and not IMAGE.fullmatch(c["image"]):
+                errors.append(f"{name}.image: {c['image']!r} is not an image reference")
             if not sc.get("runAsNonRoot") or sc.get("runAsUser", 1000) == 0:
                 errors.append(f"{name}: must run as non-root (runAsNonRoot: true, runAsUser != 0)")
             if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True):
@@ -271,8 +281,11 @@ def validate_files(paths: list[str], schema_dir: str | Path) -> dict[str, list[s
             raise missing_file(path, "manifest")
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except UnicodeDecodeError:
+            report[str(path)] = ["not a UTF-8 text file (a binary file or another encoding)"]
+            continue
         except yaml.YAMLError as exc:
-            report[str(path)] = [f"malformed YAML: {str(exc).splitlines()[0]}"]
+            report[str(path)] = [f"malformed YAML: {printable(str(exc))}"]
             continue
         if not docs:
             report[str(path)] = ["no Kubernetes documents in the file"]
@@ -292,8 +305,9 @@ def render_command(args: argparse.Namespace) -> int:
     """Write one RayJob per worker count and validate each against the schemas."""
     if args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
         raise UserError("--cpus-per-worker must be positive, --gpus-per-worker >= 0")
-    if not args.image.strip():
-        raise UserError("--image must name a container image, e.g. registry.example/raybench:0.2")
+    if not IMAGE.fullmatch(args.image):
+        raise UserError(f"--image {args.image!r} is not an image reference (REGISTRY/NAME:TAG, "
+                        "e.g. registry.example/raybench:0.2)")
     try:
         extra = shlex.split(args.extra)
     except ValueError as exc:
@@ -310,15 +324,28 @@ def render_command(args: argparse.Namespace) -> int:
     return 1 if any(report.values()) else 0
 
 
+# What render sets in each RayJob's entrypoint itself: given again in --extra, the later one
+# would win on the cluster while the pods were sized for the first.
+RENDERED = {"scale": {"workers", "cpus_per_worker", "use_gpu", "backends", "repeats", "out"},
+            "run": {"workers", "cpus_per_worker", "use_gpu", "save_dir", "out", "run_name"}}
+
+
 def check_extra(job: str, extra: list[str]) -> None:
     """--extra flags are parsed here by the entrypoint's own parser: a flag it does not take,
-    or a bad value, is refused now, not when the RayJob runs on the cluster."""
+    a bad value, or one render sets for each RayJob is refused now, not when the RayJob runs
+    on the cluster."""
     from raybench import run, scale
 
     parser = scale.build_parser() if job == "scale" else run.build_parser()
     _, unknown = parser.parse_known_args(extra)
     if unknown:
         raise UserError(f"--extra: raybench.{job} does not take {' '.join(unknown)}")
+    for word in extra:
+        flag = parser._spelling(word.split("=", 1)[0]) if word.startswith("--") else None
+        action = parser._option_string_actions.get(flag) if flag else None
+        if action is not None and action.dest.rsplit(":", 1)[-1] in RENDERED[job]:
+            raise UserError(f"--extra: {flag} is what render sets for each RayJob (--workers "
+                            "N sizes its worker pods); leave it out of --extra")
 
 
 def validate_command(args: argparse.Namespace) -> int:

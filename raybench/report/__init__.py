@@ -116,6 +116,7 @@ def compare_command(args: argparse.Namespace) -> int:
         raise UserError(f"--compare {args.compare[0]} {args.compare[1]}: the same report twice; "
                         "a comparison needs two")
     base, new = (scaling_report.load_docs([p])[0] for p in args.compare)
+    compare.check_same_workload(base, new)
     changes = compare.compare(base, new)
     print(compare.table(changes))
     failed = compare.failures(changes, conditions)

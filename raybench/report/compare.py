@@ -15,6 +15,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from raybench import stats
 from raybench.errors import UserError
@@ -112,6 +113,28 @@ def ratio_interval(new: list[float], base: list[float]) -> Change | None:
     mde = math.exp((stats.t_quantile(0.975, df) + stats.t_quantile(0.8, df)) * se) - 1
     return Change(ratio, ratio * math.exp(-half), ratio * math.exp(half),
                   min(len(new), len(base)), mde=mde)
+
+
+def workload(doc: ScalingDoc) -> dict[str, object]:
+    """What a throughput depends on besides the code under test: two reports that differ in
+    any of these measured different things."""
+    cfg = doc.config or {}
+    source = doc.data_source or ""
+    if ":" not in source:  # a file or directory: by its name, so a moved copy still compares
+        source = Path(source).name
+    return {"mode": doc.mode, "model": cfg.get("model"),
+            "batch_size": (cfg.get("train") or {}).get("batch_size"), "data": source,
+            "window": (cfg.get("data") or {}).get("window"),
+            "task": (cfg.get("data") or {}).get("task"),
+            "backends": sorted(doc.backends or [])}
+
+
+def check_same_workload(base: ScalingDoc, new: ScalingDoc) -> None:
+    a, b = workload(base), workload(new)
+    differ = [f"{k} {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+    if differ:
+        raise UserError("--compare needs the same workload in both reports; they differ in "
+                        + "; ".join(differ))
 
 
 def compare(base: ScalingDoc, new: ScalingDoc) -> list[PointChange]:

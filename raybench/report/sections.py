@@ -56,6 +56,11 @@ def kind_of(path: Path) -> str:
         return "run"
     if (path / "status.json").is_file():  # a run directory whose run did not complete
         status = read_status(path)
+        if status.completed:  # it says so, yet its results are not all there
+            missing = [f for f in ("timing.json", "metrics_test.json") if not (path / f).is_file()]
+            raise Incomplete(f"{path}: status says completed but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} missing (a damaged or "
+                             "partly copied run directory); nothing to report")
         why = f": {status.error.strip().splitlines()[-1][:200]}" if status.error else ""
         raise Incomplete(f"{path}: that run did not complete (status {status.status}{why}); "
                          "nothing to report")
@@ -152,8 +157,9 @@ def scaling_section(path: Path) -> Section:
     sec = Section(f"Scaling sweep {path.name}", "scaling", anchor=f"scaling-{path.name}")
     title = path.name
     if doc.status != "completed":
-        sec.findings.append(f"{title}: the sweep was {doc.status}; what it had measured is "
-                            "shown, the rest is missing.")
+        how = "failed" if doc.status == "failed" else f"was {doc.status}"
+        sec.findings.append(f"{title}: the sweep {how}; what it had measured is shown, the "
+                            "rest is missing.")
     sec.sentences.append(mode_sentence(doc))
     sec.tables.append(throughput_table(doc.summary))
     sec.findings += [f"{title}: {line}" for line in doc.verdict or []]
@@ -168,8 +174,10 @@ def scaling_section(path: Path) -> Section:
                    faults_table(doc), ingest_table(doc), memory_table(doc), cost_table(doc),
                    environment_table(doc)]
     if doc.forecasts:
-        errors = [abs(x.error) for x in doc.forecasts if x.error is not None]
-        same = [abs(x.error_same_speed) for x in doc.forecasts if x.error_same_speed is not None]
+        # the N=1 row is repeat 1's own measurement, not a forecast: it is not counted
+        ahead = [x for x in doc.forecasts if x.workers > 1 and not x.extrapolated]
+        errors = [abs(x.error) for x in ahead if x.error is not None]
+        same = [abs(x.error_same_speed) for x in ahead if x.error_same_speed is not None]
         if errors:
             sec.findings.append(f"{title}: the forecasts, made from N=1 before the other points "
                                 f"ran, were within {f.pct(max(errors))} of what was measured"
@@ -333,6 +341,10 @@ def forecast_note(doc: ScalingDoc) -> str:
             "lockstep than alone. Machine speed: raw's one-worker step at the N=1 point over "
             "the same step in a window of every round of the point (below 1: the machine ran "
             "slower then); the error at N=1's speed is the forecast's, that change taken out.")
+    if (getattr(doc, "repeats", None) or 1) > 1:
+        note += (f" Every forecast was made from repeat 1's N=1 point and is set against the "
+                 f"median of the {doc.repeats} repeats; the N=1 row's error is how far repeat 1 "
+                 "ran from that median.")
     drifted = drifted_basis(doc.model.basis_ratios) if doc.model else {}
     moved = moved_point(doc.model.point_drift) if doc.model else {}
     return (note + (f" Warning: {basis_warning(drifted)}." if drifted else "")

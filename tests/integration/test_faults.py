@@ -104,6 +104,27 @@ def test_ctrl_c_and_sigterm_interrupt_and_stop_every_worker(reg_npz, tmp_path, s
     assert f"--resume {run_dir}" in rest
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_the_final_evaluation_or_saving_is_an_interrupted_run(reg_npz, tmp_path,
+                                                                        cpu_burner):
+    """Ctrl-C once the last epoch is done (the workers' final evaluation, then the driver
+    saving): status.json said `running` and no resume hint was printed. Now: interrupted,
+    the hint, and --resume ends the run."""
+    proc = _start(["--npz_path", str(reg_npz), "--epochs", "3", "--patience", "0",
+                   "--save_dir", str(tmp_path), "--run_name", "last"], tmp_path)
+    _until_epoch(proc, 3, 3)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, rest
+    run_dir = tmp_path / "last"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted", rest
+    assert f"--resume {run_dir}" in rest and "Traceback" not in rest, rest
+    resumed = subprocess.run([sys.executable, "-m", "raybench.run", "--resume", str(run_dir),
+                              "--quiet"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
 def _ray_starting(proc) -> bool:
     """The local Ray is being started: its GCS server is a child of the driver by now."""
     try:

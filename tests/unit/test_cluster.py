@@ -126,13 +126,33 @@ def test_validate_uses_the_schemas_shipped_in_the_package(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--image", ""], "--image must name a container image"),
+    (["--image", ""], "--image '' is not an image reference"),
+    (["--image", "bad image name with spaces"], "is not an image reference"),
+    (["--image", "Registry/UPPER:1"], "is not an image reference"),
     (["--extra", "--set 'model.kind=lstm"], "No closing quotation"),
+    # what render sets for each RayJob, given again: the later would win on the cluster
+    (["--extra", "--workers 3"], "--workers is what render sets for each RayJob"),
+    (["--extra=--cpus_per_worker=4"], "--cpus-per-worker is what render sets"),
+    (["--job", "run", "--extra", "--save-dir /x"], "--save-dir is what render sets"),
+    (["--extra", "--out /elsewhere"], "--out is what render sets"),
 ])
-def test_render_refuses_empty_image_and_unbalanced_quotes(tmp_path, argv, message):
+def test_render_refuses_what_could_not_run_as_rendered(tmp_path, argv, message):
     with pytest.raises(UserError, match=message):
         cluster_main(["render", "--workers", "1", "--out", str(tmp_path), "--image", "img",
                       *argv])
+    assert not list(tmp_path.glob("*.yaml"))
+
+
+def test_validate_names_a_bad_image_and_a_file_that_is_not_text(tmp_path):
+    doc = job(image="bad image")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (errors,) = cluster.validate_files([str(path)], SCHEMAS).values()
+    assert any("'bad image' is not an image reference" in e for e in errors), errors
+    binary = tmp_path / "latin.yaml"
+    binary.write_bytes(b"kind: RayJob  # caf\xe9\n\xff\xfe")
+    (errors,) = cluster.validate_files([str(binary)], SCHEMAS).values()
+    assert errors == ["not a UTF-8 text file (a binary file or another encoding)"]
 
 
 def test_render_keeps_quoted_extra_flags_quoted(tmp_path):

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from raybench import config, report, run, scale, tune
+from raybench import config, probe, report, run, scale, tune
 from raybench.cluster.__main__ import build_parser as cluster_parser
 from raybench.data.__main__ import build_parser as data_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PARSERS = {"run": run.build_parser, "scale": scale.build_parser, "tune": tune.build_parser,
-           "data": data_parser, "cluster": cluster_parser, "report": report.build_parser}
+           "data": data_parser, "cluster": cluster_parser, "report": report.build_parser,
+           "probe": probe.build_parser}
 
 
 def commands() -> list[tuple[str, str]]:
@@ -48,6 +49,9 @@ def test_every_command_shown_parses(where, line):
     args = PARSERS[module]().parse_args(argv)
     if module in ("run", "scale", "tune") and getattr(args, "config", None) is None:
         config.apply_overrides(config.Config(), args)  # the values, not just the flags
+    inner = getattr(args, "argv", None) or []  # cluster local exec -- python -m raybench.X
+    if module == "cluster" and "raybench." in " ".join(inner):
+        test_every_command_shown_parses(where, shlex.join(inner[inner.index("python"):]))
 
 
 def test_the_docs_show_every_command():

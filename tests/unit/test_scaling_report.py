@@ -1,5 +1,7 @@
 import csv
 import json
+import math
+import statistics
 
 import numpy as np
 import pytest
@@ -64,12 +66,21 @@ def test_summary_ratios_vs_raw_and_ddp():
     assert ray2.vs_ddp == pytest.approx(160 / 200)
     assert ray2.vs_raw is None  # raw is a one-worker ceiling only
     assert [k[0] for k in rows][:2] == ["raybench", "raybench"]
-    # paired per-repeat ratios: 100/125, 110/125, 90/125 -> mean 0.8, t-interval over 3
+    # paired per-repeat ratios 100/125, 110/125, 90/125: their geometric mean with the
+    # t-interval of their logs (over 3), as the resident windows' ratios
     ci = ray1.vs_raw_ci
-    assert ci.n == 3 and ci.value == pytest.approx(0.8)
-    half = 4.302652729911275 * stats.statistics.stdev([0.8, 0.88, 0.72]) / 3 ** 0.5
-    assert (ci.low, ci.high) == (pytest.approx(0.8 - half), pytest.approx(0.8 + half))
+    logs = [math.log(x) for x in (0.8, 0.88, 0.72)]
+    mean, half = statistics.fmean(logs), 4.302652729911275 * statistics.stdev(logs) / 3 ** 0.5
+    assert ci.n == 3 and ci.value == pytest.approx(math.exp(mean))
+    assert (ci.low, ci.high) == (pytest.approx(math.exp(mean - half)),
+                                 pytest.approx(math.exp(mean + half)))
     assert ray1.step_time_ms_p50_ci.value == 1.0 and ray1.step_time_ms_p50_ci.n == 3
+
+
+def test_a_ratio_of_repeats_never_has_a_bound_at_or_below_zero():
+    """Three restarts of 0.3, 0.6 and 0.9: the arithmetic t-interval reached below zero."""
+    ci = stats.paired_ratio({1: 30.0, 2: 60.0, 3: 90.0}, {1: 100.0, 2: 100.0, 3: 100.0})
+    assert 0 < ci.low < ci.value < ci.high
 
 
 def test_report_files_and_merge(tmp_path, capsys):
