@@ -264,8 +264,9 @@ class PointRun:
 
     def _paired(self, num: str, den: str) -> list[tuple[MeasuredWindow, MeasuredWindow]]:
         a, b = (next(c for c in self.contenders if c.label == x) for x in (num, den))
-        return [(x, y) for x, y in zip(a.windows, b.windows, strict=True)
-                if not (x.excluded or y.excluded)]
+        theirs = {w.round: w for w in b.windows}  # by round: a point that failed mid-round
+        return [(x, theirs[x.round]) for x in a.windows  # has one side of its last pair
+                if x.round in theirs and not (x.excluded or theirs[x.round].excluded)]
 
     def _halfwidth(self, num: str, den: str) -> float | None:
         ratios = [x.samples_per_sec / y.samples_per_sec for x, y in self._paired(num, den)]

@@ -652,6 +652,12 @@ class Forecast:
     # there over raw's N=1 step in a window of every round of the point (> 1: faster then).
     speed: float | None = None
     error_same_speed: float | None = None  # predicted x speed / measured - 1
+    # On a network (network_forecast.py): backward's length, the part of DDP's bucketed
+    # all-reduce it did not hide, the buckets, and the link's terms with their source
+    backward_ms: float | None = None
+    exposed_ms: float | None = None
+    buckets: int | None = None
+    link: str | None = None  # e.g. "0.0998 Gbit/s, 352 us a hop, measured"
 
 
 @dataclass

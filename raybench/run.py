@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handle = start_ray(cfg, out.log, verbose=args.verbose, dashboard=args.dashboard,
                        extra_cpus=ingest_cpus(cfg))
+    check_storage_is_shared(cfg)
     for warning in resource_warnings(cfg, train_windows(data, cfg.scaling.workers), handle):
         out.warn(warning)
     run_dir = resume_dir or artifacts.make_run_dir(cfg.io.save_dir, cfg.io.run_name)
@@ -283,6 +284,24 @@ def known_failure(exc: BaseException) -> RunFailed | None:
                     message += "; the last good checkpoint is kept (lower --lr and --resume)"
                 return RunFailed(message, status)
     return None
+
+
+def check_storage_is_shared(cfg: Config) -> None:
+    """Ray Train keeps the run's checkpoints under the run directory (without --storage_path);
+    inside a job, a relative --save_dir is in Ray's copy of the working directory on the
+    driver's node only. On several nodes the other nodes cannot reach it, and Ray Train fails
+    after the workers started (seen on the emulated cluster): refuse now, in one line."""
+    import ray
+
+    save_dir = str(Path(cfg.io.save_dir).resolve())
+    if cfg.io.storage_path or "/runtime_resources/" not in save_dir:
+        return
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        raise UserError(f"save_dir {save_dir} is inside Ray's copy of the job's working "
+                        f"directory on this node; the cluster's other {nodes - 1} node(s) cannot "
+                        "reach it, and Ray Train keeps the checkpoints there: pass an absolute "
+                        "--save_dir on shared storage, or --storage_path")
 
 
 def resource_warnings(cfg: Config, shard: int, handle: RayHandle) -> list[str]:

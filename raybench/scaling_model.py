@@ -250,3 +250,53 @@ def point_warning(moved: dict[str, float]) -> str:
             "the N=1 point than during the probes, and the forecasts built on both and the "
             "efficiencies against N=1 carry that change; run the sweep again before trusting "
             "them")
+
+
+# ------------------------------------------------------------------ the network (DDP's buckets)
+
+FIRST_BUCKET_BYTES = 1 << 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
+BUCKET_BYTES = 25 << 20  # DDP's bucket_cap_mb default (25 MiB)
+
+
+def ddp_buckets(param_bytes: list[int], first: int = FIRST_BUCKET_BYTES,
+                cap: int = BUCKET_BYTES) -> list[int]:
+    """DDP's buckets in the order backward fills and all-reduces them, in bytes: gradients
+    arrive in the reverse of the parameters' order; a bucket closes once it holds at least its
+    limit, the first 1 MiB, every later one `cap` (the layout DDP rebuilds after its first
+    iteration; `param_bytes` in registration order)."""
+    buckets, current, limit = [], 0, first
+    for size in reversed(param_bytes):
+        current += size
+        if current >= limit:
+            buckets.append(current)
+            current, limit = 0, cap
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+@dataclass
+class Overlap:
+    """A step's bucketed all-reduce against its backward pass."""
+
+    allreduce_s: float  # every bucket's ring all-reduce, one after the other
+    exposed_s: float  # what backward did not hide: after its end until the last bucket is done
+    buckets: int
+
+
+def bucketed_allreduce(buckets: list[int], backward_s: float, n: int, alpha_s: float,
+                       beta_s_per_byte: float) -> Overlap:
+    """Each bucket is ready when backward has produced its gradients (backward's time taken
+    in proportion to the gradient bytes produced so far); its ring all-reduce, 2(n-1) alpha +
+    2(n-1)/n bytes beta, starts then or when the previous bucket's is done (the buckets share
+    the link). Exposed: from the end of backward until the last bucket is done."""
+    if n <= 1 or not buckets:
+        return Overlap(0.0, 0.0, len(buckets))
+    total, produced, done, comm = sum(buckets), 0, 0.0, 0.0
+    for size in buckets:
+        produced += size
+        ready = backward_s * produced / total
+        t = 2 * (n - 1) * alpha_s + 2 * (n - 1) / n * size * beta_s_per_byte
+        done = max(done, ready) + t
+        comm += t
+    return Overlap(comm, max(0.0, done - backward_s), len(buckets))

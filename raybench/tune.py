@@ -43,6 +43,7 @@ from raybench.console import Console
 from raybench.data import ParquetDataset, check_source_batches, load_source
 from raybench.data.ingest import open_ingest, trainer_datasets
 from raybench.errors import (
+    RunFailed,
     UserError,
     graceful_tune_signals,
     printable,
@@ -323,10 +324,15 @@ def run_sweep(args: argparse.Namespace) -> dict:
     interrupted = bool(stopped()) or len(grid) < expected or (
         grid.num_terminated + grid.num_errors < len(grid))
     rows = trial_rows(grid, key, mode, max_t, interrupted)
+    if interrupted and not any(r.epochs_run for r in rows):  # stopped before any trial ran
+        out.summary(f"Sweep interrupted before any trial ran; continue with: python -m "
+                    f"raybench.tune --resume {out_dir}")
+        raise_if_stopped()
+        raise KeyboardInterrupt
     if not rows:
-        raise RuntimeError("the sweep produced no trials")
-    if all(r.status == "error" for r in rows):
-        raise RuntimeError(f"every trial failed; the first: {rows[0].error}")
+        raise RunFailed("the sweep produced no trials")
+    if not interrupted and all(r.status == "error" for r in rows):
+        raise RunFailed(f"every trial failed; the first: {printable(rows[0].error or '')}")
     write_outputs(out_dir, rows, base, metric, mode, spec.to_doc(), wall,
                   "interrupted" if interrupted else "completed", baseline)
     if interrupted:

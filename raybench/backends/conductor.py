@@ -61,9 +61,19 @@ class LocalConductor:
 
     def measure(self, order: WindowOrder, timeout_s: float) -> list[WindowReport]:
         for conn in self.conns:
-            conn.send(order)
+            try:
+                conn.send(order)
+            except OSError:  # the rank died between windows: its pipe is closed
+                raise LauncherDied(f"{self._why_gone()} before a window") from None
         deadline = time.monotonic() + timeout_s
         return [self._receive(conn, deadline) for conn in self.conns]
+
+    def _why_gone(self) -> str:
+        """A closed pipe means its rank is gone or going: wait a moment to say how."""
+        deadline = time.monotonic() + 5.0
+        while (why := self.dead()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return why or "a rank closed its pipe"
 
     def _receive(self, conn: Any, deadline: float) -> WindowReport:
         while not conn.poll(ALIVE_POLL_S):
@@ -75,11 +85,7 @@ class LocalConductor:
         try:
             return conn.recv()
         except (EOFError, OSError):  # the pipe closed: its rank is gone, or going
-            deadline = time.monotonic() + 5.0
-            while (why := self.dead()) is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            raise LauncherDied(f"{why or 'a rank closed its pipe'} during a measured window"
-                               ) from None
+            raise LauncherDied(f"{self._why_gone()} during a measured window") from None
 
     def stop(self) -> None:
         for conn in self.conns:

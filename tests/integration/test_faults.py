@@ -358,6 +358,28 @@ def test_ctrl_c_during_a_scale_sweep_keeps_what_was_measured_as_interrupted(tmp_
 
 
 @pytest.mark.slow
+def test_ctrl_c_as_a_tune_sweep_starts_is_exit_130_not_a_failure(reg_npz, tmp_path, cpu_burner):
+    """Ctrl-C on a busy machine before any trial had finished: the sweep ended as a failure
+    ("every trial failed", exit 1) instead of an interruption."""
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "metric": "val_loss", "num_samples": 1,
+        "overrides": {"data.npz_path": str(reg_npz), "train.batch_size": 64},
+        "scheduler": {"max_t": 50, "grace_period": 50},
+        "search_space": {"train.lr": {"grid": [0.01, 0.001]}}}))
+    out = tmp_path / "t"
+    proc = _command("raybench.tune", ["--config", str(sweep), "--max-concurrent", "1",
+                                      "--out", str(out)], tmp_path)
+    _until_line(proc, "Sweep: ")
+    time.sleep(3)  # the first trial is starting
+    rest, _ = _interrupt(proc, signal.SIGINT)
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and f"--resume {out}" in rest, rest
+
+
+@pytest.mark.slow
 def test_sigterm_during_a_tune_sweep_is_an_interrupted_sweep_with_a_resume_hint(
         reg_npz, tmp_path, cpu_burner):
     """SIGTERM after the first trial: exit 143, trials.json `interrupted` with the trials that

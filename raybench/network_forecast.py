@@ -1,0 +1,139 @@
+"""Forecasts for N nodes on a network (one worker a node): the step is the slowest rank's work
+plus the part of DDP's bucketed all-reduce that backward could not hide.
+
+  work(N)      the launcher's own one-worker work at N's per-worker batch (its N=1 point; the
+               raw profile for another batch), the slowest of N draws from its distribution
+  allreduce    DDP's buckets (the layout it rebuilds after its first step: 1 MiB, then
+               25 MiB) each all-reduced as a ring, 2(n-1) alpha + 2(n-1)/n bytes beta, one
+               after the other on the link
+  exposed      what of that ran after backward ended: each bucket starts once backward has
+               produced its gradients (in proportion to the bytes), backward's length measured
+               from the model's own forward/backward split on this process
+  link         alpha and beta measured by the network probe (`--probe-network`), or given for
+               a network not measured (`--link-gbps`, `--link-latency-us`): the record says
+               which
+
+Every term is kept in the forecast record (work, waiting, backward, all-reduce, exposed and
+the link), so a miss can be traced to one of them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from raybench.models import build_model, loss_fn
+from raybench.results import Forecast, NetworkProbe
+from raybench.scaling_model import bucketed_allreduce, ddp_buckets, expected_max
+
+# A latency to assume for a given link when none was measured or given: a datacenter TCP hop.
+ASSUMED_LATENCY_US = 50.0
+# The probe's bandwidth below this share of the links' set rate: the CPUs bound the
+# all-reduce, not the link (gloo reduces on the CPU).
+CPU_BOUND_SHARE = 0.85
+
+
+@dataclass(frozen=True)
+class Link:
+    """The ring's terms a forecast uses, and where they came from."""
+
+    alpha_s: float  # per ring hop
+    beta_s_per_byte: float  # 1 / bus bandwidth
+    source: str  # "measured" (the probe) or "assumed" (given, or a default)
+
+    @property
+    def gbps(self) -> float:
+        return 8 / self.beta_s_per_byte / 1e9
+
+    def text(self) -> str:
+        return f"{self.gbps:.3g} Gbit/s, {self.alpha_s * 1e6:.0f} us a hop, {self.source}"
+
+
+def link_of(probe: NetworkProbe | None, link_gbps: float | None,
+            latency_us: float | None) -> Link | None:
+    """The link a forecast assumes: one given (what-if) wins over the probe's measurement."""
+    if link_gbps is not None:
+        if latency_us is None and probe is not None and probe.latency_us is not None:
+            latency_us = probe.latency_us
+        return Link((latency_us if latency_us is not None else ASSUMED_LATENCY_US) * 1e-6,
+                    8 / (link_gbps * 1e9), "assumed")
+    if probe is None or not probe.bandwidth_gbps or probe.latency_us is None:
+        return None
+    return Link(probe.latency_us * 1e-6, 8 / (probe.bandwidth_gbps * 1e9), "measured")
+
+
+def cpu_bound(probe: NetworkProbe | None) -> str | None:
+    """Where the probe's bus bandwidth stayed well under the emulated links' set rate: the
+    CPUs, not the link, bound the all-reduce (a sentence), else None."""
+    rates = [n.get("link") for n in ((probe.link or {}).get("nodes") or [])] if probe else []
+    set_bps = [_bps(r) for r in rates if r and r != "unshaped"]
+    if not probe or not probe.bandwidth_gbps or not set_bps:
+        return None
+    slowest = min(set_bps) / 1e9
+    if probe.bandwidth_gbps >= CPU_BOUND_SHARE * slowest:
+        return None
+    return (f"the CPUs bound the all-reduce here, not the link: gloo reached "
+            f"{probe.bandwidth_gbps:.3g} Gbit/s on links set at {slowest:.3g} Gbit/s")
+
+
+def _bps(text: str) -> float:
+    units = {"gbit": 1e9, "mbit": 1e6, "kbit": 1e3}
+    unit = next((u for u in units if text.endswith(u)), None)
+    return float(text[: -len(unit)]) * units[unit] if unit else float("inf")
+
+
+def backward_share(model_cfg, shape: tuple[int, int, str], batch: int,
+                   seconds: float = 1.0) -> float:
+    """Backward's share of forward + backward for the model at a per-worker batch, timed on
+    this process (one thread, as a worker trains): how much of a step buckets can hide
+    behind."""
+    features, window, task = shape
+    torch.manual_seed(0)
+    model = build_model(model_cfg, features, window, task)
+    criterion = loss_fn(task)
+    x = torch.randn(batch, window, features)
+    y = (torch.rand(batch) > 0.5).float() if task == "classification" else torch.randn(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fwd, bwd = [], []
+        deadline = time.perf_counter() + seconds
+        while len(fwd) < 5 or time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            loss = criterion(model(x), y)
+            t1 = time.perf_counter()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            fwd.append(t1 - t0)
+            bwd.append(time.perf_counter() - t1)
+    finally:
+        torch.set_num_threads(threads)
+    f, b = statistics.median(fwd[2:]), statistics.median(bwd[2:])
+    return b / (f + b)
+
+
+def gradient_buckets(model: torch.nn.Module) -> list[int]:
+    return ddp_buckets([p.numel() * p.element_size() for p in model.parameters()
+                        if p.requires_grad])
+
+
+def network_forecast(backend: str, n: int, batch: int, work: list[float], compute_share: float,
+                     bwd_share: float, buckets: list[int], link: Link,
+                     extrapolated: bool = False) -> Forecast:
+    """N nodes, one worker each: `work` is the quantiles of one worker's work per step at this
+    batch (seconds), `compute_share` the forward+backward share of it."""
+    mean = expected_max(work, 1)
+    slowest = expected_max(work, n)
+    backward = mean * compute_share * bwd_share
+    overlap = bucketed_allreduce(buckets, backward, n, link.alpha_s, link.beta_s_per_byte)
+    step = slowest + overlap.exposed_s
+    return Forecast(
+        backend=backend, workers=n, batch_size_per_worker=batch,
+        predicted_samples_per_sec=n * batch / step, extrapolated=extrapolated,
+        step_ms=step * 1e3, work_ms=mean * 1e3, wait_ms=(slowest - mean) * 1e3,
+        allreduce_ms=overlap.allreduce_s * 1e3, exposed_ms=overlap.exposed_s * 1e3,
+        backward_ms=backward * 1e3, buckets=overlap.buckets, link=link.text(),
+        slowdown=1.0, sync_share=(slowest - mean + overlap.exposed_s) / step)

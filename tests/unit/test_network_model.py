@@ -1,0 +1,74 @@
+"""The network terms of the forecast, by hand: DDP's bucket layout (against a real DDP model's
+own), the ring, and how much of the bucketed all-reduce backward hides."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raybench.scaling_model import CommModel, bucketed_allreduce, ddp_buckets
+
+MIB = 1 << 20
+
+
+def test_buckets_fill_in_reverse_order_first_1_mib_then_25():
+    # registration order 0.5, 0.75, 30, 2 MiB; backward gives 2 (>= 1: closes), 30 (>= 25:
+    # closes), then 0.75 + 0.5 (the rest)
+    layout = ddp_buckets([MIB // 2, 3 * MIB // 4, 30 * MIB, 2 * MIB])
+    assert layout == [2 * MIB, 30 * MIB, MIB // 2 + 3 * MIB // 4]
+    assert ddp_buckets([100, 200]) == [300]  # a small model: one bucket
+
+
+def test_the_exposed_allreduce_is_what_backward_could_not_hide():
+    # two 1 MiB buckets, backward 1 s, n=2 (2(n-1)/n = 1), 0.4 s a bucket on the link:
+    # bucket 1 ready at 0.5, done 0.9; bucket 2 ready at 1.0, done 1.4 -> exposed 0.4
+    beta = 0.4 / MIB
+    o = bucketed_allreduce([MIB, MIB], 1.0, 2, 0.0, beta)
+    assert (o.allreduce_s, o.exposed_s, o.buckets) == (pytest.approx(0.8), pytest.approx(0.4), 2)
+    # 0.8 s a bucket: bucket 2 waits for bucket 1 (done 1.3), done 2.1 -> exposed 1.1
+    o = bucketed_allreduce([MIB, MIB], 1.0, 2, 0.0, 2 * beta)
+    assert o.exposed_s == pytest.approx(1.1)
+    # n=4: each bucket 2(n-1) alpha + 2(n-1)/n m beta = 6 ms + 1.5 x 0.4 s
+    o = bucketed_allreduce([MIB], 0.0, 4, 1e-3, beta)
+    assert o.allreduce_s == pytest.approx(0.006 + 0.6) == o.exposed_s
+    assert bucketed_allreduce([MIB], 1.0, 1, 1e-3, beta).exposed_s == 0.0
+
+
+def test_the_ring_fit_recovers_its_own_terms_on_relative_errors():
+    alpha, beta = 200e-6, 8 / 1e8  # 200 us a hop, 100 Mbit/s
+    sizes = [4096 * 4**k for k in range(8)]
+    measured = {(2, m): 2 * alpha + m * beta for m in sizes}
+    ring = CommModel.fit(measured, relative=True)
+    assert ring.alpha_s == pytest.approx(alpha, rel=1e-6)
+    assert ring.beta_s_per_byte == pytest.approx(beta, rel=1e-6)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+def _ddp_rank(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(_model())
+        for _ in range(3):  # buckets are rebuilt in arrival order after the first iteration
+            ddp(torch.randn(8, 64)).sum().backward()
+        if rank == 0:
+            with open(out, "w") as fh:
+                fh.write(str(ddp._get_ddp_logging_data()["rebuilt_bucket_sizes"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_layout_is_the_one_a_real_ddp_model_builds(tmp_path):
+    """Two gloo ranks: DDP's own log of the buckets it rebuilt after the first iteration (the
+    steady state a step runs in) is the reference."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "buckets"
+    mp.spawn(_ddp_rank, args=(str(tmp_path / "store"), str(out)), nprocs=2)
+    real = [int(x) for x in out.read_text().split(",")]
+    ours = ddp_buckets([p.numel() * p.element_size() for p in _model().parameters()])
+    assert ours == real and len(ours) > 1, (ours, real)
