@@ -117,7 +117,10 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = field(default=25, metadata={**_positive(), **cli("maximum epochs", NOT_TUNE)})
     batch_size: int = field(default=64, metadata={**_positive(), **cli("batch size per worker")})
-    lr: float = field(default=1e-3, metadata={**_positive(), **cli("learning rate")})
+    # At most float32's largest / 10: Adam's first step divides lr by its bias correction
+    # (0.1), and beyond this the step overflows float32 inside the optimizer (1e308 did).
+    lr: float = field(default=1e-3, metadata={**_positive(), "max": 3.4e37,
+                                              **cli("learning rate")})
     weight_decay: float = field(default=0.0, metadata={"min": 0, **cli("L2 weight decay")})
     early_stop_metric: str | None = field(default=None, metadata={
         **_choice(*METRIC_MODES), **cli("val_loss|auc|r2|...", RUN)})

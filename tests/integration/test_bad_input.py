@@ -138,6 +138,8 @@ def test_empty_windows_are_refused(overrides, message, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "nan"], "train.lr: must be a finite number, got 'nan'"),
     (["--lr", "inf"], "train.lr: must be a finite number"),
+    # finite, but Adam's first step overflowed float32 inside the workers (a traceback)
+    (["--lr", "1e308"], "train.lr: must be <= 3.4e+37, got 1e+308"),
     (["--set", "train.lr=[1"], "--set train.lr=[1: cannot read the value"),
     (["--run_name", "a/b"], "io.run_name: 'a/b' must be a plain directory name"),
     (["--workers", "3-2"], "scaling.workers: the minimum 3 exceeds the maximum 2"),

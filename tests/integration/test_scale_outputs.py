@@ -113,3 +113,13 @@ def test_a_launcher_killed_mid_sweep_is_a_failed_point_with_its_windows_kept(tmp
     assert doc["status"] == "failed" and doc["windows"], doc["status"]
     assert {w["launcher"] for w in doc["windows"]} == {"ddp", "raw"}
     assert [c["numerator"] for c in doc["comparisons"]] == ["ddp"]
+
+
+def test_a_budget_shorter_than_start_up_measures_nothing_and_says_so(tmp_path):
+    """--budget-s 2 with start-up alone taking longer: exit 0 and 'completed' with no ratio
+    before; now the point says why and the sweep fails, kept as failed."""
+    out = tmp_path / "s"
+    line = one_line(scale("--budget-s", "2", "--out", str(out), cwd=tmp_path), 1)
+    assert "no comparison was measured: ddp/raw at N=1" in line, line
+    assert "start-up alone took" in line and "of the 2s budget" in line, line
+    assert json.loads((out / "scaling.json").read_text())["status"] == "failed"
