@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 
-from raybench import calibrate, stats
+from raybench import calibrate, network_forecast, stats
 from raybench.backends import LaunchContext
 from raybench.backends.ddp import allreduce_sweep, loaded_step_sweep
 from raybench.backends.raw import RawBackend
@@ -25,6 +25,7 @@ from raybench.plan import Measure, Plan, ScaleSpec, global_batch, point_config
 from raybench.results import (
     AllreduceMeasure,
     Forecast,
+    NetworkProbe,
     RunRecord,
     ScalingModelReport,
     WindowOrder,
@@ -123,13 +124,17 @@ def comm_under_load(spec: ScaleSpec, p: Plan, profile: StepProfile, grad_bytes: 
 
 def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord],
          context: LaunchContext, out: Console, recalibrate: bool = False,
-         beside: RawBeside | None = None) -> tuple[ScalingModelReport, list[Forecast]]:
+         beside: RawBeside | None = None, network: NetworkProbe | None = None
+         ) -> tuple[ScalingModelReport, list[Forecast]]:
     """The forecasts, from the N=1 runs in `runs` and what this function measures itself: at
     each N >= 2 of the sweep, N copies of the one-worker step running at once (the machine's
     contention), then in DDP lockstep, with `beside` (started: speed_reference) run just before
     and after; for a --predict N not run, a raw profile of its batch and the ring fitted to
     all-reduces (each worker with its own cores)."""
 
+    link = network_forecast.link_of(network, spec.link_gbps, spec.link_latency_us)
+    if link is not None:
+        return make_on_network(spec, p, measures, runs, context, out, link, network)
     grad_bytes = 4 * count_parameters(p.model)
     glob = global_batch(spec, p.base)
     anchor = n1_batch(spec, p)
@@ -170,6 +175,64 @@ def make(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord
     if moved := moved_point(report.point_drift):
         out.warn(point_warning(moved))
     return report, forecasts
+
+
+def make_on_network(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: list[RunRecord],
+                    context: LaunchContext, out: Console, link: network_forecast.Link,
+                    probe: NetworkProbe | None) -> tuple[ScalingModelReport, list[Forecast]]:
+    """N nodes, one worker each, on the link measured by the probe or given: each launcher's
+    own N=1 work (the raw profile for another per-worker batch), the slowest of N, plus what
+    backward did not hide of DDP's bucketed all-reduce (network_forecast.py)."""
+    glob, anchor = global_batch(spec, p.base), n1_batch(spec, p)
+    counts = sorted({n for n in (*spec.workers, *spec.predict) if n > 1})
+    batches = {n: glob // n if glob else anchor for n in counts}
+    needed = sorted({anchor, *batches.values()})
+    launchers = [b for b in dict.fromkeys(m.name for m in measures if m.ingest == "memory"
+                                          and not m.chaos and not m.without
+                                          and not m.ingest_only)]
+    own = {b: launcher_work(runs, b) for b in launchers}
+    profile = None
+    if len(needed) > 1:  # strong scaling: each N trains another per-worker batch
+        raw = next((m.backend for m in measures if m.name == "raw"), None) or RawBackend(
+            p.memory, context)
+        profile = one_worker_profile(p, needed, anchor, raw, out)
+    shape = (p.features, p.base.data.window, p.base.data.task)
+    share = {b: network_forecast.backward_share(p.base.model, shape, b) for b in needed}
+    buckets = network_forecast.gradient_buckets(p.model)
+    out.log(f"Scaling model on a network: {link.text()}; {len(buckets)} DDP bucket(s) of "
+            f"{', '.join(f'{b / 2**20:.2f}' for b in buckets)} MiB; backward "
+            + ", ".join(f"{v:.0%} of forward+backward at batch {b}" for b, v in share.items()))
+    forecasts = [measured_forecast(b, 1, anchor, own[b], {}) for b in launchers if own[b]]
+    for b in launchers:
+        if not own[b] or b == "raw":
+            continue
+        for n in counts:
+            work, compute = _work_at(runs, b, own[b], profile, anchor, batches[n])
+            forecasts.append(network_forecast.network_forecast(
+                b, n, batches[n], work, compute, share[batches[n]], buckets, link,
+                extrapolated=n not in spec.workers or link.source == "assumed"))
+    report = ScalingModelReport(
+        cores=os.cpu_count() or 1, threads=worker_threads(p.base),
+        gradient_bytes=4 * count_parameters(p.model), alpha_s=link.alpha_s,
+        beta_s_per_byte=link.beta_s_per_byte, fitted=link.source == "measured", allreduce=[],
+        profile=dataclasses.asdict(profile) if profile else {},
+        launcher_factor={b: w[0] for b, w in own.items() if w}, link=link.text(),
+        buckets=buckets, backward_share={str(b): v for b, v in share.items()},
+        link_note=network_forecast.cpu_bound(probe))
+    return report, forecasts
+
+
+def _work_at(runs: list[RunRecord], backend: str, own: tuple[float, list[float]],
+             profile: StepProfile | None, anchor: int, batch: int) -> tuple[list[float], float]:
+    """A launcher's work per step at a per-worker batch (quantiles, seconds) and the share of
+    it forward+backward take: its own N=1 point, scaled by the raw profile for another batch."""
+    mean1, shape1 = own
+    if profile is None or batch == anchor:
+        one = next(r for r in runs if r.label == backend and r.workers == 1)
+        return [x * mean1 for x in shape1], (one.compute_share or 0.0)
+    mine = profile.scaled(mean1 / profile.at(anchor))
+    i = profile.batch.index(batch)
+    return mine.distribution(batch), profile.compute_s[i] / profile.total()[i]
 
 
 class RawBeside:

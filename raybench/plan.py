@@ -62,6 +62,8 @@ class ScaleSpec:
     beta_gbps: float | None = None
     no_model: bool = False
     probe_network: bool = False  # the links between the largest point's ranks, measured first
+    link_gbps: float | None = None  # forecast on a link not measured (what-if), Gbit/s
+    link_latency_us: float | None = None  # its latency per ring hop (default: the probe's)
     ray_train_switches: bool = False  # also each Ray Train helper switched off, in turn
     recalibrate: bool = False  # measure this machine's peak again (calibrate.py)
     worker_hour_cost: float | None = None  # None: costs in worker-seconds

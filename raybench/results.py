@@ -687,6 +687,13 @@ class ScalingModelReport:
     # Per N >= 2 point (str(N)), raw's N=1 step in a window of each of the point's rounds (ms,
     # every repeat; the speed reference forecast.check compares with the N=1 point).
     reference_ms: dict[str, list[float]] = field(default_factory=dict)
+    # On a network (network_forecast.py): the link's terms and their source, DDP's buckets
+    # (bytes, in all-reduce order), backward's share of forward+backward by per-worker batch,
+    # and a sentence where the CPUs rather than the link bound the all-reduce
+    link: str | None = None
+    buckets: list[int] = field(default_factory=list)
+    backward_share: dict[str, float] = field(default_factory=dict)
+    link_note: str | None = None
 
 
 @dataclass

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run each Ray Train point with the streamed ingest alone "
                         "(batches fetched, no training): the rate Ray Data can feed")
     parser.add_argument("--allreduce-iters", type=int, default=200,
-                        help="iterations of the all-reduce micro-benchmark (0: skip)")
+                        help="iterations of the gradient-sized all-reduce each DDP rank times "
+                        "after its windows, at most about 3 s of them (0: skip)")
     parser.add_argument("--startup-floor", action="store_true",
                         help="also time Ray's own start-up floor (a TorchTrainer whose loop does "
                         "nothing) at each N, next to raybench's time to first step")
@@ -170,6 +171,13 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beta-gbps", type=float, metavar="GB/S",
                        help="all-reduce bandwidth for forecasts (default: fitted here)")
     group.add_argument("--no-model", action="store_true", help="skip the scaling model")
+    group.add_argument("--link-gbps", type=float, metavar="GBIT/S",
+                       help="forecast N nodes (one worker each) on a network that was not "
+                       "measured: this link rate per node, the work terms from this machine's "
+                       "N=1 points (the forecasts say which terms are assumed)")
+    group.add_argument("--link-latency-us", type=float, metavar="US",
+                       help="with --link-gbps: latency per ring hop (default: --probe-network's "
+                       "measured one, else 50 us)")
     group.add_argument("--probe-network", action="store_true",
                        help="first measure the network between the largest point's ranks, "
                        "placed as its workers (gloo all-reduces of 4 KiB to 64 MiB, as "
@@ -214,7 +222,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--global-batch-size must be positive, got {args.global_batch_size}")
     if args.synthetic_samples is not None and args.synthetic_samples < 2:
         raise UserError(f"--synthetic-samples must be at least 2, got {args.synthetic_samples}")
-    for name in ("alpha_us", "beta_gbps", "worker_hour_cost", "deadline_s"):
+    for name in ("alpha_us", "beta_gbps", "worker_hour_cost", "deadline_s", "link_gbps",
+                 "link_latency_us"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
@@ -224,6 +233,11 @@ def check_args(args: argparse.Namespace) -> None:
 def _check_modes(args: argparse.Namespace) -> None:
     if args.predict and 1 not in args.workers:
         raise UserError("--predict forecasts from the N=1 point: include 1 in --workers")
+    if args.link_latency_us is not None and args.link_gbps is None:
+        raise UserError("--link-latency-us goes with --link-gbps (a link to forecast on)")
+    if args.link_gbps is not None and (args.no_model or 1 not in args.workers):
+        raise UserError("--link-gbps forecasts from the N=1 point: include 1 in --workers and "
+                        "drop --no-model")
     if args.predict and (args.no_model or "raybench" not in args.backends):
         raise UserError("--predict forecasts raybench at worker counts not run from the "
                         "scaling model: include the raybench backend and drop --no-model")
@@ -274,7 +288,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ScaleSpec, Config]:
                       min_seconds=args.min_seconds, max_steps=args.max_steps or None),
         target=args.target, lr_scaling=args.lr_scaling, chaos=args.chaos,
         predict=args.predict or [], alpha_us=args.alpha_us, beta_gbps=args.beta_gbps,
-        no_model=args.no_model, probe_network=args.probe_network,
+        no_model=args.no_model, probe_network=args.probe_network, link_gbps=args.link_gbps,
+        link_latency_us=args.link_latency_us,
         ray_train_switches=args.ray_train_switches,
         recalibrate=args.recalibrate, worker_hour_cost=args.worker_hour_cost,
         deadline_s=args.deadline_s)

@@ -200,11 +200,15 @@ class Sweep:
     def run(self) -> None:
         """Repeats outermost, then points, so a drifting machine spreads over every point."""
         with contextlib.ExitStack() as held:
+            held.callback(self.conclude)  # also for a sweep cut short: what ran is checked
             for repeat in range(1, self.spec.repeats + 1):
                 for n, cfg in self.p.points:
                     self._point(n, cfg, repeat)
                     if n == 1 and repeat == 1 and forecast.wanted(self.spec, self.p):
                         self._forecast(held)
+
+    def conclude(self) -> None:
+        """Each kept forecast beside what was measured, the speed references, the costs."""
         forecast.check(self.forecasts, self.runs, self.reference_s)
         if self.model is not None:
             self.model.reference_ms = {str(n): [x * 1e3 for x in steps]
@@ -229,7 +233,7 @@ class Sweep:
             held.enter_context(self.beside)
         self.model, self.forecasts = forecast.make(
             self.spec, self.p, self.measures, self.runs, self.context, self.out,
-            self.spec.recalibrate, self.beside)
+            self.spec.recalibrate, self.beside, self.network)
 
     def _reference(self, n: int, labels: list[str]) -> forecast.RawBeside | None:
         """The speed reference, where a launcher measured at N has a forecast to check."""

@@ -318,6 +318,8 @@ def _link_sentence(link: dict | None) -> str:
 def forecasts_table(doc: ScalingDoc) -> Table | None:
     if not doc.forecasts:
         return None
+    if any(x.link for x in doc.forecasts):
+        return network_forecasts_table(doc)
     rows = [[x.backend, str(x.workers), str(x.batch_size_per_worker),
              f.rate(x.predicted_samples_per_sec),
              "forecast (not run)" if x.extrapolated else f.rate(x.measured_samples_per_sec),
@@ -330,6 +332,30 @@ def forecasts_table(doc: ScalingDoc) -> Table | None:
                   "waiting ms", "all-reduce ms", "sharing the machine"],
                  rows,
                  note=forecast_note(doc))
+
+
+def network_forecasts_table(doc: ScalingDoc) -> Table:
+    """Forecasts for N nodes on a link: every term of each, so a miss can be traced."""
+    rows = [[x.backend, str(x.workers), str(x.batch_size_per_worker),
+             f.rate(x.predicted_samples_per_sec),
+             "forecast (not run)" if x.extrapolated else f.rate(x.measured_samples_per_sec),
+             f.signed_pct(x.error), f.ms(x.work_ms), f.ms(x.wait_ms), f.ms(x.backward_ms),
+             f.ms(x.allreduce_ms), f.ms(x.exposed_ms), x.link or f.DASH]
+            for x in doc.forecasts]
+    model = doc.model
+    note = ("N nodes, one worker each. work: the launcher's own one-worker step at that batch "
+            "(measured at N=1; the raw profile for another batch); waiting: the slowest of N "
+            "(order statistics); backward: its share of the step, timed from the model's "
+            "forward/backward split here; all-reduce: DDP's buckets (1 MiB, then 25 MiB) each "
+            "a ring over the link; exposed: what backward did not hide. The link's terms are "
+            "measured (the network probe) or assumed (given), as the last column says; the work "
+            "terms are this machine's.")
+    if model and model.link_note:
+        note += f" Here {model.link_note}."
+    return Table("Forecasts on the network, made from the N=1 point before any other ran",
+                 ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
+                  "error", "work ms", "waiting ms", "backward ms", "all-reduce ms",
+                  "exposed ms", "link"], rows, note=note)
 
 
 def forecast_note(doc: ScalingDoc) -> str:

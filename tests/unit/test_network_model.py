@@ -72,3 +72,61 @@ def test_the_layout_is_the_one_a_real_ddp_model_builds(tmp_path):
     real = [int(x) for x in out.read_text().split(",")]
     ours = ddp_buckets([p.numel() * p.element_size() for p in _model().parameters()])
     assert ours == real and len(ours) > 1, (ours, real)
+
+
+def _probe(gbps: float, latency_us: float, links: list[str]):
+    from raybench.results import NetworkProbe
+
+    return NetworkProbe(rows=[], workers=2, latency_us=latency_us, bandwidth_gbps=gbps,
+                        link={"name": "rb", "nodes": [{"link": x} for x in links]})
+
+
+def test_the_link_is_measured_or_assumed_and_says_which():
+    from raybench.network_forecast import link_of
+
+    measured = link_of(_probe(0.0925, 350.0, ["100mbit"] * 2), None, None)
+    assert measured.source == "measured" and measured.gbps == pytest.approx(0.0925)
+    assert measured.alpha_s == pytest.approx(350e-6)
+    # a network not measured: the given rate, the probe's latency if there is one
+    what_if = link_of(_probe(0.0925, 350.0, ["100mbit"] * 2), 25.0, None)
+    assert what_if.source == "assumed" and what_if.gbps == pytest.approx(25.0)
+    assert what_if.alpha_s == pytest.approx(350e-6)
+    assert link_of(None, 25.0, 10.0).alpha_s == pytest.approx(10e-6)
+    assert link_of(None, 25.0, None).alpha_s == pytest.approx(50e-6)  # assumed, said so
+    assert link_of(None, None, None) is None
+
+
+def test_a_probe_well_under_the_links_rate_says_the_cpus_bound_it():
+    from raybench.network_forecast import cpu_bound
+
+    assert "the CPUs bound the all-reduce" in cpu_bound(_probe(0.6, 300.0, ["1gbit"] * 2))
+    assert cpu_bound(_probe(0.0925, 300.0, ["100mbit", "100mbit"])) is None
+    assert cpu_bound(_probe(0.6, 300.0, ["unshaped"])) is None
+
+
+def test_a_network_forecast_is_the_slowest_work_plus_what_backward_did_not_hide():
+    from raybench.network_forecast import Link, network_forecast
+
+    # 100 ms of work, 80% forward+backward, backward half of that: 40 ms; one 1 MiB bucket
+    # that takes 100 ms on the link: ready at 40 ms, done at 140 -> 100 ms exposed
+    link = Link(0.0, 0.1 / MIB, "measured")
+    f = network_forecast("raybench", 2, 64, [0.1], 0.8, 0.5, [MIB], link)
+    assert f.backward_ms == pytest.approx(40.0) and f.allreduce_ms == pytest.approx(100.0)
+    assert f.exposed_ms == pytest.approx(100.0) and f.step_ms == pytest.approx(200.0)
+    assert f.predicted_samples_per_sec == pytest.approx(2 * 64 / 0.2)
+    assert f.wait_ms == 0.0 and "measured" in f.link and f.buckets == 1
+
+
+def test_the_gradient_allreduce_benchmark_is_bounded_by_time(tmp_path):
+    """200 timed all-reduces (and 20 warm-up) of a 16.8 MB gradient over 100 Mbit/s took 6.6
+    minutes a point: the counts now fit a time budget, at least 3 timed."""
+    from raybench.probes import allreduce_latency
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        tight = allreduce_latency(1 << 16, torch.device("cpu"), iters=200, budget_s=1e-9)
+        roomy = allreduce_latency(1 << 10, torch.device("cpu"), iters=50, budget_s=5.0)
+    finally:
+        dist.destroy_process_group()
+    assert tight.iters == 3 and roomy.iters == 50
