@@ -4,8 +4,9 @@ plus the part of DDP's bucketed all-reduce that backward could not hide.
   work(N)      the launcher's own one-worker work at N's per-worker batch (its N=1 point; the
                raw profile for another batch), the slowest of N draws from its distribution
   allreduce    DDP's buckets (the layout it rebuilds after its first step: 1 MiB, then
-               25 MiB) each all-reduced as a ring, 2(n-1) alpha + 2(n-1)/n bytes beta, one
-               after the other on the link
+               25 MiB) each all-reduced one after the other on the link: the probe's own time
+               at that size scaled to N by the ring, or 2(n-1) alpha + 2(n-1)/n bytes beta on
+               a link given
   exposed      what of that ran after backward ended: each bucket starts once backward has
                produced its gradients (in proportion to the bytes), backward's length measured
                from the model's own forward/backward split on this process
@@ -19,6 +20,7 @@ the link), so a miss can be traced to one of them.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import torch
 
 from raybench.models import build_model, loss_fn
 from raybench.results import Forecast, NetworkProbe
-from raybench.scaling_model import bucketed_allreduce, ddp_buckets, expected_max
+from raybench.scaling_model import bucketed_allreduce, ddp_buckets, expected_max, ring_s
 
 # A latency to assume for a given link when none was measured or given: a datacenter TCP hop.
 ASSUMED_LATENCY_US = 50.0
@@ -38,11 +40,16 @@ CPU_BOUND_SHARE = 0.85
 
 @dataclass(frozen=True)
 class Link:
-    """The ring's terms a forecast uses, and where they came from."""
+    """The ring's terms a forecast uses, and where they came from. A measured link keeps the
+    probe's own times by size: the bus bandwidth it reached fell with the size (0.096 Gbit/s
+    at 1 MiB, 0.088 at 16 MiB on 100 Mbit/s links, 4 ranks), so a bucket's all-reduce is the
+    probe's time at that size, scaled from the probe's ranks to N by the ring."""
 
     alpha_s: float  # per ring hop
-    beta_s_per_byte: float  # 1 / bus bandwidth
+    beta_s_per_byte: float  # 1 / bus bandwidth (the fit's, or the given rate's)
     source: str  # "measured" (the probe) or "assumed" (given, or a default)
+    rows: tuple[tuple[int, float], ...] = ()  # the probe's (bytes, seconds) at `ranks`
+    ranks: int = 2
 
     @property
     def gbps(self) -> float:
@@ -50,6 +57,32 @@ class Link:
 
     def text(self) -> str:
         return f"{self.gbps:.3g} Gbit/s, {self.alpha_s * 1e6:.0f} us a hop, {self.source}"
+
+    def allreduce_s(self, n: int, nbytes: int) -> float:
+        """One all-reduce of `nbytes` among n ranks on this link."""
+        if n <= 1:
+            return 0.0
+        if not self.rows:
+            return ring_s(n, nbytes, self.alpha_s, self.beta_s_per_byte)
+        measured = _interpolate(self.rows, nbytes)
+        hops = 2 * (self.ranks - 1) * self.alpha_s
+        share = (2 * (n - 1) / n) / (2 * (self.ranks - 1) / self.ranks)
+        return 2 * (n - 1) * self.alpha_s + max(0.0, measured - hops) * share
+
+
+def _interpolate(rows: tuple[tuple[int, float], ...], nbytes: int) -> float:
+    """The probe's time at a size, linear in log(bytes) between the measured sizes; beyond
+    them, at the nearest size's bandwidth."""
+    rows = tuple(sorted(rows))
+    if nbytes <= rows[0][0]:
+        return rows[0][1]
+    if nbytes >= rows[-1][0]:
+        return rows[-1][1] * nbytes / rows[-1][0]
+    for (b0, t0), (b1, t1) in zip(rows, rows[1:], strict=False):
+        if b0 <= nbytes <= b1:
+            x = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return t0 + x * (t1 - t0)
+    return rows[-1][1]
 
 
 def link_of(probe: NetworkProbe | None, link_gbps: float | None,
@@ -62,7 +95,8 @@ def link_of(probe: NetworkProbe | None, link_gbps: float | None,
                     8 / (link_gbps * 1e9), "assumed")
     if probe is None or not probe.bandwidth_gbps or probe.latency_us is None:
         return None
-    return Link(probe.latency_us * 1e-6, 8 / (probe.bandwidth_gbps * 1e9), "measured")
+    return Link(probe.latency_us * 1e-6, 8 / (probe.bandwidth_gbps * 1e9), "measured",
+                tuple((r.bytes, r.time_s) for r in probe.rows), probe.workers)
 
 
 def cpu_bound(probe: NetworkProbe | None) -> str | None:
@@ -128,7 +162,7 @@ def network_forecast(backend: str, n: int, batch: int, work: list[float], comput
     mean = expected_max(work, 1)
     slowest = expected_max(work, n)
     backward = mean * compute_share * bwd_share
-    overlap = bucketed_allreduce(buckets, backward, n, link.alpha_s, link.beta_s_per_byte)
+    overlap = bucketed_allreduce(buckets, backward, [link.allreduce_s(n, b) for b in buckets])
     step = slowest + overlap.exposed_s
     return Forecast(
         backend=backend, workers=n, batch_size_per_worker=batch,

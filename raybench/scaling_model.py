@@ -284,19 +284,20 @@ class Overlap:
     buckets: int
 
 
-def bucketed_allreduce(buckets: list[int], backward_s: float, n: int, alpha_s: float,
-                       beta_s_per_byte: float) -> Overlap:
+def ring_s(n: int, nbytes: int, alpha_s: float, beta_s_per_byte: float) -> float:
+    """One ring all-reduce among n ranks: 2(n-1) alpha + 2(n-1)/n bytes beta."""
+    return 0.0 if n <= 1 else 2 * (n - 1) * alpha_s + 2 * (n - 1) / n * nbytes * beta_s_per_byte
+
+
+def bucketed_allreduce(buckets: list[int], backward_s: float, times: list[float]) -> Overlap:
     """Each bucket is ready when backward has produced its gradients (backward's time taken
-    in proportion to the gradient bytes produced so far); its ring all-reduce, 2(n-1) alpha +
-    2(n-1)/n bytes beta, starts then or when the previous bucket's is done (the buckets share
-    the link). Exposed: from the end of backward until the last bucket is done."""
-    if n <= 1 or not buckets:
+    in proportion to the gradient bytes produced so far); its all-reduce (`times`, one per
+    bucket) starts then or when the previous bucket's is done (the buckets share the link).
+    Exposed: from the end of backward until the last bucket is done."""
+    if not buckets or not any(times):
         return Overlap(0.0, 0.0, len(buckets))
-    total, produced, done, comm = sum(buckets), 0, 0.0, 0.0
-    for size in buckets:
+    total, produced, done = sum(buckets), 0, 0.0
+    for size, t in zip(buckets, times, strict=True):
         produced += size
-        ready = backward_s * produced / total
-        t = 2 * (n - 1) * alpha_s + 2 * (n - 1) / n * size * beta_s_per_byte
-        done = max(done, ready) + t
-        comm += t
-    return Overlap(comm, max(0.0, done - backward_s), len(buckets))
+        done = max(done, backward_s * produced / total) + t
+    return Overlap(sum(times), max(0.0, done - backward_s), len(buckets))

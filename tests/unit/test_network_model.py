@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raybench.scaling_model import CommModel, bucketed_allreduce, ddp_buckets
+from raybench.scaling_model import CommModel, bucketed_allreduce, ddp_buckets, ring_s
 
 MIB = 1 << 20
 
@@ -20,18 +20,20 @@ def test_buckets_fill_in_reverse_order_first_1_mib_then_25():
 
 
 def test_the_exposed_allreduce_is_what_backward_could_not_hide():
-    # two 1 MiB buckets, backward 1 s, n=2 (2(n-1)/n = 1), 0.4 s a bucket on the link:
-    # bucket 1 ready at 0.5, done 0.9; bucket 2 ready at 1.0, done 1.4 -> exposed 0.4
-    beta = 0.4 / MIB
-    o = bucketed_allreduce([MIB, MIB], 1.0, 2, 0.0, beta)
+    # two 1 MiB buckets, backward 1 s, 0.4 s a bucket on the link: bucket 1 ready at 0.5,
+    # done 0.9; bucket 2 ready at 1.0, done 1.4 -> exposed 0.4
+    o = bucketed_allreduce([MIB, MIB], 1.0, [0.4, 0.4])
     assert (o.allreduce_s, o.exposed_s, o.buckets) == (pytest.approx(0.8), pytest.approx(0.4), 2)
     # 0.8 s a bucket: bucket 2 waits for bucket 1 (done 1.3), done 2.1 -> exposed 1.1
-    o = bucketed_allreduce([MIB, MIB], 1.0, 2, 0.0, 2 * beta)
-    assert o.exposed_s == pytest.approx(1.1)
-    # n=4: each bucket 2(n-1) alpha + 2(n-1)/n m beta = 6 ms + 1.5 x 0.4 s
-    o = bucketed_allreduce([MIB], 0.0, 4, 1e-3, beta)
-    assert o.allreduce_s == pytest.approx(0.006 + 0.6) == o.exposed_s
-    assert bucketed_allreduce([MIB], 1.0, 1, 1e-3, beta).exposed_s == 0.0
+    assert bucketed_allreduce([MIB, MIB], 1.0, [0.8, 0.8]).exposed_s == pytest.approx(1.1)
+    assert bucketed_allreduce([MIB], 1.0, [0.0]).exposed_s == 0.0  # one rank: no sync
+
+
+def test_the_ring_is_2_n_minus_1_hops_and_2_n_minus_1_over_n_of_the_bytes():
+    beta = 0.4 / MIB
+    assert ring_s(2, MIB, 0.0, beta) == pytest.approx(0.4)
+    assert ring_s(4, MIB, 1e-3, beta) == pytest.approx(0.006 + 0.6)  # 6 hops, 1.5 x the bytes
+    assert ring_s(1, MIB, 1e-3, beta) == 0.0
 
 
 def test_the_ring_fit_recovers_its_own_terms_on_relative_errors():
@@ -130,3 +132,19 @@ def test_the_gradient_allreduce_benchmark_is_bounded_by_time(tmp_path):
     finally:
         dist.destroy_process_group()
     assert tight.iters == 3 and roomy.iters == 50
+
+
+def test_a_measured_link_uses_the_probes_own_time_at_each_size():
+    """Probe at 4 ranks: 1 MiB in 132 ms, 16 MiB in 2.28 s (its bandwidth falls with size),
+    a hop 581 us. At N=2, 16 MiB is the probe's time less its 6 hops, times (2(2-1)/2) /
+    (2(4-1)/4) = 2/3, plus N=2's 2 hops."""
+    from raybench.network_forecast import Link
+
+    alpha = 581e-6
+    link = Link(alpha, 8 / 0.101e9, "measured", ((MIB, 0.132), (16 * MIB, 2.28)), 4)
+    assert link.allreduce_s(2, 16 * MIB) == pytest.approx(2 * alpha + (2.28 - 6 * alpha) * 2 / 3)
+    assert link.allreduce_s(4, 16 * MIB) == pytest.approx(2.28)
+    # between two sizes: linear in log(bytes); 4 MiB is halfway from 1 to 16
+    assert link.allreduce_s(4, 4 * MIB) == pytest.approx(0.132 + 0.5 * (2.28 - 0.132))
+    assert link.allreduce_s(4, 32 * MIB) == pytest.approx(2 * 2.28)  # beyond: its bandwidth
+    assert link.allreduce_s(1, 16 * MIB) == 0.0
