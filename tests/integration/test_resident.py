@@ -16,9 +16,10 @@ from raybench.backends.ddp import DdpBackend
 from raybench.backends.raw import RawBackend
 from raybench.config import Config
 from raybench.data import build_dataset, synthetic
+from raybench.errors import RunFailed
 from raybench.interleave import Contender, PointRun, Precision
 from raybench.loop import LoopOptions
-from raybench.results import PHASES
+from raybench.results import PHASES, ScalingDoc, read_doc
 
 QUICK = ["--synthetic-samples", "6000", "--window", "20", "--warmup-steps", "5",
          "--window-s", "0.2", "--allreduce-iters", "10", "--no-model", "--quiet"]
@@ -68,12 +69,17 @@ def test_all_three_launchers_serve_interleaved_windows(ray_cluster, tmp_path):
 
 
 def test_the_budget_stops_the_rounds_and_the_record_says_so(tmp_path):
-    doc = scale.run_sweep(scale.build_parser().parse_args([
-        *QUICK, "--workers", "1", "--backends", "ddp,raw", "--batch_size", "64",
-        "--ci-halfwidth", "0.0001", "--budget-s", "1", "--out", str(tmp_path / "budget")]))
+    """The start-ups alone spend a 1 s budget: one round, no interval. That used to pass as a
+    completed sweep; it fails, kept as failed, and the point says why (issue 37)."""
+    out = tmp_path / "budget"
+    with pytest.raises(RunFailed, match="no comparison was measured: ddp/raw at N=1"):
+        scale.run_sweep(scale.build_parser().parse_args([
+            *QUICK, "--workers", "1", "--backends", "ddp,raw", "--batch_size", "64",
+            "--ci-halfwidth", "0.0001", "--budget-s", "1", "--out", str(out)]))
+    doc = read_doc(out / "scaling.json", ScalingDoc)
     (c,) = doc.comparisons
-    assert (c.numerator, c.denominator) == ("ddp", "raw")
-    assert not c.reached and "budget ran out" in c.note
+    assert doc.status == "failed" and (c.numerator, c.denominator) == ("ddp", "raw")
+    assert not c.reached and "budget ran out" in c.note and "start-up alone took" in c.note
     assert len({w.round for w in doc.windows}) == 1  # the start-ups alone spent the budget
 
 
