@@ -190,6 +190,15 @@ class ScalingConfig:
         **cli("PACK|SPREAD|STRICT_PACK|STRICT_SPREAD")})
     max_failures: int = field(default=0, metadata={"min": -1, **cli(
         "worker-group restarts from the last checkpoint (-1: unlimited)", NOT_SCALE)})
+    # Seconds a rank may make no progress (a stopped or frozen process, a node gone quiet, a
+    # rank stuck in a read while the others wait in an all-reduce) before the run fails over to
+    # Ray Train's restart path (max_failures). None: 60 s for an unresponsive process, and for a
+    # collective 20x the longest healthy stretch measured between two (at least 60 s; 300 s
+    # until the first epoch is measured). loop.hang says how each is applied.
+    hang_timeout_s: float | None = field(default=None, metadata={"min": 5, **cli(
+        "seconds a rank may make no progress before the run fails over to a restart "
+        "(default: 60, or 20x the measured step when longer)", NOT_TUNE,
+        name="hang_timeout_s")})
     # A local Ray's object store, MiB (None: Ray's default, 30% of memory); cap it to test data
     # larger than memory, which Ray Data then streams and spills. 80 MiB is Ray's least.
     object_store_mib: int | None = field(default=None, metadata={"min": 80, **cli(

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from raybench.results import StepProgress
+from raybench.results import StepProgress, WorkersFailed
 
 
 class Console:
@@ -44,11 +44,16 @@ class EpochProgress:
         self.bar = None
         self._last_plain = 0.0
 
-    def __call__(self, row: dict[str, Any] | StepProgress) -> None:
+    def __call__(self, row: dict[str, Any] | StepProgress | WorkersFailed) -> None:
         if self.console.quiet:
             return
         if isinstance(row, StepProgress):
             self._step(row)
+            return
+        if isinstance(row, WorkersFailed):
+            self.close()
+            self.console.log(f"workers failed ({row.cause}); Ray Train restarts them from the "
+                             "last checkpoint if a restart is left (--max-failures)")
             return
         if self.bar is not None:
             self.bar.close()
@@ -72,3 +77,4 @@ class EpochProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None

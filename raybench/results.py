@@ -81,6 +81,17 @@ class StartupMarks:
 
 
 @dataclass
+class Pause:
+    """A stretch in which one rank's process did not run at all (stopped, frozen, starved),
+    seen by its own clock thread (loop.hang.PauseClock); the other ranks waited for it."""
+
+    rank: int
+    node: str
+    started_epoch_s: float
+    seconds: float
+
+
+@dataclass
 class RankFacts:
     """One worker: where it ran, what it measured, what it ended with."""
 
@@ -110,6 +121,7 @@ class RankFacts:
     best_epoch: int = 0
     niceness: int | None = None  # the process's nice value (Ray starts workers at 15)
     pinned_cores: list[int] | None = None  # scaling.pin_threads: the training thread's cores
+    pauses: list[Pause] = field(default_factory=list)  # this incarnation's, 2 s or longer
 
 
 @dataclass
@@ -220,6 +232,11 @@ class Timing:
     restores: list[Restore] = field(default_factory=list)
     failures: int = 0  # failures the run survived (seen by Ray Train's controller)
     recoveries: list[Recovery] = field(default_factory=list)  # one per failure, timed
+    # A rank that stops making progress (loop.hang): the bounds in force at the end, and every
+    # pause of 2 s or more a rank's own clock saw in a run that went on.
+    hang_health_check_s: float | None = None  # Ray Train's worker health check
+    hang_collective_s: float | None = None  # the process group's timeout (None: one rank)
+    pauses: list[Pause] = field(default_factory=list)
     object_store_peak_mib: float | None = None  # Ray's object store, summed over nodes
     spilled_mib: float | None = None  # bytes the object store spilled to disk during the run
     model_flops_per_sample: float | None = None  # forward + backward (FlopCounterMode)
@@ -347,6 +364,7 @@ class WorkerUp:
     rank: int
     pid: int
     node_id: str
+    node_ip: str = ""
 
 
 @dataclass
@@ -356,6 +374,7 @@ class WorkersFailed:
     at: float  # epoch seconds
     ranks: list[int]
     cause: str = ""  # the first failed rank's error, one line (what a user asks first)
+    stalled: list[int] = field(default_factory=list)  # a hang: the ranks that stopped (loop.hang)
 
 
 @dataclass

@@ -104,6 +104,11 @@ def recovery_lines(timing) -> list[str]:
         after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s is not None
                  else r.note)
         lines.append(f"survived a failure ({r.cause or 'cause not reported'}): {after}")
+    for p in timing.pauses:  # shorter than the hang bound: the run went on, slower
+        when = time.strftime("%H:%M:%S", time.localtime(p.started_epoch_s))
+        lines.append(f"rank {p.rank} on {p.node} did not run for {p.seconds:.1f}s from {when} "
+                     "(stopped, frozen or starved); the others waited, and the step times "
+                     "include it")
     return lines
 
 

@@ -29,8 +29,8 @@ from raybench.config import Config, elastic, metric_mode
 from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
-from raybench.errors import cause_line, raise_if_stopped
-from raybench.loop import LoopOptions
+from raybench.errors import RunFailed, cause_line, raise_if_stopped
+from raybench.loop import LoopOptions, hang
 from raybench.results import (
     FirstStep,
     Recovery,
@@ -63,7 +63,8 @@ class RaySession:
         # A resident run's orders (backends.conductor): the driver interleaves its windows.
         self._channel = ActorChannel(board, self.rank) if board is not None else None
         if progress is not None:  # who to kill for --chaos; where this incarnation runs
-            progress.put_nowait(WorkerUp(self.rank, os.getpid(), node_of_this_process()["id"]))
+            node = node_of_this_process()
+            progress.put_nowait(WorkerUp(self.rank, os.getpid(), node["id"], node["ip"]))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -197,15 +198,34 @@ def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: s
     restarts (FailureConfig), checkpoint retention (CheckpointConfig), and the datasets an
     ingest hands the workers (data.ingest.trainer_datasets)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    set_health_check_bound(cfg)
     return TorchTrainer(
         train_fn, train_loop_config=loop_config or None, scaling_config=scaling_config(cfg),
+        # The process group's timeout until the loop has measured its steps (loop.hang).
+        torch_config=TorchConfig(timeout_s=int(hang.start_bound_s(cfg))),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=checkpoint_config(cfg)),
         **(datasets or {}))
+
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+# What the user exported before raybench set anything: kept when they give no --hang-timeout-s.
+_USER_HEALTH_CHECK = os.environ.get(HEALTH_CHECK_ENV)
+
+
+def set_health_check_bound(cfg: Config) -> float:
+    """How long Ray Train's controller waits on a worker that does not answer before failing
+    the worker group (Ray's default: 600 s). Ray reads it from the driver's environment when
+    fit() starts and passes it on to the controller and the workers."""
+    if cfg.scaling.hang_timeout_s is None and _USER_HEALTH_CHECK is not None:
+        os.environ[HEALTH_CHECK_ENV] = _USER_HEALTH_CHECK
+    else:
+        os.environ[HEALTH_CHECK_ENV] = f"{hang.health_check_bound_s(cfg):g}"
+    return float(os.environ[HEALTH_CHECK_ENV])
 
 
 def train_fn(config: dict) -> RunResult | None:
@@ -251,7 +271,7 @@ def progress_queue() -> Any:
     return Queue(actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE_NAME: 0.001}})
 
 
-def controller_clock(queue: Any) -> Any:
+def controller_clock(queue: Any, world_size: int | None = None) -> Any:
     """A Ray Train callback (it runs on the controller) that puts the controller's own events
     into the run's progress queue: every worker failure, timestamped (the start of a recovery),
     and every epoch report it has registered, checkpoint included (an epoch chaos schedule
@@ -267,7 +287,8 @@ def controller_clock(queue: Any) -> Any:
     class ControllerClock(ray.train.UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
             put(WorkersFailed(time.time(), sorted(worker_exceptions),
-                              failure_cause(worker_exceptions)))
+                              failure_cause(worker_exceptions, world_size),
+                              stalled_ranks(worker_exceptions, world_size)))
 
         def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
             epoch = metrics[0].get("epoch") if metrics else None
@@ -277,15 +298,53 @@ def controller_clock(queue: Any) -> Any:
     return ControllerClock()
 
 
-def failure_cause(worker_exceptions: dict) -> str:
-    """The first failed rank's error in one line: a run that recovered still says what it
-    recovered from (a lost node reads differently from a bug in the loop)."""
+def failure_cause(worker_exceptions: dict, world_size: int | None = None) -> str:
+    """The failure in one line: a run that recovered still says what it recovered from (a
+    lost node reads differently from a bug in the loop). A hang names the rank that stopped
+    (stalled_ranks)."""
     if not worker_exceptions:
         return ""
+    stuck = stalled_ranks(worker_exceptions, world_size)
+    if any(type(e).__name__ == "WorkerHealthCheckTimeoutError"
+           for e in worker_exceptions.values()):
+        return (f"{HANG_CAUSE}: {_ranks(stuck)} did not answer for "
+                f"{os.environ.get(HEALTH_CHECK_ENV, '?')} s (a stopped or frozen process, or a "
+                "node lost or cut off)")
+    waited = sorted(r for r, e in worker_exceptions.items() if _timed_out_in_collective(e))
+    if waited:
+        who = f"{_ranks(stuck)} made no progress" if stuck else "a rank made no progress"
+        return (f"{HANG_CAUSE}: {who}; {_ranks(waited)} timed out waiting for it in a "
+                "collective")
     rank = min(worker_exceptions)
     error = worker_exceptions[rank]
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     return f"rank {rank}: {type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def stalled_ranks(worker_exceptions: dict, world_size: int | None) -> list[int]:
+    """The ranks a hang is blamed on: those whose health check Ray Train gave up on; else,
+    when others timed out waiting in a collective, the ranks that did not fail (still alive,
+    not progressing). Empty when the failure was no hang."""
+    silent = sorted(r for r, e in worker_exceptions.items()
+                    if type(e).__name__ == "WorkerHealthCheckTimeoutError")
+    if silent:
+        return silent
+    if world_size and any(_timed_out_in_collective(e) for e in worker_exceptions.values()):
+        return sorted(set(range(world_size)) - set(worker_exceptions))
+    return []
+
+
+HANG_CAUSE = "hang timeout"
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def _timed_out_in_collective(error: BaseException) -> bool:
+    """gloo's "Timed out waiting Nms for recv", nccl's watchdog timeout, in a worker's error."""
+    text = str(error)
+    return "Timed out waiting" in text or "Watchdog caught collective operation timeout" in text
 
 
 class _Events:
@@ -296,11 +355,17 @@ class _Events:
         self.failures: list[float] = []
         self.causes: dict[float, str] = {}  # failure time -> what failed
         self.first_steps: list[float] = []  # rank 0's first step of every incarnation
+        self.nodes: dict[int, str] = {}  # rank -> its node's IP, this incarnation
 
     def __call__(self, message: Any) -> None:
         if isinstance(message, WorkersFailed):
+            if message.stalled:  # a hang: name where the stuck ranks ran
+                message.cause += " [" + ", ".join(f"rank {r} on {self.nodes.get(r, '?')}"
+                                                  for r in message.stalled) + "]"
             self.failures.append(message.at)
             self.causes[message.at] = message.cause
+            if self.on_report is not None:  # said at once, not only in the summary
+                self.on_report(message)
         elif isinstance(message, FirstStep):
             self.first_steps.append(message.at)
             if self.chaos is not None:
@@ -309,6 +374,7 @@ class _Events:
             if self.chaos is not None:
                 self.chaos.registered(message.epoch)
         elif isinstance(message, WorkerUp):
+            self.nodes[message.rank] = message.node_ip or message.node_id
             if self.chaos is not None:
                 self.chaos.saw_worker(message.rank, message.pid, message.node_id)
         elif self.on_report is not None:  # an epoch report (a dict) or a StepProgress
@@ -377,15 +443,20 @@ class RayTrainBackend:
         trainer = build_trainer(train_fn, {"cfg": cfg.to_dict(), "data": self.data_ref,
                                            "options": options, "progress": progress},
                                 cfg, name=run_name, storage_path=self.context.storage_path,
-                                callbacks=([controller_clock(progress)]
+                                callbacks=([controller_clock(
+                                    progress, None if elastic(cfg) else cfg.scaling.workers)]
                                            if progress is not None else []),
                                 datasets=trainer_datasets(cfg, self.source))
         with ObjectStoreMonitor() as store, monkey or contextlib.nullcontext():
-            result = _fit_with_progress(trainer, progress, events)
+            try:
+                result = _fit_with_progress(trainer, progress, events)
+            except Exception as exc:
+                raise hang_failure(events, cfg) or exc from None
         if result.return_value is None:
             raise RuntimeError("Ray Train finished without a result from rank 0")
         run = result.return_value
         run.timing.object_store_peak_mib, run.timing.spilled_mib = store.mib()
+        run.timing.hang_health_check_s = float(os.environ[HEALTH_CHECK_ENV])
         time_recoveries(run.timing, events.failures, monkey.kills if monkey else [],
                         events.first_steps, events.causes)
         return run
@@ -462,6 +533,17 @@ class RayResident:
         self.thread.join(timeout=60)
         if self.store is not None:
             self.store.__exit__(None, None, None)
+
+
+def hang_failure(events: _Events, cfg: Config) -> RunFailed | None:
+    """The run's last failure in one line when it was a hang it could not restart from (Ray
+    Train's own error holds every rank's traceback)."""
+    last = events.causes.get(max(events.failures)) if events.failures else None
+    if not last or not last.startswith(HANG_CAUSE):
+        return None
+    restarts = cfg.scaling.max_failures
+    return RunFailed(f"{last}; no restart was left (--max-failures {restarts}); the last "
+                     "checkpoint is kept (--resume continues from it)")
 
 
 def time_recoveries(timing: Any, failures: list[float], kills: list[float],

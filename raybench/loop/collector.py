@@ -183,6 +183,11 @@ class MetricsCollector:
         seconds = float(rows.sum()) if len(rows) else 0.0
         return breakdown_of(rows), (samples / seconds if seconds > 0 else None)
 
+    def last_epoch_steps(self) -> np.ndarray:
+        """Seconds of each step of the latest epoch (or window), warm-up steps excluded."""
+        rows = self._last_epoch[0]
+        return rows.sum(axis=1) if len(rows) else np.zeros(0)
+
     @property
     def measured_steps(self) -> int:
         return len(self._phases)

@@ -5,6 +5,7 @@ in order; each is usable (and tested) on its own."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -103,6 +104,8 @@ class TrainState:
     # Start-up marks (epoch seconds, slowest rank) of this launch's first incarnation: after Ray
     # restarts the workers, time to first step still means the job's start-up, not the restart's.
     first_marks: dict[str, float] | None = None
+    bound: Any = None  # loop.hang.CollectiveBound: how long a collective waits on a stuck rank
+    pause_clock: Any = None  # loop.hang.PauseClock: when this rank's process did not run
 
     @property
     def module(self) -> nn.Module:
@@ -396,6 +399,9 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
                                  state.ingest.name, state.ingest.first_batch_s,
                                  getattr(state.ingest, "first_batch_at", None))
     facts.epochs_run, facts.best_epoch = len(state.history), state.stopper.best_epoch
+    if state.pause_clock is not None:
+        state.pause_clock.__exit__()
+        facts.pauses = [dataclasses.replace(p, node=facts.node) for p in state.pause_clock.pauses]
     ranks = gather_objects(facts, state.session)
     if state.session.rank != 0:
         return None
@@ -452,5 +458,8 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
         ingest=state.ingest.name, restores=state.restores,
         work_ms_quantiles=collector.work_quantiles_ms(),
         checkpoint_save_s_total=sum(r.checkpoint_save_s for r in state.history),
-        report_s_total=sum(r.report_s for r in state.history))
+        report_s_total=sum(r.report_s for r in state.history),
+        hang_collective_s=(state.bound.bound_s if state.bound is not None and state.bound.active
+                           else None),
+        pauses=sorted((p for r in ranks for p in r.pauses), key=lambda p: p.started_epoch_s))
 

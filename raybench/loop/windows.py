@@ -45,6 +45,8 @@ def serve_windows(state: steps.TrainState, collector: MetricsCollector, session:
     batches = endless_batches(state)
     while (order := session.wait_window()) is not None:
         session.report_window(train_window(state, collector, batches, order, ingest_only))
+        if state.bound is not None:  # the measured steps bound a stuck rank's wait (loop.hang)
+            state.bound.after_epoch(collector.last_epoch_steps(), 0.0)
 
 
 def _synchronise(session: Session) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from raybench.config import Config
 from raybench.data.ingest import Ingest
-from raybench.loop import checkpoint, steps, windows
+from raybench.loop import checkpoint, hang, steps, windows
 from raybench.loop.collector import MetricsCollector, Window
 from raybench.loop.session import Session
 from raybench.results import RunResult
@@ -63,6 +63,9 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
     state = steps.setup(cfg, ingest, session, collector, options.max_steps_per_epoch)
     state.progress_every_s = options.progress_interval_s
     state.launch_time = options.launch_time
+    # A rank that stops making progress must not hold the others forever (loop.hang).
+    state.bound = hang.CollectiveBound(cfg, session.world_size)
+    state.pause_clock = hang.PauseClock(session.rank).__enter__()
     checkpoint_dir = session.get_checkpoint_dir() or options.resume_from
     if checkpoint_dir:
         checkpoint.resume(state, checkpoint_dir)
@@ -82,6 +85,7 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
             steps.validate_and_decide(state, row)
         steps.close_epoch(state, row, started)
         steps.note_first_marks(state, collector)
+        state.bound.after_epoch(collector.last_epoch_steps(), row.eval_time_s)
         if tracker:
             tracker.epoch(row, *collector.last_epoch())
         if options.target and steps.check_target(state, row, options.target, collector,

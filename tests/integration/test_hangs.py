@@ -1,0 +1,146 @@
+"""A rank that stops making progress without dying: a SIGSTOPped worker (shorter and longer
+than the bound) and a rank wedged in its own code while the others wait in an all-reduce."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from raybench import data
+from raybench.backends import LaunchContext
+from raybench.backends.ray_train import RayTrainBackend
+from raybench.config import Config, resolve
+from raybench.loop import LoopOptions
+
+pytestmark = pytest.mark.slow
+
+
+def hang_cfg(npz, epochs: int, hang_timeout_s=None, max_failures=0) -> Config:
+    cfg = resolve(Config(), npz_path=npz, task="regression")
+    cfg.train.epochs, cfg.train.early_stop_patience, cfg.train.batch_size = epochs, 0, 32
+    cfg.scaling.workers, cfg.scaling.max_failures = 2, max_failures
+    cfg.scaling.hang_timeout_s = hang_timeout_s
+    return cfg
+
+
+def run_stopping_rank0(cfg, ds, tmp_path, name, at_epoch, stop_for_s=None):
+    """Run, and SIGSTOP rank 0's process once it reports that epoch: for stop_for_s seconds,
+    or for good (None)."""
+    stopped: list[tuple[int, float]] = []
+
+    def on_report(row):
+        if isinstance(row, dict) and not stopped and row.get("epoch") == at_epoch:
+            os.kill(row["pid"], signal.SIGSTOP)
+            stopped.append((row["pid"], time.time()))
+            if stop_for_s is not None:
+                threading.Timer(stop_for_s, os.kill, (row["pid"], signal.SIGCONT)).start()
+
+    context = LaunchContext(scratch_dir=tmp_path, storage_path=str(tmp_path), on_report=on_report)
+    return RayTrainBackend(ds, context).run(cfg, LoopOptions(), name), stopped
+
+
+def test_a_pause_shorter_than_the_bound_is_survived_and_named(ray_cluster, reg_npz, tmp_path):
+    ds = data.build_dataset(data.load_npz(reg_npz), None, 0.1, "zscore")
+    result, stopped = run_stopping_rank0(hang_cfg(reg_npz, 5), ds, tmp_path, "pause", 2, 4.0)
+    timing = result.timing
+    assert stopped and timing.failures == 0 and not timing.recoveries
+    assert [row.epoch for row in result.history] == [1, 2, 3, 4, 5]
+    assert len(timing.pauses) == 1, timing.pauses
+    pause = timing.pauses[0]
+    assert pause.rank == 0 and pause.node == timing.ranks[0].node
+    assert 3.0 <= pause.seconds <= 8.0
+    assert abs(pause.started_epoch_s - stopped[0][1]) < 2.0
+    # The defaults: 60 s for a silent worker, the measured bound (here its floor) for a collective.
+    assert timing.hang_health_check_s == 60 and timing.hang_collective_s == 60
+    # The pause is in the step times: the slowest epoch holds it.
+    assert max(timing.epoch_times) >= 3.0
+
+
+def test_a_rank_stopped_for_good_is_detected_within_the_bound_and_restarted(
+        ray_cluster, reg_npz, tmp_path):
+    ds = data.build_dataset(data.load_npz(reg_npz), None, 0.1, "zscore")
+    cfg = hang_cfg(reg_npz, 5, hang_timeout_s=10, max_failures=1)
+    result, stopped = run_stopping_rank0(cfg, ds, tmp_path, "stopped", 2)
+    pid, stopped_at = stopped[0]
+    timing = result.timing
+    assert [row.epoch for row in result.history] == [1, 2, 3, 4, 5]  # every epoch once
+    # Epoch 2's checkpoint may still sit in the stopped worker, unpolled: 1 or 2.
+    assert timing.failures == 1 and timing.resumed_from_epoch in (1, 2)
+    recovery = timing.recoveries[0]
+    assert recovery.cause.startswith("hang timeout: rank 0 did not answer for 10 s"), recovery
+    assert "[rank 0 on " in recovery.cause
+    # Seen by Ray Train's controller within the bound and its poll, not after 600 s.
+    assert 9.0 <= recovery.failure_epoch_s - stopped_at <= 25.0, recovery
+    assert recovery.recovery_s is not None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+WEDGE = textwrap.dedent('''
+    """Rank 1 sleeps inside forward once the flag file exists: a rank stuck in its own code
+    (a hung read), alive and answering Ray's health checks, while rank 0 waits in DDP's
+    all-reduce."""
+    import os
+    import time
+
+    from torch import nn
+
+
+    class Wedge(nn.Module):
+        def __init__(self, n_features, window):
+            super().__init__()
+            self.lin = nn.Linear(n_features * window, 1)
+
+        def forward(self, x):
+            flag = os.environ["WEDGE_FLAG"]
+            if self.training and os.path.exists(flag):
+                import torch.distributed as dist
+                if dist.get_rank() == 1:
+                    os.remove(flag)
+                    time.sleep(600)
+            return self.lin(x.flatten(1)).squeeze(-1)
+
+
+    def build(n_features, window, task):
+        return Wedge(n_features, window)
+''')
+
+
+def test_a_wedged_rank_fails_the_run_in_one_line_within_the_bound(reg_npz, tmp_path):
+    (tmp_path / "wedgemod.py").write_text(WEDGE)
+    flag = tmp_path / "wedge.flag"
+    env = {**os.environ, "WEDGE_FLAG": str(flag)}
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "raybench.run", "--workers", "2", "--epochs", "400",
+         "--patience", "0", "--model", "wedgemod:build", "--npz_path", str(reg_npz),
+         "--hang-timeout-s", "10", "--save_dir", str(tmp_path / "out"), "--run-name", "wedged",
+         "--no-tensorboard"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Epoch 3/400" in line:
+            flag.touch()
+            wedged_at = time.time()
+            break
+    else:
+        pytest.fail("the run ended before epoch 3:\n" + "".join(lines) + proc.stderr.read())
+    out, err = proc.communicate(timeout=180)
+    took = time.time() - wedged_at
+    assert proc.returncode == 1, "".join(lines) + out + err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: hang timeout: rank 1 made no progress; rank 0 timed out "
+                                "waiting for it in a collective [rank 1 on "), err
+    assert "no restart was left (--max-failures 0)" in errors[0]
+    assert took < 10 + 60, took  # the bound, then Ray Train's shutdown of the worker group
+    status = json.loads((tmp_path / "out" / "wedged" / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("hang timeout: rank 1")
