@@ -596,8 +596,11 @@ class LocalCluster:
         if init is None:
             raise UserError(f"node {i} of cluster {self.name!r} is not running (killed? "
                             f"python -m raybench.cluster local start {i} --name {self.name})")
-        enter = ["nsenter", f"--target={init}", "--net", "--mount", "--pid", "--uts",
-                 f"--wd={os.getcwd()}", "--", *argv]
+        # cd inside the node, not nsenter's --wd: that directory is opened in the host's mount
+        # namespace, and a rename from an absolute path (the node's mounts) to a relative one
+        # (the host's) then fails with EXDEV although both are on one file system.
+        enter = ["nsenter", f"--target={init}", "--net", "--mount", "--pid", "--uts", "--",
+                 "sh", "-c", 'cd -- "$0" && exec "$@"', os.getcwd(), *argv]
         return self._joined(i, enter), self.driver_env()
 
 

@@ -87,7 +87,7 @@ def cores_used(pid: int, seconds: float = 2.0) -> float:
     return (cpu_s(pid) - before) / seconds
 
 
-def test_up_status_changes_and_down(name):
+def test_up_status_changes_and_down(name, tmp_path):
     up = cli("up", "--name", name, "--nodes", "3", "--link", "100mbit", "--node-cpus",
              "1,0.5,0.5")
     assert up.returncode == 0, up.stdout + up.stderr
@@ -112,6 +112,7 @@ def test_up_status_changes_and_down(name):
     assert status.returncode == 0 and status.stdout.count("ALIVE") == 3, status.stdout
     assert status.stdout.count("100mbit") == 3
 
+    check_exec_writes_as_on_the_host(name, tmp_path)
     check_link_changes(cluster, name)
     check_cpu_share_and_freezing(cluster, name, groups)
     check_kill_and_start(cluster, name, spec)
@@ -121,6 +122,18 @@ def test_up_status_changes_and_down(name):
     assert leftovers(name) == []
     again = cli("down", "--name", name)  # idempotent
     assert again.returncode == 0 and "Nothing left" in again.stdout
+
+
+def check_exec_writes_as_on_the_host(name: str, tmp_path: Path) -> None:
+    """A driver on a node sees this directory as the host does: a rename from an absolute path
+    to a relative one (each atomic write of a run into ./outputs) works. With nsenter's --wd
+    the working directory was the host's mount, and the rename failed with EXDEV."""
+    (tmp_path / "a").write_text("x")
+    code = f"import os; os.replace({str(tmp_path / 'a')!r}, 'b'); print(os.getcwd())"
+    done = subprocess.run([*CLI, "exec", "--name", name, "--", sys.executable, "-c", code],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path), done.stderr
+    assert (tmp_path / "b").read_text() == "x"
 
 
 def check_link_changes(cluster: LocalCluster, name: str) -> None:

@@ -273,3 +273,41 @@ def test_a_tune_sweep_runs_its_trials_on_the_cluster(cluster, reg_npz, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads((tmp_path / "t" / "trials.json").read_text())
     assert doc["status"] == "completed" and len(doc["trials"]) == 2
+
+
+def test_a_frozen_node_is_detected_within_the_bound_and_the_run_restarts_without_it(
+        cluster, reg_npz, tmp_path):
+    """A node frozen whole (the cgroup freezer: its raylet and the worker on it stop, as a
+    hung VM would): Ray Train's health check gives up on its rank after --hang-timeout-s, and
+    the run restarts from its checkpoint on the two nodes left, every epoch once."""
+    proc = on_node(cluster, raybench(
+        "run", "--workers", 2, "--placement-strategy", "STRICT_SPREAD", "--hang-timeout-s", 15,
+        "--max_failures", 1, "--npz_path", reg_npz, "--epochs", 25, "--patience", 0,
+        "--batch_size", 32, "--save_dir", tmp_path, "--run_name", "frozen"), background=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Epoch 3/25" in line:
+            break
+    frozen = next(i for i in (1, 2) if any(
+        "RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        for pid in kernel.netns_pids(cluster.netns(i))))
+    cluster.freeze(frozen, True)
+    frozen_at = time.time()
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        cluster.freeze(frozen, False)
+        cluster.kill(frozen)  # Ray declared it dead meanwhile: it comes back as a new node
+        cluster.start(frozen)
+    assert proc.returncode == 0, "".join(lines) + out[-3000:]
+    timing = json.loads((tmp_path / "frozen" / "timing.json").read_text())
+    history = list(csv.DictReader((tmp_path / "frozen" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == list(range(1, 26))
+    assert timing["failures"] == 1, timing["recoveries"]
+    recovery = timing["recoveries"][0]
+    ip = cluster.spec().nodes[frozen].ip
+    assert recovery["cause"].startswith("hang timeout: rank"), recovery
+    assert f"on {ip}]" in recovery["cause"], recovery
+    assert recovery["failure_epoch_s"] - frozen_at <= 15 + 20, recovery
+    assert recovery["recovery_s"] is not None
