@@ -237,6 +237,9 @@ class Timing:
     hang_health_check_s: float | None = None  # Ray Train's worker health check
     hang_collective_s: float | None = None  # the process group's timeout (None: one rank)
     pauses: list[Pause] = field(default_factory=list)
+    # The rank the others wait for: its work per step (data + compute + optimizer) at least
+    # STRAGGLER_RATIO times the median of the others' (None: no such rank, or one worker).
+    straggler_rank: int | None = None
     object_store_peak_mib: float | None = None  # Ray's object store, summed over nodes
     spilled_mib: float | None = None  # bytes the object store spilled to disk during the run
     model_flops_per_sample: float | None = None  # forward + backward (FlopCounterMode)

@@ -34,6 +34,7 @@ from raybench.data import (
 )
 from raybench.errors import RunFailed, UserError, run_cli
 from raybench.loop import LoopOptions, worker_threads
+from raybench.loop.steps import work_s
 from raybench.models import build_checked, build_model, count_parameters, flops_per_sample
 from raybench.results import RunResult, RunStatus, read_status, write_doc, write_status
 from raybench.resume import prepare_resume
@@ -97,6 +98,18 @@ def throughput_line(timing) -> str:
             f"(warm-up excluded, {timing.measured_steps} steps){start}")
 
 
+def straggler_line(timing) -> str:
+    """The rank the others waited for, with each side's work and wait per step."""
+    slow = next(r for r in timing.ranks if r.rank == timing.straggler_rank)
+    others = [r for r in timing.ranks if r.rank != slow.rank]
+    work = sorted(work_s(r.step_breakdown) for r in others)[len(others) // 2]
+    wait = sorted(r.step_breakdown.sync_share for r in others)[len(others) // 2]
+    mine = work_s(slow.step_breakdown)
+    return (f"straggler: rank {slow.rank} on {slow.node} worked {mine * 1e3:.2f} ms a step"
+            f" against {work * 1e3:.2f} ms for the others, who spent {wait:.0%} of "
+            "their step waiting in sync (timing.json ranks[].step_breakdown)")
+
+
 def recovery_lines(timing) -> list[str]:
     """Each failure the run survived: what failed and how long training stopped for it."""
     lines = []
@@ -104,6 +117,8 @@ def recovery_lines(timing) -> list[str]:
         after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s is not None
                  else r.note)
         lines.append(f"survived a failure ({r.cause or 'cause not reported'}): {after}")
+    if timing.straggler_rank is not None:
+        lines.append(straggler_line(timing))
     for p in timing.pauses:  # shorter than the hang bound: the run went on, slower
         when = time.strftime("%H:%M:%S", time.localtime(p.started_epoch_s))
         lines.append(f"rank {p.rank} on {p.node} did not run for {p.seconds:.1f}s from {when} "

@@ -37,6 +37,7 @@ from raybench.results import (
     RankFacts,
     Restore,
     RunResult,
+    StepBreakdown,
     StepProgress,
     TargetResult,
     Timing,
@@ -414,6 +415,26 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
         ddp_logging=ddp_timers(state.model))
 
 
+STRAGGLER_RATIO = 1.3  # well past the spread of equal ranks here (within 10% of each other)
+
+
+def work_s(b: StepBreakdown) -> float:
+    """A rank's own work per step: everything but waiting for the others."""
+    return b.data_s + b.compute_s + b.optimizer_s
+
+
+def straggler(ranks: list[RankFacts]) -> int | None:
+    """The rank whose own work per step is STRAGGLER_RATIO times the median of the others':
+    the one a synchronous step waits for (a slow node, a CPU quota, a busy neighbour)."""
+    if len(ranks) < 2:
+        return None
+    work = [work_s(r.step_breakdown) for r in ranks]
+    slowest = max(range(len(ranks)), key=work.__getitem__)
+    others = float(np.median([w for i, w in enumerate(work) if i != slowest]))
+    return ranks[slowest].rank if others > 0 and work[slowest] >= STRAGGLER_RATIO * others \
+        else None
+
+
 # DDP's own per-iteration timers (nanoseconds, averaged over the iterations it samples).
 DDP_TIMERS = ("avg_forward_compute_time", "avg_backward_compute_time", "avg_backward_comm_time",
               "avg_backward_compute_comm_overlap_time")
@@ -461,5 +482,6 @@ def build_timing(state: TrainState, collector: MetricsCollector, ranks: list[Ran
         report_s_total=sum(r.report_s for r in state.history),
         hang_collective_s=(state.bound.bound_s if state.bound is not None and state.bound.active
                            else None),
-        pauses=sorted((p for r in ranks for p in r.pauses), key=lambda p: p.started_epoch_s))
+        pauses=sorted((p for r in ranks for p in r.pauses), key=lambda p: p.started_epoch_s),
+        straggler_rank=straggler(ranks))
 

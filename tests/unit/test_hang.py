@@ -125,3 +125,31 @@ def test_a_stopped_process_records_its_own_pause():
     pauses = json.loads(out)
     assert len(pauses) == 1 and pauses[0][0] == 3
     assert 2.5 <= pauses[0][1] <= 4.0
+
+
+def rank_facts(rank: int, work_ms: float, sync_share: float):
+    from raybench.results import RankFacts, StepBreakdown
+
+    b = StepBreakdown(data_s=work_ms * 1e-4, compute_s=work_ms * 8e-4, optimizer_s=work_ms * 1e-4,
+                      sync_share=sync_share)
+    return RankFacts(rank=rank, node=f"198.18.0.{rank + 1}", node_id="n", hostname="h", pid=1,
+                     threads=1, device="cpu", device_name=None, samples_per_sec=1.0,
+                     peak_rss_mib=1.0, pss_mib=None, pss_start_mib=None, peak_gpu_mem_mib=None,
+                     startup_epoch_s={}, final_weights_sha256="x", step_breakdown=b)
+
+
+def test_the_rank_the_others_wait_for_is_named():
+    from raybench.loop.steps import straggler
+    from raybench.results import Timing
+    from raybench.run import straggler_line
+
+    equal = [rank_facts(0, 4.0, 0.1), rank_facts(1, 4.3, 0.08), rank_facts(2, 3.9, 0.1)]
+    assert straggler(equal) is None  # within 10% of each other
+    assert straggler(equal[:1]) is None
+    slow = [rank_facts(0, 4.0, 0.6), rank_facts(1, 12.0, 0.02), rank_facts(2, 4.2, 0.62)]
+    assert straggler(slow) == 1
+    timing = Timing.__new__(Timing)
+    timing.ranks, timing.straggler_rank = slow, 1
+    assert straggler_line(timing) == (
+        "straggler: rank 1 on 198.18.0.2 worked 12.00 ms a step against 4.20 ms for the others, "
+        "who spent 62% of their step waiting in sync (timing.json ranks[].step_breakdown)")
