@@ -60,7 +60,9 @@ class Precision:
     ci_halfwidth: float = 0.02  # stop when every ratio's 95% interval is within +-this
     budget_s: float = 300.0  # per point and repeat, start-up included
     min_pairs: int = 6  # never decide on fewer
-    max_pairs: int | None = None  # stop here even if not precise (tests, quick looks)
+    # Stop at this many kept pairs even if not precise (tests, quick looks); rounds excluded
+    # for outside load do not count, so a busy moment costs time, not the comparison.
+    max_pairs: int | None = None
     max_outside_load: float = 0.10  # share of the machine's CPU used outside the run
     warmup_steps: int = 50  # excluded: before the first window, on top of one window's worth
 
@@ -214,7 +216,7 @@ class PointRun:
                 self._resize()
             round_no += 1
             last_round_s = time.monotonic() - t0
-            if self._done(round_no, last_round_s):
+            if self._done(last_round_s):
                 return
 
     def _resize(self) -> None:
@@ -251,7 +253,7 @@ class PointRun:
             self.log(f"  round {round_no + 1}: excluded, {worst:.0%} of the machine busy "
                      "outside the run")
 
-    def _done(self, rounds: int, last_round_s: float) -> bool:
+    def _done(self, last_round_s: float) -> bool:
         kept = sum(1 for w in self.contenders[0].windows if not w.excluded)
         widths = [self._halfwidth(num, den) for num, den in self.pairs] or [
             self._own_halfwidth(c) for c in self.contenders]
@@ -259,7 +261,7 @@ class PointRun:
             w is not None and w <= self.p.ci_halfwidth for w in widths)
         elapsed = time.monotonic() - self.started
         out_of_time = elapsed + last_round_s > self.p.budget_s
-        capped = self.p.max_pairs is not None and rounds >= self.p.max_pairs
+        capped = self.p.max_pairs is not None and kept >= self.p.max_pairs
         return precise or out_of_time or capped
 
     def _paired(self, num: str, den: str) -> list[tuple[MeasuredWindow, MeasuredWindow]]:
@@ -301,7 +303,7 @@ class PointRun:
         elapsed = time.monotonic() - self.started
         note = (f"±{c.halfwidth:.1%} after {pairs} pairs " if c.halfwidth is not None
                 else f"{pairs} pair(s), too few for an interval ")
-        if self.p.max_pairs is not None and windows >= self.p.max_pairs:
+        if self.p.max_pairs is not None and windows - excluded >= self.p.max_pairs:
             note += f"at the {self.p.max_pairs}-pair cap"
         else:
             note += f"when the {self.p.budget_s:g}s budget ran out ({elapsed:.0f}s used)"

@@ -116,7 +116,7 @@ def _precision_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-pairs", type=int, default=d.min_pairs, metavar="K",
                        help=f"window pairs before any decision (default {d.min_pairs})")
     group.add_argument("--max-pairs", type=int, metavar="K",
-                       help="stop after K pairs even if not precise (default: the budget)")
+                       help="stop after K kept pairs even if not precise (default: the budget)")
     group.add_argument("--ray-train-switches", action="store_true",
                        help="also measure Ray Train with each of its own helpers switched off "
                        "in turn (preemption watcher, print patch, structured logging), "

@@ -128,3 +128,26 @@ def test_a_resident_record_takes_its_phases_from_its_kept_windows():
     assert record.compute_s == pytest.approx(2.7e-3)
     assert record.data_share_per_rank == pytest.approx([0.1 / 3.6, 0.3 / 3.6])
     assert record.step_time_ms_p50 == pytest.approx(3.6)  # the median window's p50
+
+
+def test_the_pair_cap_counts_kept_pairs_not_excluded_rounds():
+    """A round excluded for outside load is no pair: with --max-pairs 2 and one round of two
+    excluded, the point goes on (the budget still bounds it). Counting rounds, a busy moment
+    in CI ended a test's sweep with one pair and no comparison."""
+    import time
+    from types import SimpleNamespace
+
+    from raybench.interleave import PointRun, Precision
+
+    run = PointRun.__new__(PointRun)
+    run.p = Precision(max_pairs=2, min_pairs=6, budget_s=300)
+    run.started, run.pairs = time.monotonic(), []
+    window = SimpleNamespace
+    run.contenders = [SimpleNamespace(windows=[window(excluded=True), window(excluded=False)],
+                                      label="raybench")]
+    run._own_halfwidth = lambda c: None
+    assert not run._done(0.1)
+    run.contenders[0].windows.append(window(excluded=False))
+    assert run._done(0.1)
+    run.p = Precision(max_pairs=None, min_pairs=6, budget_s=1)
+    assert run._done(5.0)  # the budget still ends it
