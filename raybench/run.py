@@ -122,8 +122,8 @@ def recovery_lines(timing) -> list[str]:
     for p in timing.pauses:  # shorter than the hang bound: the run went on, slower
         when = time.strftime("%H:%M:%S", time.localtime(p.started_epoch_s))
         lines.append(f"rank {p.rank} on {p.node} did not run for {p.seconds:.1f}s from {when} "
-                     "(stopped, frozen or starved); the others waited, and the step times "
-                     "include it")
+                     "(stopped, frozen or starved); the others waited, and the run's wall time "
+                     "includes it")
     return lines
 
 

@@ -65,10 +65,9 @@ def test_a_pause_shorter_than_the_bound_is_survived_and_named(ray_cluster, reg_n
     assert abs(pause.started_epoch_s - stopped[0][1]) < 2.0
     # The defaults: 60 s for a silent worker, the measured bound (here its floor) for a collective.
     assert timing.hang_health_check_s == 60 and timing.hang_collective_s == 60
-    # The pause is in rank 0's clocks: an epoch (training, validation) or its checkpoint and
-    # report, wherever the stop landed.
-    longest = max(r.epoch_time_s + r.checkpoint_save_s + r.report_s for r in result.history)
-    assert longest >= 3.0, result.history
+    # Which clock holds the pause depends on where the stop lands (the stopped rank's epoch,
+    # or the waiting rank's sync); in 2 of 3 runs here rank 0's epoch, checkpoint and report
+    # clocks all stayed under 0.25 s. The record names it either way: that is what is checked.
 
 
 def test_a_rank_stopped_for_good_is_detected_within_the_bound_and_restarted(
