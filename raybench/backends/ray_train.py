@@ -305,8 +305,7 @@ def failure_cause(worker_exceptions: dict, world_size: int | None = None) -> str
     if not worker_exceptions:
         return ""
     stuck = stalled_ranks(worker_exceptions, world_size)
-    if any(type(e).__name__ == "WorkerHealthCheckTimeoutError"
-           for e in worker_exceptions.values()):
+    if any(map(_unanswered, worker_exceptions.values())):
         return (f"{HANG_CAUSE}: {_ranks(stuck)} did not answer for "
                 f"{os.environ.get(HEALTH_CHECK_ENV, '?')} s (a stopped or frozen process, or a "
                 "node lost or cut off)")
@@ -325,8 +324,7 @@ def stalled_ranks(worker_exceptions: dict, world_size: int | None) -> list[int]:
     """The ranks a hang is blamed on: those whose health check Ray Train gave up on; else,
     when others timed out waiting in a collective, the ranks that did not fail (still alive,
     not progressing). Empty when the failure was no hang."""
-    silent = sorted(r for r, e in worker_exceptions.items()
-                    if type(e).__name__ == "WorkerHealthCheckTimeoutError")
+    silent = sorted(r for r, e in worker_exceptions.items() if _unanswered(e))
     if silent:
         return silent
     if world_size and any(_timed_out_in_collective(e) for e in worker_exceptions.values()):
@@ -339,6 +337,11 @@ HANG_CAUSE = "hang timeout"
 
 def _ranks(ranks: list[int]) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def _unanswered(error: BaseException) -> bool:
+    """Ray Train gave up on this worker's health check (its class is internal to Ray Train)."""
+    return type(error).__name__ == "WorkerHealthCheckTimeoutError"
 
 
 def _timed_out_in_collective(error: BaseException) -> bool:

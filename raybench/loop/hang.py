@@ -93,13 +93,21 @@ class PauseClock:
         self._thread = threading.Thread(target=self._run, name="raybench-pause-clock",
                                         daemon=True)
 
-    def __enter__(self) -> PauseClock:
+    def start(self) -> PauseClock:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> list[Pause]:
+        """Stop ticking; the pauses seen."""
         self._stop.set()
         self._thread.join(timeout=1)
+        return self.pauses
+
+    def __enter__(self) -> PauseClock:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _run(self) -> None:
         last_mono, last_wall = time.monotonic(), time.time()

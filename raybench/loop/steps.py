@@ -401,8 +401,7 @@ def finish(state: TrainState, collector: MetricsCollector, evaluate_splits: bool
                                  getattr(state.ingest, "first_batch_at", None))
     facts.epochs_run, facts.best_epoch = len(state.history), state.stopper.best_epoch
     if state.pause_clock is not None:
-        state.pause_clock.__exit__()
-        facts.pauses = [dataclasses.replace(p, node=facts.node) for p in state.pause_clock.pauses]
+        facts.pauses = [dataclasses.replace(p, node=facts.node) for p in state.pause_clock.stop()]
     ranks = gather_objects(facts, state.session)
     if state.session.rank != 0:
         return None

@@ -65,7 +65,7 @@ def train_worker(cfg: Config, ingest: Ingest, session: Session,
     state.launch_time = options.launch_time
     # A rank that stops making progress must not hold the others forever (loop.hang).
     state.bound = hang.CollectiveBound(cfg, session.world_size)
-    state.pause_clock = hang.PauseClock(session.rank).__enter__()
+    state.pause_clock = hang.PauseClock(session.rank).start()
     checkpoint_dir = session.get_checkpoint_dir() or options.resume_from
     if checkpoint_dir:
         checkpoint.resume(state, checkpoint_dir)
