@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raybench.cluster import kernel
+from raybench.cluster import control, kernel
 from raybench.errors import UserError
 from raybench.ray_env import EMULATED_CLUSTER_VAR, NODE_ENV
 
@@ -228,6 +228,7 @@ class LocalCluster:
         usage = kernel.Cgroups.detect().usage_file(self.cgroup())
         doc = {"name": spec.name, "subnet": spec.subnet,
                "cpu_usage_file": str(self.view_dir / usage) if usage else None,
+               "control_socket": str(self.dir / control.SOCKET_NAME),
                "nodes": [{"ip": n.ip, "link": rate_text(n.link_bps), "cpu_share": n.cpu_share,
                           "logical_cpus": n.logical_cpus} for n in spec.nodes]}
         tmp = self.driver_file.with_suffix(".tmp")
@@ -347,7 +348,23 @@ class LocalCluster:
         _wait_for_port(spec.head_ip, GCS_PORT, UP_TIMEOUT_S, lambda: self._died(spec, 0))
         for node in spec.nodes[1:]:
             self._start_node(spec, node)
+        self._start_control()
         self.wait_for_ray(spec, [n.index for n in spec.nodes])
+
+    def _start_control(self) -> None:
+        """The host's process behind the control socket (cluster.control), for the faults a
+        driver on a node schedules; it exits by itself once the cluster is removed."""
+        with open(self.dir / "control.log", "ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "raybench.cluster.control", self.name],
+                                    stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+        (self.dir / control.PID_NAME).write_text(str(proc.pid))
+        deadline = time.monotonic() + 30
+        while not (self.dir / control.SOCKET_NAME).exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"the cluster's control process did not start; see "
+                                f"{self.dir}/control.log")
+            time.sleep(0.05)
 
     def _hosts_file(self, spec: ClusterSpec, i: int) -> None:
         # c10d's store listens dual-stack and looks its clients up as IPv4-mapped addresses
@@ -468,7 +485,7 @@ class LocalCluster:
             if groups is not None:
                 with contextlib.suppress(OSError, kernel.KernelError):
                     groups.freeze(self.cgroup(i), False)  # a frozen process never dies
-        _kill_all(self._pids(indices, groups))
+        _kill_all(self._pids(indices, groups) + self._control_pid())
         for i in indices:
             kernel.delete_netns(self.netns(i))
             kernel.delete_link(self.host_end(i))
@@ -491,6 +508,14 @@ class LocalCluster:
             "cgroups and files" if made else f"Nothing left of an emulated cluster named "
             f"{self.name!r}")
         return made
+
+    def _control_pid(self) -> list[int]:
+        """The control process, if its pid file names one that is still that process."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.dir / control.PID_NAME).read_text())
+            if "raybench.cluster.control" in Path(f"/proc/{pid}/cmdline").read_text():
+                return [pid]
+        return []
 
     def _pids(self, indices: list[int], groups: kernel.Cgroups | None) -> list[int]:
         me = {os.getpid(), os.getppid()}
@@ -587,6 +612,28 @@ class LocalCluster:
             self._start_node(spec, node)
             self.wait_for_ray(spec, [i], timeout_s)
             return f"node {i}: started again at {node.ip}"
+
+    def revive(self, i: int, settle_s: float = 60.0, timeout_s: float = UP_TIMEOUT_S) -> str:
+        """After a node was frozen or cut off, Ray's GCS may declare it dead, and its raylet
+        exits once it hears so: then start it again, as an operator would. The GCS's verdict
+        can come well after the node is back (measured: 26 s after a 30 s cut ended, its
+        health checks still failing on a reconnect back-off), so the node is watched for
+        `settle_s`; one Ray still counts alive after that is left as it is."""
+        spec = self.spec()
+        ip = self.node(i).ip
+        deadline = time.monotonic() + settle_s
+        dead_since = None
+        while True:
+            if self.init_pid(i) is None:  # its raylet exited: Ray declared it dead
+                return self.start(i, timeout_s)
+            if ray_view(spec.address).get(ip, {}).get("state") == "DEAD":
+                dead_since = dead_since or time.monotonic()
+                if time.monotonic() - dead_since > 30:  # declared dead, yet it lingers
+                    self.kill(i)
+                    return self.start(i, timeout_s)
+            elif time.monotonic() >= deadline:
+                return f"node {i}: Ray still counts it alive"
+            time.sleep(0.5)
 
     def command(self, i: int, argv: list[str]) -> tuple[list[str], dict[str, str]]:
         """The command line and environment that run `argv` as a driver on node i: in its
@@ -685,8 +732,11 @@ def _logical(text: str | None, shares: list[float]) -> list[int]:
     except ValueError:
         raise UserError(f"--logical-cpus {text!r}: expected whole numbers") from None
     values = values * len(shares) if len(values) == 1 else values
-    if len(values) != len(shares) or min(values) < 1:
-        raise UserError(f"--logical-cpus {text!r}: one positive count per node, or one for all")
+    # 0 is allowed: a head that runs drivers and Ray's own actors but no worker (as
+    # production heads are set up)
+    if len(values) != len(shares) or min(values) < 0:
+        raise UserError(f"--logical-cpus {text!r}: one count (0 or more) per node, or one for "
+                        "all")
     return values
 
 

@@ -35,8 +35,10 @@ def test_cpu_shares_default_to_an_even_split_and_are_checked():
 def test_logical_cpus_round_each_share_up():
     assert local._logical(None, [1.0, 0.5, 0.67, 2.0]) == [1, 1, 1, 2]
     assert local._logical("2", [0.5, 0.5]) == [2, 2]
-    with pytest.raises(UserError, match="one positive count per node"):
-        local._logical("1,2,3", [0.5, 0.5])
+    assert local._logical("0,1", [0.5, 0.5]) == [0, 1]  # a head that takes no worker
+    for bad in ("1,2,3", "-1,1"):
+        with pytest.raises(UserError, match="one count"):
+            local._logical(bad, [0.5, 0.5])
 
 
 @pytest.mark.parametrize("name", ["", "UPPER", "has-dash", "waytoolongname", "a b"])
