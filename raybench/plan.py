@@ -14,7 +14,7 @@ from torch import nn
 
 from raybench.backends import Backend, LaunchContext, backend_class
 from raybench.backends.ray_train import RAY_TRAIN_SWITCHES
-from raybench.chaos import ChaosSpec, parse_chaos
+from raybench.chaos import ChaosSchedule, parse_chaos
 from raybench.config import Config, resolve
 from raybench.console import Console
 from raybench.data import (
@@ -205,7 +205,7 @@ class Measure:
     backend: Backend
     ingest: str = "memory"
     ingest_only: bool = False
-    chaos: ChaosSpec | None = None
+    chaos: ChaosSchedule | None = None
     without: str | None = None  # a Ray Train helper switched off (RAY_TRAIN_SWITCHES)
 
     @property

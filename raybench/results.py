@@ -166,16 +166,27 @@ class Restore:
 
 @dataclass
 class Recovery:
-    """One failure the run survived and how long training took to resume after it. A recovery
-    that could not be timed keeps its failure and says why in `note`, never vanishes."""
+    """One fault the run survived: each failure Ray Train's controller saw, and each --chaos
+    fault the run went on through without a restart. A recovery that could not be timed keeps
+    its failure and says why in `note`, never vanishes."""
 
-    failure_epoch_s: float  # the kill (chaos) or when Ray Train's controller saw the failure
-    seen_by: str  # "chaos" (the kill's own clock) or "controller"
+    failure_epoch_s: float  # the fault (--chaos's own clock) or when the controller saw it
+    seen_by: str  # "chaos" (the fault's own clock) or "controller"
     first_step_epoch_s: float | None = None  # the first training step after it (rank 0)
     recovery_s: float | None = None  # failure -> that step
     resumed_from_epoch: int | None = None  # the checkpoint's epoch; None: started over
     note: str = ""  # why recovery_s is missing
-    cause: str = ""  # what failed: "chaos kill", or the first failed rank's error in one line
+    cause: str = ""  # what failed in one line: the fault carried out, Ray Train's error
+    # The fault in words: "killed worker", "frozen node", "cut link", "slow node", "lost node"
+    # (--chaos); for a failure nobody scheduled, "stall" (a hang) or "worker failure".
+    fault: str = ""
+    ranks: list[int] = field(default_factory=list)  # the ranks it hit, or a hang blamed
+    node: str = ""  # where they ran (an address)
+    restarted: bool = True  # False: the run went on through it (shorter than the hang bound)
+    fault_s: float | None = None  # how long a --chaos fault lasted; None: to the run's end
+    detected_epoch_s: float | None = None  # when Ray Train's controller saw the failure
+    detect_s: float | None = None  # the run's last progress (or the fault, if later) -> then
+    steps_lost: int | None = None  # steps trained past the checkpoint it resumed from
 
 
 @dataclass
@@ -346,11 +357,17 @@ class Comparison:
 
 @dataclass
 class StepProgress:
-    """Rank 0 within a long epoch: how far it is (a progress bar's input)."""
+    """Rank 0 within an epoch: how far it is (a progress bar's input, and the run's last
+    progress when a fault stops it)."""
 
     epoch: int
     step: int
     steps: int
+    at: float = 0.0  # epoch seconds on the worker
+
+    @property
+    def global_step(self) -> int:
+        return (self.epoch - 1) * self.steps + self.step
 
 
 @dataclass
@@ -514,6 +531,8 @@ class RunRecord:
     failures: int = 0
     recovery_s: list[float] = field(default_factory=list)  # per failure: failure -> next step
     recovery_notes: list[str] = field(default_factory=list)  # failures whose recovery is untimed
+    recoveries: list[Recovery] = field(default_factory=list)  # each fault: timing.json's own
+    final_train_loss: float | None = None  # the last epoch's: a run with faults ends where?
     restore_s_total: float = 0.0
     checkpoint_save_s_total: float = 0.0
     report_s_total: float = 0.0
@@ -646,6 +665,9 @@ class StartupPoint:
     raybench_first_step_s: float | None
     ratio: float | None
     raybench_marks_s: dict[str, float]
+    # The per-repeat ratio (each repeat's first step over its own floor): geometric mean and
+    # its 95% interval, what a target is decided on; `ratio` is the medians' ratio.
+    ratio_ci: Interval | None = None
 
 
 @dataclass

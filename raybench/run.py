@@ -114,9 +114,17 @@ def recovery_lines(timing) -> list[str]:
     """Each failure the run survived: what failed and how long training stopped for it."""
     lines = []
     for r in timing.recoveries:
-        after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s is not None
-                 else r.note)
-        lines.append(f"survived a failure ({r.cause or 'cause not reported'}): {after}")
+        what = r.cause or "cause not reported"
+        if not r.restarted:  # shorter than the hang bound, or a slow node
+            lasted = f" for {r.fault_s:.1f}s" if r.fault_s is not None else ""
+            lines.append(f"went on through a {r.fault}{lasted} ({what}): {r.note}")
+            continue
+        detect = (f"detected {r.detect_s:.1f}s after the last progress; "
+                  if r.detect_s is not None else "")
+        after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s
+                 is not None else r.note)
+        lost = f"; {r.steps_lost} step(s) trained again" if r.steps_lost else ""
+        lines.append(f"survived a failure ({what}): {detect}{after}{lost}")
     if timing.straggler_rank is not None:
         lines.append(straggler_line(timing))
     for p in timing.pauses:  # shorter than the hang bound: the run went on, slower

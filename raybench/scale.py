@@ -24,6 +24,7 @@ from raybench.errors import UserError, run_cli
 from raybench.interleave import Precision
 from raybench.loop import Window
 from raybench.plan import ScaleSpec
+from raybench.ray_env import emulated_cluster
 from raybench.report.sections import printed
 from raybench.results import ScalingDoc
 from raybench.sweep import run_sweep as run_spec
@@ -153,11 +154,14 @@ def _target_args(parser: argparse.ArgumentParser) -> None:
                        help="learning rate at N: lr x (global batch / the smallest N's global "
                        "batch) ^ (0, 1 or 1/2) (default none)")
     faults = parser.add_argument_group(
-        "faults", "with --chaos every Ray Train point also runs under a kill schedule; both "
+        "faults", "with --chaos every Ray Train point also runs under a fault schedule; both "
         "runs train --epochs whole epochs with a checkpoint each, and the report sets their "
-        "goodput (useful samples per second of wall time) side by side")
+        "goodput (useful samples per second of wall time) side by side; each fault is a record "
+        "(recoveries: detection, recovery, steps lost)")
     faults.add_argument("--chaos", metavar="SPEC",
-                        help="'kill-worker every 30s' or 'kill-worker once at 20s'")
+                        help="'kill-worker every 30s', 'kill-worker once at 20s', 'kill-worker "
+                        "once after epoch 2'; on an emulated cluster also freeze-node, cut-link "
+                        "(both with 'for 30s'), slow-node, kill-node; several separated by ';'")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +264,11 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise UserError("--ingest-ceiling measures a streamed ingest's ceiling: add ray_data to "
                         "--ingest (e.g. --ingest memory,ray_data)")
     if args.chaos:
-        parse_chaos(args.chaos)
+        schedule = parse_chaos(args.chaos)
+        if schedule.on_nodes and not (emulated_cluster() or {}).get("control_socket"):
+            raise UserError(f"--chaos {schedule}: node faults (freeze-node, cut-link, slow-node, "
+                            "kill-node) need an emulated cluster: run this command through "
+                            "python -m raybench.cluster local exec (or ray job submit to it)")
         if args.target or args.ingest_ceiling:
             raise UserError("--chaos runs whole epochs with checkpoints; it does not combine with "
                             "--target or --ingest-ceiling")

@@ -80,7 +80,9 @@ def run_record(backend: str, mode: str, repeat: int, result: RunResult,
                                  / wall_time if wall_time > 0 else None),
         failures=t.failures,
         recovery_s=[r.recovery_s for r in t.recoveries if r.recovery_s is not None],
-        recovery_notes=[r.note for r in t.recoveries if r.recovery_s is None],
+        recovery_notes=[r.note for r in t.recoveries if r.restarted and r.recovery_s is None],
+        recoveries=list(t.recoveries),
+        final_train_loss=result.history[-1].train_loss if result.history else None,
         restore_s_total=sum(r.restore_s for r in t.restores),
         checkpoint_save_s_total=t.checkpoint_save_s_total, report_s_total=t.report_s_total,
         ingest_only=ingest_only, samples_per_sec_per_rank=[r.samples_per_sec for r in ranks],
@@ -536,7 +538,10 @@ def startup_summary(startup: list[dict], runs: list[RunRecord]) -> list[StartupP
         breakdown = {k: statistics.median(m[k] for m in marks if m.get(k) is not None)
                      for k in ("worker_entry_s", "loop_entry_s", "model_ready_s", "first_step_s")
                      if any(m.get(k) is not None for m in marks)}
+        floors = {s["repeat"]: s["floor_s"] for s in startup if s["workers"] == n}
+        firsts = {r.repeat: r.time_to_first_step_s for r in mine if r.time_to_first_step_s}
         rows.append(StartupPoint(workers=n, floor_s=floor, raybench_first_step_s=ours,
                                  ratio=ours / floor if ours and floor else None,
-                                 raybench_marks_s=breakdown))
+                                 raybench_marks_s=breakdown,
+                                 ratio_ci=stats.paired_ratio(firsts, floors)))
     return rows

@@ -24,13 +24,14 @@ from raybench.backends.ray_cluster import (
     node_of_this_process,
     wait_for_free_cpus,
 )
-from raybench.chaos import ChaosMonkey, ChaosSpec
+from raybench.chaos import ChaosMonkey, ChaosSchedule, Injected
 from raybench.config import Config, elastic, metric_mode
 from raybench.data.dataset import Dataset
 from raybench.data.ingest import trainer_datasets
 from raybench.data.parquet import ParquetDataset
 from raybench.errors import RunFailed, cause_line, raise_if_stopped
 from raybench.loop import LoopOptions, hang
+from raybench.ray_env import emulated_cluster
 from raybench.results import (
     FirstStep,
     Recovery,
@@ -179,13 +180,15 @@ def scaling_config(cfg: Config):
         elastic_resize_monitor_interval_s=s.elastic_resize_interval_s)
 
 
-def checkpoint_config(cfg: Config):
+def checkpoint_config(cfg: Config, scored: bool = True):
     """Keep the best checkpoint by the early-stopping metric, and the latest (Ray always keeps
-    the latest: it is what a restarted worker group resumes from)."""
+    the latest: it is what a restarted worker group resumes from). A loop that does not
+    validate (scale --chaos) reports no metric to score by: only the latest is kept (Ray
+    warned twice an epoch that the metric was missing)."""
     import ray.train
 
     metric = cfg.train.early_stop_metric
-    if metric is None:
+    if metric is None or not scored:
         return ray.train.CheckpointConfig(num_to_keep=1)
     return ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric_key(metric),
                                       checkpoint_score_order=metric_mode(metric))
@@ -208,7 +211,8 @@ def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: s
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
-            checkpoint_config=checkpoint_config(cfg)),
+            checkpoint_config=checkpoint_config(cfg, getattr(
+                (loop_config or {}).get("options"), "evaluate", True))),
         **(datasets or {}))
 
 
@@ -358,6 +362,8 @@ class _Events:
         self.failures: list[float] = []
         self.causes: dict[float, str] = {}  # failure time -> what failed
         self.first_steps: list[float] = []  # rank 0's first step of every incarnation
+        self.progress: list[tuple[float, int]] = []  # rank 0's (time, global step) reports
+        self.blamed: dict[float, tuple[list[int], str]] = {}  # failure -> its ranks, node
         self.nodes: dict[int, str] = {}  # rank -> its node's IP, this incarnation
 
     def __call__(self, message: Any) -> None:
@@ -367,6 +373,9 @@ class _Events:
                                                   for r in message.stalled) + "]"
             self.failures.append(message.at)
             self.causes[message.at] = message.cause
+            ranks = message.stalled or message.ranks
+            self.blamed[message.at] = (ranks, ", ".join(sorted({
+                self.nodes[r] for r in ranks if r in self.nodes})))
             if self.on_report is not None:  # said at once, not only in the summary
                 self.on_report(message)
         elif isinstance(message, FirstStep):
@@ -379,9 +388,13 @@ class _Events:
         elif isinstance(message, WorkerUp):
             self.nodes[message.rank] = message.node_ip or message.node_id
             if self.chaos is not None:
-                self.chaos.saw_worker(message.rank, message.pid, message.node_id)
-        elif self.on_report is not None:  # an epoch report (a dict) or a StepProgress
-            self.on_report(message)
+                self.chaos.saw_worker(message.rank, message.pid, message.node_id,
+                                      message.node_ip)
+        else:  # an epoch report (a dict) or a StepProgress
+            if isinstance(message, StepProgress):
+                self.progress.append((message.at or time.time(), message.global_step))
+            if self.on_report is not None:
+                self.on_report(message)
 
 
 def _fit_with_progress(trainer: Any, progress: Any, on_report: Callable[[dict], None] | None):
@@ -429,13 +442,13 @@ class RayTrainBackend:
         self.data_ref = ray.put(data) if isinstance(data, Dataset) else data
 
     def run(self, cfg: Config, options: LoopOptions, run_name: str,
-            resume_from: Path | None = None, chaos: ChaosSpec | None = None) -> RunResult:
+            resume_from: Path | None = None, chaos: ChaosSchedule | None = None) -> RunResult:
         """Run the loop on cfg.scaling.workers Ray Train workers. Rank 0's epoch metrics reach
         context.on_report live; resume_from starts from that checkpoint when Ray's own record of
         the run's checkpoints is unusable (resume.prepare_resume)."""
         if cfg.scaling.wait_for_workers_s is None:  # an autoscaling cluster may still grow
             check_resources(cfg)
-        monkey = ChaosMonkey(chaos, cfg.train.seed) if chaos else None
+        monkey = ChaosMonkey(chaos, cfg.train.seed, emulated_cluster()) if chaos else None
         events = _Events(self.context.on_report, monkey)
         # The queue carries reports, worker announcements and failure times; a benchmark that
         # can neither fail nor show progress does without it (an actor less to start).
@@ -460,8 +473,8 @@ class RayTrainBackend:
         run = result.return_value
         run.timing.object_store_peak_mib, run.timing.spilled_mib = store.mib()
         run.timing.hang_health_check_s = float(os.environ[HEALTH_CHECK_ENV])
-        time_recoveries(run.timing, events.failures, monkey.kills if monkey else [],
-                        events.first_steps, events.causes)
+        time_recoveries(run.timing, events.failures, monkey.injected if monkey else [],
+                        events.first_steps, events.causes, events.progress, events.blamed)
         return run
 
     def start(self, cfg: Config, options: LoopOptions, run_name: str) -> RayResident:
@@ -549,39 +562,115 @@ def hang_failure(events: _Events, cfg: Config) -> RunFailed | None:
                      "checkpoint is kept (--resume continues from it)")
 
 
-def time_recoveries(timing: Any, failures: list[float], kills: list[float],
-                    first_steps: list[float], causes: dict[float, str] | None = None) -> None:
-    """One Recovery per failure: from the failure (the chaos kill when there was one, its own
-    clock being the earlier; else when the controller saw it) to rank 0's next first training
-    step, whether the restart resumed from a checkpoint or started over. Each restore from a
-    checkpoint gets the failure that preceded it (none for an elastic resize). `causes` maps a
-    controller-seen failure's time to what failed."""
+def time_recoveries(timing: Any, failures: list[float], injected: list[Injected],
+                    first_steps: list[float], causes: dict[float, str] | None = None,
+                    progress: list[tuple[float, int]] | None = None,
+                    blamed: dict[float, tuple[list[int], str]] | None = None) -> None:
+    """One Recovery per fault: each failure Ray Train's controller saw, matched to the --chaos
+    fault that caused it (the last one carried out before it), and each --chaos fault the run
+    went on through without a restart. A restart's recovery runs from the fault (its own clock
+    when --chaos made it, else the controller's sighting) to rank 0's next first training step,
+    whether it resumed from a checkpoint or started over; each restore from a checkpoint gets
+    the failure that preceded it (none for an elastic resize). `causes` and `blamed` map a
+    controller-seen failure's time to what failed and to the ranks (and node) it blamed;
+    `progress` is rank 0's (time, global step) reports, the run's last progress before each."""
     timing.failures = len(failures)
-    seen_by = "chaos" if kills else "controller"
-    events = sorted(kills) if kills else sorted(failures)
     restores = sorted((r for r in timing.restores if r.first_step_epoch_s is not None),
                       key=lambda r: r.first_step_epoch_s)
     # Without the queue's first steps (it was lost), the restores' own first steps still time
     # the recoveries that resumed from a checkpoint.
     first_steps = sorted(first_steps or [r.first_step_epoch_s for r in restores])
+    bound = (timing.hang_health_check_s or 60.0) + MATCH_SLACK_S
+    matched = _match_faults(sorted(failures), injected, bound)
+    used = {id(f) for f in matched.values()}
+    events = [(matched.get(f), f) for f in failures]
+    events += [(i, None) for i in injected if id(i) not in used]
+    events.sort(key=lambda e: e[0].at if e[0] else e[1])
     timing.recoveries = []
-    for i, failed in enumerate(events):
-        nxt = events[i + 1] if i + 1 < len(events) else float("inf")
-        after = next((t for t in first_steps if t > failed), None)
-        recovery = Recovery(failure_epoch_s=failed, seen_by=seen_by, first_step_epoch_s=after,
-                            cause="chaos kill" if kills else (causes or {}).get(failed, ""))
-        if after is None:
-            recovery.note = ("no training step followed: the run ended, or its progress queue "
-                             "was lost")
-        elif after > nxt:
-            recovery.note = "the next failure came before training resumed"
+    for k, (fault, seen) in enumerate(events):
+        start = fault.at if fault else seen
+        nxt = events[k + 1] if k + 1 < len(events) else None
+        nxt_start = (nxt[0].at if nxt[0] else nxt[1]) if nxt else float("inf")
+        ranks, node = (blamed or {}).get(seen, ([], "")) if seen else ([], "")
+        rec = Recovery(failure_epoch_s=start, seen_by="chaos" if fault else "controller",
+                       cause=_cause_line(fault, (causes or {}).get(seen, "") if seen else ""),
+                       fault=fault.words if fault else _fault_words(causes, seen),
+                       ranks=list(fault.ranks if fault and fault.ranks else ranks),
+                       node=fault.target if fault and fault.fault != "kill-worker" else node,
+                       restarted=seen is not None or (fault is not None
+                                                      and fault.fault == "kill-worker"),
+                       fault_s=(fault.ended_at - fault.at) if fault and fault.ended_at else None,
+                       detected_epoch_s=seen)
+        if seen is not None:
+            marks = [t for t, _ in progress or [] if t < seen] + ([fault.at] if fault else [])
+            rec.detect_s = seen - max(marks) if marks else None
+        if not rec.restarted:
+            rec.steps_lost = 0
+            rec.note = ("the run went on through it without a restart" if fault.fault
+                        != "slow-node" else "the run went on at the slow node's pace")
         else:
-            recovery.recovery_s = after - failed
-            restore = next((r for r in restores if r.first_step_epoch_s == after), None)
-            if restore is not None:  # resumed from a checkpoint (else it started over)
-                restore.failure_epoch_s, restore.recovery_s = failed, recovery.recovery_s
-                recovery.resumed_from_epoch = restore.from_epoch
-        timing.recoveries.append(recovery)
+            _time_restart(rec, start, nxt_start, first_steps, restores, progress, timing)
+        if fault is not None and fault.problem:
+            rec.note = "; ".join(filter(None, (rec.note, fault.problem)))
+        timing.recoveries.append(rec)
+
+
+MATCH_SLACK_S = 30.0  # a failure this long past a fault's end plus the hang bound is another
+
+
+def _match_faults(failures: list[float], injected: list[Injected],
+                  bound_s: float) -> dict[float, Injected]:
+    """Each controller-seen failure -> the --chaos fault that caused it: the last one carried
+    out since the failure before, still in force (or ended less than the hang bound ago). A
+    slow node fails nothing."""
+    matched: dict[float, Injected] = {}
+    previous = float("-inf")
+    for seen in failures:
+        causes = [i for i in injected if previous < i.at <= seen and i.fault != "slow-node"
+                  and (i.ended_at is None or seen <= i.ended_at + bound_s)]
+        if causes:
+            matched[seen] = max(causes, key=lambda i: i.at)
+        previous = seen
+    return matched
+
+
+def _cause_line(fault: Injected | None, controller: str) -> str:
+    if fault is None:
+        return controller
+    what = f"--chaos {fault.fault}: {fault.words} ({fault.target}"
+    what += f", rank(s) {', '.join(map(str, fault.ranks))})" if fault.fault != "kill-worker" \
+        and fault.ranks else ")"
+    return f"{what}; Ray Train saw: {controller}" if controller else what
+
+
+def _fault_words(causes: dict[float, str] | None, seen: float | None) -> str:
+    cause = (causes or {}).get(seen, "") if seen is not None else ""
+    return "stall" if cause.startswith(HANG_CAUSE) else "worker failure"
+
+
+def _time_restart(rec: Recovery, start: float, nxt_start: float, first_steps: list[float],
+                  restores: list[Any], progress: list[tuple[float, int]] | None,
+                  timing: Any) -> None:
+    """A restart's recovery time, the checkpoint it resumed from, the steps it threw away."""
+    after = next((t for t in first_steps if t > start), None)
+    rec.first_step_epoch_s = after
+    if after is None:
+        rec.note = "no training step followed: the run ended, or its progress queue was lost"
+        return
+    if after > nxt_start:
+        rec.note = "the next failure came before training resumed"
+        return
+    rec.recovery_s = after - start
+    restore = next((r for r in restores if r.first_step_epoch_s == after), None)
+    if restore is not None:  # resumed from a checkpoint (else it started over)
+        restore.failure_epoch_s, restore.recovery_s = start, rec.recovery_s
+        rec.resumed_from_epoch = restore.from_epoch
+    cutoff = rec.detected_epoch_s or start
+    before = [s for t, s in sorted(progress or []) if t <= cutoff]
+    if before:  # this incarnation's last report: an earlier one may have gone further
+        reached = before[-1]
+        kept = (rec.resumed_from_epoch or 0) * timing.steps_per_epoch
+        rec.steps_lost = max(0, reached - kept)
 
 
 def _floor_fn() -> float | None:

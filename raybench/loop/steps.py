@@ -252,7 +252,7 @@ class Progress:
 
     def tick(self, step: int) -> None:
         if self.every and time.perf_counter() >= self.next:
-            self.session.step_progress(StepProgress(self.epoch, step, self.steps))
+            self.session.step_progress(StepProgress(self.epoch, step, self.steps, time.time()))
             self.next = time.perf_counter() + self.every
 
 
