@@ -3,6 +3,7 @@ than the bound) and a rank wedged in its own code while the others wait in an al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -150,3 +151,50 @@ def test_a_wedged_rank_fails_the_run_in_one_line_within_the_bound(reg_npz, tmp_p
     assert took < 10 + 60, took  # the bound, then Ray Train's shutdown of the worker group
     status = json.loads((tmp_path / "out" / "wedged" / "status.json").read_text())
     assert status["status"] == "failed" and status["error"].startswith("hang timeout: rank 1")
+
+
+def test_a_rank_held_to_a_quarter_core_is_named_the_straggler(ray_cluster, reg_npz, tmp_path):
+    """One host, one worker capped at a quarter of a core (a cgroup CPU quota, as a noisy
+    neighbour or a throttled VM would): the run goes on and names that rank as the one the
+    others wait for. Root only (the cgroup)."""
+    from raybench.cluster import kernel
+
+    try:
+        groups = kernel.Cgroups.detect()
+    except kernel.KernelError as exc:
+        pytest.skip(str(exc))
+    if os.geteuid() != 0:
+        pytest.skip("a cgroup CPU quota needs root")
+    ds = data.build_dataset(data.load_npz(reg_npz), None, 0.1, "zscore")
+    group = f"raybench-test-slow-{os.getpid()}"
+    slowed: list[int] = []
+
+    def on_report(row):
+        if isinstance(row, dict) and not slowed and row.get("epoch") == 2:
+            other = next(p.pid for p in psutil.process_iter(["name", "cmdline"])
+                         if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+                         and p.pid != row["pid"])
+            groups.create(group)
+            groups.set_cpu(group, 0.25)
+            for d in groups.dirs(group):
+                (d / "cgroup.procs").write_text(str(other))
+            slowed.append(other)
+
+    context = LaunchContext(scratch_dir=tmp_path, storage_path=str(tmp_path), on_report=on_report)
+    try:
+        # an LSTM's step is compute (a few ms), so a quarter core binds; the seed MLP's is
+        # mostly the all-reduce, which a quota barely touches
+        cfg = hang_cfg(reg_npz, 30)
+        cfg.model.kind, cfg.model.hidden = "lstm", 64
+        result = RayTrainBackend(ds, context).run(cfg, LoopOptions(), "slow")
+    finally:
+        for pid in slowed:  # back to the root group, then the group can go
+            for d in groups.dirs(group):
+                with contextlib.suppress(OSError):
+                    (d.parent / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            groups.remove(group)
+    timing = result.timing
+    assert slowed and timing.failures == 0
+    assert [row.epoch for row in result.history] == list(range(1, 31))
+    assert timing.straggler_rank == 1, [r.step_breakdown for r in timing.ranks]
