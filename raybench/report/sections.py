@@ -404,9 +404,11 @@ def startup_table(doc: ScalingDoc) -> Table | None:
     if not doc.startup_summary:
         return None
     rows = [[str(s.workers), f.seconds(s.floor_s), f.seconds(s.raybench_first_step_s),
-             f.ratio(s.ratio)] for s in doc.startup_summary]
-    return Table("Start-up against Ray's own floor", ["N", "Ray floor (empty loop)",
-                                                       "raybench first step", "ratio"], rows)
+             f.ratio(s.ratio), f.interval(s.ratio_ci, min_n=2) if s.ratio_ci else f.DASH]
+            for s in doc.startup_summary]
+    return Table("Start-up against Ray's own floor", [
+        "N", "Ray floor (empty loop, median)", "raybench first step (median)",
+        "ratio of medians", "per-repeat ratio (95% CI)"], rows)
 
 
 def faults_table(doc: ScalingDoc) -> Table | None:
