@@ -7,7 +7,22 @@ import sys
 import time
 from typing import Any
 
-from raybench.results import StepProgress, WorkersFailed
+from raybench.results import Recovery, StepProgress, WorkersFailed
+
+
+def recovery_line(r: Recovery) -> str:
+    """One fault the run survived, in words: what, how long it took to see, to resume, and
+    what was trained again (run's summary, scale's for each --chaos run)."""
+    what = r.cause or "cause not reported"
+    if not r.restarted:  # shorter than the hang bound, or a slow node
+        lasted = f" for {r.fault_s:.1f}s" if r.fault_s is not None else ""
+        return f"went on through a {r.fault}{lasted} ({what}): {r.note}"
+    detect = (f"detected {r.detect_s:.1f}s after the last progress; "
+              if r.detect_s is not None else "")
+    after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s is not None
+             else r.note)
+    lost = f"; {r.steps_lost} step(s) trained again" if r.steps_lost else ""
+    return f"survived a failure ({what}): {detect}{after}{lost}"
 
 
 class Console:

@@ -24,7 +24,7 @@ from raybench.config import (
     config_from_args,
     load_config,
 )
-from raybench.console import Console, EpochProgress
+from raybench.console import Console, EpochProgress, recovery_line
 from raybench.data import (
     Source,
     check_source_batches,
@@ -112,19 +112,7 @@ def straggler_line(timing) -> str:
 
 def recovery_lines(timing) -> list[str]:
     """Each failure the run survived: what failed and how long training stopped for it."""
-    lines = []
-    for r in timing.recoveries:
-        what = r.cause or "cause not reported"
-        if not r.restarted:  # shorter than the hang bound, or a slow node
-            lasted = f" for {r.fault_s:.1f}s" if r.fault_s is not None else ""
-            lines.append(f"went on through a {r.fault}{lasted} ({what}): {r.note}")
-            continue
-        detect = (f"detected {r.detect_s:.1f}s after the last progress; "
-                  if r.detect_s is not None else "")
-        after = (f"training resumed {r.recovery_s:.1f}s later" if r.recovery_s
-                 is not None else r.note)
-        lost = f"; {r.steps_lost} step(s) trained again" if r.steps_lost else ""
-        lines.append(f"survived a failure ({what}): {detect}{after}{lost}")
+    lines = [recovery_line(r) for r in timing.recoveries]
     if timing.straggler_rank is not None:
         lines.append(straggler_line(timing))
     for p in timing.pauses:  # shorter than the hang bound: the run went on, slower

@@ -26,7 +26,7 @@ from raybench.backends import SINGLE_WORKER, LaunchContext, ray_network
 from raybench.backends.ray_cluster import REPORT_POLL_S, place_workers, release, start_ray
 from raybench.backends.ray_train import RAY_TRAIN_SWITCHES, startup_floor
 from raybench.config import Config
-from raybench.console import Console
+from raybench.console import Console, recovery_line
 from raybench.errors import RunFailed, UserError, cause_line
 from raybench.interleave import Contender, PointFailed, PointRun, planned_pairs
 from raybench.loop import LoopOptions
@@ -425,6 +425,10 @@ def write(spec: ScaleSpec, out_dir: Path, env: dict, p: Plan, sweep: Sweep,
         windows=sweep.windows, network=sweep.network, status=status)
     for text in printed(doc):
         out.summary(text)
+    for run in (r for r in sweep.runs if r.recoveries):  # each fault of a --chaos run
+        for rec in run.recoveries:
+            out.summary(f"{run.backend} N={run.workers} repeat {run.repeat}: "
+                        f"{recovery_line(rec)}")
     for row in summary_startup or []:
         ci = row.ratio_ci
         spread = (f"; per repeat {ci.value:.2f} ({ci.low:.2f}-{ci.high:.2f}, n={ci.n})"

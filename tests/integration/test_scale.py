@@ -118,7 +118,8 @@ def long_npz(tmp_path_factory):
 
 @pytest.mark.slow
 def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_cluster, long_npz,
-                                                                       tmp_path, cpu_burner):
+                                                                       tmp_path, cpu_burner,
+                                                                       capsys):
     # An epoch schedule: the kill lands once Ray has registered epoch 2's checkpoint, however
     # slow the machine is to start workers or to train (a timed kill could land in start-up).
     doc = scale.run_sweep(scale.build_parser().parse_args([
@@ -138,3 +139,8 @@ def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_clust
     assert 0 < point.goodput_vs_clean.value < 1 and point.recovery_s > 0
     saved = json.loads((tmp_path / "chaos" / "scaling.json").read_text())
     assert saved["runs"][1]["recovery_s"] == chaotic.recovery_s
+    killed = chaotic.recoveries[0]
+    assert killed.fault == "killed worker" and killed.restarted and killed.resumed_from_epoch == 2
+    # each fault is said in the summary, --quiet or not
+    assert "raybench N=2 repeat 1: survived a failure (--chaos kill-worker: killed worker (rank" \
+        in capsys.readouterr().out

@@ -184,3 +184,21 @@ def test_a_node_is_watched_after_a_fault_for_longer_the_longer_the_fault():
 
     assert settle_s(5) == 0  # at most two of the five health checks Ray needs fail
     assert settle_s(30) == 75 and settle_s(20) == 55 and settle_s(600) == 75
+
+
+def test_each_fault_reads_as_one_line():
+    from raybench.console import recovery_line
+    from raybench.results import Recovery
+
+    went_on = Recovery(failure_epoch_s=1.0, seen_by="chaos", fault="cut link", fault_s=5.0,
+                       restarted=False, cause="--chaos cut-link: cut link (10.0.0.2)",
+                       note="the run went on through it without a restart")
+    assert recovery_line(went_on) == (
+        "went on through a cut link for 5.0s (--chaos cut-link: cut link (10.0.0.2)): the run "
+        "went on through it without a restart")
+    restarted = Recovery(failure_epoch_s=1.0, seen_by="chaos", fault="frozen node",
+                         cause="--chaos freeze-node: frozen node (10.0.0.2)", detect_s=20.1,
+                         recovery_s=52.4, steps_lost=72)
+    assert recovery_line(restarted) == (
+        "survived a failure (--chaos freeze-node: frozen node (10.0.0.2)): detected 20.1s after "
+        "the last progress; training resumed 52.4s later; 72 step(s) trained again")
