@@ -24,10 +24,9 @@ import sys
 import threading
 from pathlib import Path
 
+from raybench.cluster.local import CONTROL_SOCKET, LocalCluster
 from raybench.errors import UserError
 
-SOCKET_NAME = "control.sock"
-PID_NAME = "control.pid"
 OPS = ("freeze", "link", "cpu", "kill", "start", "revive")
 _ASK_TIMEOUT_S = 240.0  # `start` waits for Ray to see the node again (up to 180 s)
 
@@ -94,10 +93,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def serve(name: str) -> None:
     """Serve the cluster's socket until its state file is gone (`down` removed it)."""
-    from raybench.cluster.local import LocalCluster
-
     cluster = LocalCluster(name)
-    path = cluster.dir / SOCKET_NAME
+    path = cluster.dir / CONTROL_SOCKET
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     old = os.umask(0o177)  # the socket is root's: it freezes and kills nodes

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raybench.cluster import control, kernel
+from raybench.cluster import kernel
 from raybench.errors import UserError
 from raybench.ray_env import EMULATED_CLUSTER_VAR, NODE_ENV
 
@@ -49,6 +49,9 @@ MIN_SHARE = 0.1  # a node below this starts Ray's own processes too slowly to be
 # measured here with Ray 2.60: the refusal of "more nodes than the machine can start".
 NODE_MEMORY_MIB = 600
 UP_TIMEOUT_S = 180.0
+# The control process (cluster.control) and its socket, in the cluster's directory
+CONTROL_SOCKET = "control.sock"
+CONTROL_PID = "control.pid"
 # The join-then-enter prefix of every process started on a node: the shell moves itself into
 # the node's cgroups (its children follow) and execs the rest, so no Python runs in between.
 _JOIN = 'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
@@ -228,7 +231,7 @@ class LocalCluster:
         usage = kernel.Cgroups.detect().usage_file(self.cgroup())
         doc = {"name": spec.name, "subnet": spec.subnet,
                "cpu_usage_file": str(self.view_dir / usage) if usage else None,
-               "control_socket": str(self.dir / control.SOCKET_NAME),
+               "control_socket": str(self.dir / CONTROL_SOCKET),
                "nodes": [{"ip": n.ip, "link": rate_text(n.link_bps), "cpu_share": n.cpu_share,
                           "logical_cpus": n.logical_cpus} for n in spec.nodes]}
         tmp = self.driver_file.with_suffix(".tmp")
@@ -358,9 +361,9 @@ class LocalCluster:
             proc = subprocess.Popen([sys.executable, "-m", "raybench.cluster.control", self.name],
                                     stdout=log_file, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
-        (self.dir / control.PID_NAME).write_text(str(proc.pid))
+        (self.dir / CONTROL_PID).write_text(str(proc.pid))
         deadline = time.monotonic() + 30
-        while not (self.dir / control.SOCKET_NAME).exists():
+        while not (self.dir / CONTROL_SOCKET).exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise UserError(f"the cluster's control process did not start; see "
                                 f"{self.dir}/control.log")
@@ -512,7 +515,7 @@ class LocalCluster:
     def _control_pid(self) -> list[int]:
         """The control process, if its pid file names one that is still that process."""
         with contextlib.suppress(OSError, ValueError):
-            pid = int((self.dir / control.PID_NAME).read_text())
+            pid = int((self.dir / CONTROL_PID).read_text())
             if "raybench.cluster.control" in Path(f"/proc/{pid}/cmdline").read_text():
                 return [pid]
         return []
