@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from raybench.backends import warm_imports
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import ActorChannel, RayConductor, window_board
 from raybench.backends.local import wants_gpu
@@ -196,10 +197,12 @@ def checkpoint_config(cfg: Config, scored: bool = True):
 
 def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: str,
                   storage_path: str, callbacks: Sequence[Any] = (),
-                  datasets: dict[str, Any] | None = None):
+                  datasets: dict[str, Any] | None = None, warm: bool = True):
     """The TorchTrainer for a config: workers, resources and placement (ScalingConfig),
     restarts (FailureConfig), checkpoint retention (CheckpointConfig), and the datasets an
-    ingest hands the workers (data.ingest.trainer_datasets)."""
+    ingest hands the workers (data.ingest.trainer_datasets). `warm`: the workers import
+    torch's compiler stack while Ray starts them (backends.warm_imports); the start-up floor
+    turns it off, being Ray's own start."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -212,7 +215,10 @@ def build_trainer(train_fn: Callable, loop_config: dict, cfg: Config, *, name: s
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=checkpoint_config(cfg, getattr(
-                (loop_config or {}).get("options"), "evaluate", True))),
+                (loop_config or {}).get("options"), "evaluate", True)),
+            worker_runtime_env=warm_imports.worker_runtime_env(
+                ray.get_runtime_context().runtime_env if ray.is_initialized() else None)
+            if warm else None),
         **(datasets or {}))
 
 
@@ -688,7 +694,8 @@ def startup_floor(cfg: Config, *, storage_path: str, name: str) -> float:
     """Ray's own start-up floor: seconds from this call until every worker of a TorchTrainer
     whose loop does nothing has reached its first line (same workers and resources)."""
     start = time.time()
-    result = build_trainer(_floor_fn, {}, cfg, name=name, storage_path=storage_path).fit()
+    result = build_trainer(_floor_fn, {}, cfg, name=name, storage_path=storage_path,
+                           warm=False).fit()
     return result.return_value - start
 
 

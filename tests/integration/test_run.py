@@ -247,3 +247,29 @@ def test_a_broken_factory_fails_before_any_worker(user_module, reg_npz, spec, me
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (user_module / "runs").exists() or not any((user_module / "runs").iterdir())
+
+
+def test_train_workers_import_the_compiler_stack_while_ray_starts_them(ray_cluster, tmp_path,
+                                                                     monkeypatch):
+    """backends.warm_imports, switched on: the hook reaches the Train workers of
+    build_trainer (and only them: the start-up floor, Ray's own start, goes without it)."""
+    from raybench.backends import warm_imports
+    from raybench.backends.ray_train import build_trainer
+
+    monkeypatch.setenv(warm_imports.SWITCH_ENV, "1")
+
+    def _compiler_stack_seen(config=None) -> bool:  # by value: the workers cannot import tests
+        """At a Train worker's first line: has anything begun importing torch._dynamo (the
+        warm-imports thread, or the module already in sys.modules)?"""
+        import sys
+        import threading
+
+        return "torch._dynamo" in sys.modules or any(
+            t.name == "raybench-warm-imports" for t in threading.enumerate())
+
+    cfg = Config()
+    cfg.scaling.workers = 1
+    seen = {warm: build_trainer(_compiler_stack_seen, {}, cfg, name=f"warm-{warm}",
+                                storage_path=str(tmp_path), warm=warm).fit().return_value
+            for warm in (True, False)}
+    assert seen == {True: True, False: False}
