@@ -5,8 +5,8 @@ plus the part of DDP's bucketed all-reduce that backward could not hide.
                raw profile for another batch), the slowest of N draws from its distribution
   allreduce    DDP's buckets (the layout it rebuilds after its first step: 1 MiB, then
                25 MiB) each all-reduced one after the other on the link: the probe's own time
-               at that size scaled to N by the ring, or 2(n-1) alpha + 2(n-1)/n bytes beta on
-               a link given
+               at that size among N ranks (scaled to N by the ring where it did not run among
+               N), or 2(n-1) alpha + 2(n-1)/n bytes beta on a link given
   exposed      what of that ran after backward ended: each bucket starts once backward has
                produced its gradients (in proportion to the bytes), backward's length measured
                from the model's own forward/backward split on this process
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,25 +43,33 @@ class Link:
     """The ring's terms a forecast uses, and where they came from. A measured link keeps the
     probe's own times by size: the bus bandwidth it reached fell with the size (0.096 Gbit/s
     at 1 MiB, 0.088 at 16 MiB on 100 Mbit/s links, 4 ranks), so a bucket's all-reduce is the
-    probe's time at that size, scaled from the probe's ranks to N by the ring."""
+    probe's time at that size among N ranks where the probe ran among N (`at`), else the
+    largest probe's time scaled to N by the ring: a 4-rank probe scaled to 2 ranks had
+    over-stated a 2-rank all-reduce here (every N=2 forecast came out low)."""
 
     alpha_s: float  # per ring hop
     beta_s_per_byte: float  # 1 / bus bandwidth (the fit's, or the given rate's)
     source: str  # "measured" (the probe) or "assumed" (given, or a default)
     rows: tuple[tuple[int, float], ...] = ()  # the probe's (bytes, seconds) at `ranks`
     ranks: int = 2
+    # the probe repeated among other rank counts: {ranks: ((bytes, seconds), ...)}
+    at: dict[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
 
     @property
     def gbps(self) -> float:
         return 8 / self.beta_s_per_byte / 1e9
 
     def text(self) -> str:
-        return f"{self.gbps:.3g} Gbit/s, {self.alpha_s * 1e6:.0f} us a hop, {self.source}"
+        probed = sorted({self.ranks, *self.at}) if self.rows else []
+        among = f", probed among {'/'.join(map(str, probed))} ranks" if len(probed) > 1 else ""
+        return f"{self.gbps:.3g} Gbit/s, {self.alpha_s * 1e6:.0f} us a hop, {self.source}{among}"
 
     def allreduce_s(self, n: int, nbytes: int) -> float:
         """One all-reduce of `nbytes` among n ranks on this link."""
         if n <= 1:
             return 0.0
+        if n in self.at:
+            return _interpolate(self.at[n], nbytes)
         if not self.rows:
             return ring_s(n, nbytes, self.alpha_s, self.beta_s_per_byte)
         measured = _interpolate(self.rows, nbytes)
@@ -96,7 +104,9 @@ def link_of(probe: NetworkProbe | None, link_gbps: float | None,
     if probe is None or not probe.bandwidth_gbps or probe.latency_us is None:
         return None
     return Link(probe.latency_us * 1e-6, 8 / (probe.bandwidth_gbps * 1e9), "measured",
-                tuple((r.bytes, r.time_s) for r in probe.rows), probe.workers)
+                tuple((r.bytes, r.time_s) for r in probe.rows), probe.workers,
+                {q.workers: tuple((r.bytes, r.time_s) for r in q.rows)
+                 for q in probe.at_other_n if q.rows})
 
 
 def cpu_bound(probe: NetworkProbe | None) -> str | None:

@@ -454,6 +454,9 @@ class NetworkProbe:
     placement_strategy: str = "STRICT_SPREAD"
     # the emulated cluster's settings when the probe ran on one (raybench.cluster local)
     link: dict | None = None
+    # scale --probe-network: the same probe among each smaller N >= 2 of the sweep, sizes up
+    # to the model's largest DDP bucket (what the forecast at that N all-reduces)
+    at_other_n: list[NetworkProbe] = field(default_factory=list)
 
 
 @dataclass

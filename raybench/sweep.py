@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from raybench import calibrate, environment, forecast, probes, scaling_report
+from raybench import calibrate, environment, forecast, network_forecast, probes, scaling_report
 from raybench.artifacts import Output, check_writable
 from raybench.backends import SINGLE_WORKER, LaunchContext, ray_network
 from raybench.backends.ray_cluster import REPORT_POLL_S, place_workers, release, start_ray
@@ -148,11 +148,24 @@ def nothing_measured(sweep: Sweep) -> str | None:
 
 def network_probe(p: Plan, out: Console) -> NetworkProbe:
     """The network between the largest point's ranks (at least 2), placed as its workers,
-    before any point holds resources."""
-    cfg = point_config(p.points[-1][1], max(2, p.points[-1][0]), None)
+    before any point holds resources; then among each smaller N >= 2 of the sweep, up to the
+    model's largest DDP bucket (what a forecast at that N all-reduces): a ring scaled from
+    the largest N's probe over-stated a 2-rank all-reduce on the emulated cluster."""
+    largest = max(2, p.points[-1][0])
+    probe = _probe_among(point_config(p.points[-1][1], largest, None), ray_network.SIZES, out)
+    cap = max(network_forecast.gradient_buckets(p.model), default=0)
+    sizes = [s for s in ray_network.SIZES if s < cap] + [
+        next((s for s in ray_network.SIZES if s >= cap), ray_network.SIZES[-1])]
+    probe.at_other_n = [_probe_among(cfg, sizes, out) for n, cfg in p.points
+                        if 2 <= n < largest]
+    return probe
+
+
+def _probe_among(cfg: Config, sizes: tuple[int, ...] | list[int], out: Console) -> NetworkProbe:
     out.log(f"Network probe: gloo all-reduces among {cfg.scaling.workers} ranks placed "
-            f"{cfg.scaling.placement_strategy}")
-    probe = ray_network.probe(cfg)
+            f"{cfg.scaling.placement_strategy}, {sizes[0] // 1024} KiB to "
+            f"{sizes[-1] / 2**20:g} MiB")
+    probe = ray_network.probe(cfg, sizes)
     for line in network_table(probe).text().splitlines()[3:]:
         out.log("  " + line)
     return probe

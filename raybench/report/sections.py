@@ -199,7 +199,7 @@ def scaling_section(path: Path) -> Section:
 def printed(doc: ScalingDoc) -> list[str]:
     """What `raybench.scale` (and `scale merge`) prints at the end: the same tables as the
     report, as text, then the sentences that say what they mean."""
-    tables = [network_table(doc.network), throughput_table(doc.summary),
+    tables = [*network_tables(doc.network), throughput_table(doc.summary),
               comparisons_table(doc), ingest_table(doc), target_table(doc), faults_table(doc),
               forecasts_table(doc), cost_table(doc)]
     blocks = [t.text() for t in tables if t is not None and (t.rows or t.note)]
@@ -285,6 +285,13 @@ def comparisons_table(doc: ScalingDoc) -> Table | None:
                                         "gap by phase (points of a step)"], rows,
                  note="Each ratio from windows measured in alternation; a round whose windows "
                       "saw the machine busy outside the run is excluded.")
+
+
+def network_tables(probe: NetworkProbe | None) -> list[Table]:
+    """The largest point's probe, then the same probe among each smaller N of the sweep."""
+    if probe is None:
+        return []
+    return [network_table(q) for q in (probe, *probe.at_other_n)]
 
 
 def network_table(probe: NetworkProbe | None) -> Table | None:

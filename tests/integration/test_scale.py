@@ -144,3 +144,26 @@ def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_clust
     # each fault is said in the summary, --quiet or not
     assert "raybench N=2 repeat 1: survived a failure (--chaos kill-worker: killed worker (rank" \
         in capsys.readouterr().out
+
+
+def test_the_network_probe_runs_among_each_n_of_the_sweep(ray_cluster):
+    """scale --probe-network: the largest point's probe over 4 KiB to 64 MiB, then among each
+    smaller N >= 2, up to the first size that holds the model's largest DDP bucket (a 2.3 MiB
+    weight: 4 MiB); N=1 has nothing to all-reduce."""
+    from torch import nn
+
+    from raybench.backends.ray_network import SIZES
+    from raybench.config import Config
+    from raybench.console import Console
+    from raybench.plan import Plan, point_config
+    from raybench.sweep import network_probe
+
+    base = Config()
+    base.scaling.cpus_per_worker = 1
+    plan = Plan(base, "test", [(n, point_config(base, n, None)) for n in (1, 2, 3)], None, None,
+                nn.Linear(1000, 600))
+    probe = network_probe(plan, Console(quiet=True))
+    assert probe.workers == 3 and [r.bytes for r in probe.rows] == list(SIZES)
+    (two,) = probe.at_other_n
+    assert two.workers == 2 and [r.bytes for r in two.rows] == list(SIZES[:6])
+    assert all(r.time_s > 0 for r in two.rows)

@@ -148,3 +148,26 @@ def test_a_measured_link_uses_the_probes_own_time_at_each_size():
     assert link.allreduce_s(4, 4 * MIB) == pytest.approx(0.132 + 0.5 * (2.28 - 0.132))
     assert link.allreduce_s(4, 32 * MIB) == pytest.approx(2 * 2.28)  # beyond: its bandwidth
     assert link.allreduce_s(1, 16 * MIB) == 0.0
+
+
+def test_a_probe_among_n_ranks_is_used_as_measured_at_that_n():
+    """scale --probe-network probes each smaller N too: at N=2 the 2-rank probe's own time,
+    not the 4-rank probe scaled by the ring; N=3 (not probed) still scales the 4-rank one."""
+    from raybench.network_forecast import Link, link_of
+    from raybench.results import NetworkProbe, NetworkRow
+
+    def probe(ranks, rows):
+        return NetworkProbe(rows=[NetworkRow(bytes=b, time_s=t, algbw_gbps=0.0, busbw_gbps=0.0,
+                                             iters=3) for b, t in rows],
+                            workers=ranks, latency_us=581.0, bandwidth_gbps=0.101)
+
+    four = probe(4, [(MIB, 0.132), (16 * MIB, 2.28)])
+    four.at_other_n = [probe(2, [(MIB, 0.095), (4 * MIB, 0.36)])]
+    link = link_of(four, None, None)
+    assert link.at == {2: ((MIB, 0.095), (4 * MIB, 0.36))}
+    assert link.allreduce_s(2, 2 * MIB) == pytest.approx(0.095 + 0.5 * (0.36 - 0.095))
+    assert link.allreduce_s(4, 16 * MIB) == pytest.approx(2.28)
+    alpha = 581e-6
+    scaled = Link(alpha, 8 / 0.101e9, "measured", ((MIB, 0.132), (16 * MIB, 2.28)), 4)
+    assert link.allreduce_s(3, 16 * MIB) == pytest.approx(scaled.allreduce_s(3, 16 * MIB))
+    assert "probed among 2/4 ranks" in link.text()
