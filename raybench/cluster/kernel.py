@@ -9,6 +9,7 @@ most current distributions) are both handled; `missing()` names what a machine l
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,7 +21,15 @@ from raybench.errors import UserError
 
 TOOLS = ("ip", "tc", "nsenter", "unshare", "mount")
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-CFS_PERIOD_US = 100_000
+# A CPU quota is a duty cycle, not a slower CPU: work that follows an idle stretch runs at full
+# speed until the period's quota is spent. With the kernel's default 100 ms period, 37 ms of CPU
+# after 120 ms of waiting (a DDP step's compute after its all-reduce) took 33.5 ms at a 0.4-core
+# share, against 91.6 ms never idle: a sync-bound step computed up to 2.7x faster than its node's
+# share (the wide MLP's work: 45 ms a step at N=2 against 92 ms at N=1 on the emulated
+# cluster). At 10 ms: 71.0 and 79.9 ms (scripts/quota_period.py). The kernel's smallest quota is
+# 1 ms: a share under 0.1 core gets the period that holds it.
+CFS_PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000
 # tbf's bucket must hold a whole segmentation-offload super-packet (64 KiB) or it under-delivers
 # (measured here at 1 Gbit/s: a 4 KiB bucket carried TCP at 404 Mbit/s, 160 KB at 955 Mbit/s);
 # above that, a millisecond of the rate keeps the kernel's timer granularity out of the rate.
@@ -190,6 +199,14 @@ def delete_link(dev: str) -> None:
 # ------------------------------------------------------------------ cgroups
 
 
+def quota_of(share: float | None) -> tuple[int, int]:
+    """(quota, period) in microseconds for a share of cores (quota -1: no limit)."""
+    if share is None:
+        return -1, CFS_PERIOD_US
+    period = max(CFS_PERIOD_US, math.ceil(MIN_QUOTA_US / share))
+    return max(MIN_QUOTA_US, round(share * period)), period
+
+
 @dataclass(frozen=True)
 class Cgroups:
     """Where a group's CPU quota, freezer and CPU accounting live: v1 (a hierarchy per
@@ -263,12 +280,14 @@ class Cgroups:
 
     def set_cpu(self, rel: str, share: float | None) -> None:
         """At most `share` cores' worth of CPU time per period (None: no limit)."""
-        quota = -1 if share is None else max(1000, round(share * CFS_PERIOD_US))
+        quota, period = quota_of(share)
         if self.version == 2:
-            text = f"{'max' if quota < 0 else quota} {CFS_PERIOD_US}"
+            text = f"{'max' if quota < 0 else quota} {period}"
             (self.cpu_root / rel / "cpu.max").write_text(text)
             return
-        (self.cpu_root / rel / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        # v1 checks the quota against the period as each is written: lift the quota first
+        (self.cpu_root / rel / "cpu.cfs_quota_us").write_text("-1")
+        (self.cpu_root / rel / "cpu.cfs_period_us").write_text(str(period))
         (self.cpu_root / rel / "cpu.cfs_quota_us").write_text(str(quota))
 
     def cpu_share(self, rel: str) -> float | None:

@@ -82,3 +82,15 @@ def test_exec_keeps_flags_after_the_double_dash_as_written():
                                       "raybench.run", "--batch_size", "8", "--name", "x"])
     assert args.node == 1 and args.name == "rb"
     assert args.argv[1:] == ["python", "-m", "raybench.run", "--batch_size", "8", "--name", "x"]
+
+
+def test_a_node_share_is_a_quota_in_a_10_ms_period_longer_only_under_a_tenth_of_a_core():
+    """A 100 ms period let a node's compute after a wait run at full speed (kernel.py):
+    10 ms, and the kernel's 1 ms smallest quota kept by lengthening the period."""
+    from raybench.cluster.kernel import quota_of
+
+    assert quota_of(0.4) == (4_000, 10_000)
+    assert quota_of(1.5) == (15_000, 10_000)
+    assert quota_of(0.1) == (1_000, 10_000)
+    assert quota_of(0.05) == (1_000, 20_000)
+    assert quota_of(None) == (-1, 10_000)
