@@ -8,18 +8,16 @@ ratio of the geometric means with its 95% interval (docs/performance.md, Start-u
     python scripts/startup_extra_actor.py N REPEATS
 """
 
-import math
-import statistics
 import sys
 import time
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
-from scipy import stats
 
 from raybench.backends.conductor import window_board
 from raybench.backends.ray_train import _floor_fn
+from raybench.stats import paired_ratio
 
 
 def first_line_s(n: int, name: str, board: bool) -> float:
@@ -41,13 +39,9 @@ def main() -> None:
     for r in range(repeats):  # which goes first alternates: the second start finds files warm
         for board in ((False, True) if r % 2 == 0 else (True, False)):
             times[board].append(first_line_s(n, f"{'board' if board else 'alone'}{r}", board))
-    logs = [math.log(b / a) for a, b in zip(times[False], times[True], strict=True)]
-    mean, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
-    t = stats.t.ppf(0.975, len(logs) - 1)
+    ratio = paired_ratio(dict(enumerate(times[True])), dict(enumerate(times[False])))
     print("alone", [round(x, 2) for x in times[False]], "board", [round(x, 2) for x in times[True]])
-    print(f"board / alone: {math.exp(mean):.3f} ({math.exp(mean - t * se):.3f}-"
-          f"{math.exp(mean + t * se):.3f})")
-
+    print(f"board / alone: {ratio.value:.3f} ({ratio.low:.3f}-{ratio.high:.3f})")
 
 if __name__ == "__main__":
     main()
