@@ -202,6 +202,8 @@ def make_on_network(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: lis
     out.log(f"Scaling model on a network: {link.text()}; {len(buckets)} DDP bucket(s) of "
             f"{', '.join(f'{b / 2**20:.2f}' for b in buckets)} MiB; backward "
             + ", ".join(f"{v:.0%} of forward+backward at batch {b}" for b, v in share.items()))
+    # measured on the probe's ranks; an N the probe did not place assumes nodes of their own
+    slowdowns = network_forecast.node_slowdowns(probe)
     forecasts = [measured_forecast(b, 1, anchor, own[b], {}) for b in launchers if own[b]]
     for b in launchers:
         if not own[b] or b == "raw":
@@ -210,7 +212,9 @@ def make_on_network(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: lis
             work, compute = _work_at(runs, b, own[b], profile, anchor, batches[n])
             forecasts.append(network_forecast.network_forecast(
                 b, n, batches[n], work, compute, share[batches[n]], buckets, link,
-                extrapolated=n not in spec.workers or link.source == "assumed"))
+                extrapolated=n not in spec.workers or link.source == "assumed",
+                slowdown=slowdowns.get(n, 1.0)))
+    notes = [network_forecast.cpu_bound(probe), network_forecast.cores_bind(slowdowns)]
     report = ScalingModelReport(
         cores=os.cpu_count() or 1, threads=worker_threads(p.base),
         gradient_bytes=4 * count_parameters(p.model), alpha_s=link.alpha_s,
@@ -218,7 +222,10 @@ def make_on_network(spec: ScaleSpec, p: Plan, measures: list[Measure], runs: lis
         profile=dataclasses.asdict(profile) if profile else {},
         launcher_factor={b: w[0] for b, w in own.items() if w}, link=link.text(),
         buckets=buckets, backward_share={str(b): v for b, v in share.items()},
-        link_note=network_forecast.cpu_bound(probe))
+        link_note="; ".join(x for x in notes if x) or None)
+    for note in notes:
+        if note:
+            out.warn(note[0].upper() + note[1:])
     return report, forecasts
 
 

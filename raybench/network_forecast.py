@@ -36,6 +36,9 @@ ASSUMED_LATENCY_US = 50.0
 # The probe's bandwidth below this share of the links' set rate: the CPUs bound the
 # all-reduce, not the link (gloo reduces on the CPU).
 CPU_BOUND_SHARE = 0.85
+# A node's step this much longer with the others computing at once than alone: the nodes share
+# CPUs (a step's timing varies by a few percent between two windows alone).
+SHARED_CPU_SLOWDOWN = 1.05
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class Link:
     ranks: int = 2
     # the probe repeated among other rank counts: {ranks: ((bytes, seconds), ...)}
     at: dict[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    # DDP's buckets all-reduced right after each rank's training step, by rank count: the
+    # ring on nodes busy training (NodeWork.allreduce_after_step), used before the idle probe
+    after_step: dict[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
 
     @property
     def gbps(self) -> float:
@@ -62,12 +68,18 @@ class Link:
     def text(self) -> str:
         probed = sorted({self.ranks, *self.at}) if self.rows else []
         among = f", probed among {'/'.join(map(str, probed))} ranks" if len(probed) > 1 else ""
+        if self.after_step:
+            among += (", buckets timed after a step among "
+                      f"{'/'.join(map(str, sorted(self.after_step)))}")
         return f"{self.gbps:.3g} Gbit/s, {self.alpha_s * 1e6:.0f} us a hop, {self.source}{among}"
 
     def allreduce_s(self, n: int, nbytes: int) -> float:
-        """One all-reduce of `nbytes` among n ranks on this link."""
+        """One all-reduce of `nbytes` among n ranks on this link: as timed right after a
+        training step where it was, else the idle probe's."""
         if n <= 1:
             return 0.0
+        if n in self.after_step:
+            return _interpolate(self.after_step[n], nbytes)
         if n in self.at:
             return _interpolate(self.at[n], nbytes)
         if not self.rows:
@@ -106,7 +118,10 @@ def link_of(probe: NetworkProbe | None, link_gbps: float | None,
     return Link(probe.latency_us * 1e-6, 8 / (probe.bandwidth_gbps * 1e9), "measured",
                 tuple((r.bytes, r.time_s) for r in probe.rows), probe.workers,
                 {q.workers: tuple((r.bytes, r.time_s) for r in q.rows)
-                 for q in probe.at_other_n if q.rows})
+                 for q in probe.at_other_n if q.rows},
+                {q.workers: tuple((r.bytes, r.time_s) for r in q.work.allreduce_after_step)
+                 for q in (probe, *probe.at_other_n)
+                 if q.work is not None and q.work.allreduce_after_step})
 
 
 def cpu_bound(probe: NetworkProbe | None) -> str | None:
@@ -166,9 +181,13 @@ def gradient_buckets(model: torch.nn.Module) -> list[int]:
 
 def network_forecast(backend: str, n: int, batch: int, work: list[float], compute_share: float,
                      bwd_share: float, buckets: list[int], link: Link,
-                     extrapolated: bool = False) -> Forecast:
+                     extrapolated: bool = False, slowdown: float = 1.0) -> Forecast:
     """N nodes, one worker each: `work` is the quantiles of one worker's work per step at this
-    batch (seconds), `compute_share` the forward+backward share of it."""
+    batch (seconds) on a node computing alone, `compute_share` the forward+backward share of
+    it, `slowdown` how much longer the step took on the same nodes with all N computing at
+    once (the probe's NodeWork; 1 where not measured). In lockstep every rank computes at the
+    same time, so the whole of it applies."""
+    work = [x * slowdown for x in work]
     mean = expected_max(work, 1)
     slowest = expected_max(work, n)
     backward = mean * compute_share * bwd_share
@@ -180,4 +199,24 @@ def network_forecast(backend: str, n: int, batch: int, work: list[float], comput
         step_ms=step * 1e3, work_ms=mean * 1e3, wait_ms=(slowest - mean) * 1e3,
         allreduce_ms=overlap.allreduce_s * 1e3, exposed_ms=overlap.exposed_s * 1e3,
         backward_ms=backward * 1e3, buckets=overlap.buckets, link=link.text(),
-        slowdown=1.0, sync_share=(slowest - mean + overlap.exposed_s) / step)
+        slowdown=slowdown, sync_share=(slowest - mean + overlap.exposed_s) / step)
+
+
+def node_slowdowns(probe: NetworkProbe | None) -> dict[int, float]:
+    """The step's slowdown with N nodes computing at once, by N, where the probe measured it."""
+    if probe is None:
+        return {}
+    return {q.workers: q.work.slowdown for q in (probe, *probe.at_other_n)
+            if q.work is not None}
+
+
+def cores_bind(slowdowns: dict[int, float]) -> str | None:
+    """A sentence where the nodes' compute slowed down once several computed at once: the
+    nodes share CPUs (an emulated cluster's share this machine's cores), so those points are
+    bound by the CPUs as much as by the link; None where no N slowed by SHARED_CPU_SLOWDOWN."""
+    bound = {n: s for n, s in sorted(slowdowns.items()) if s >= SHARED_CPU_SLOWDOWN}
+    if not bound:
+        return None
+    return ("the nodes share CPUs: one node's step ran "
+            + ", ".join(f"{s:.2f}x as long with {n}" for n, s in bound.items())
+            + " nodes computing at once; the forecasts include it (work = N=1 work x that)")

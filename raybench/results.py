@@ -441,6 +441,22 @@ class NetworkRow:
 
 
 @dataclass
+class NodeWork:
+    """The model's training step on each rank of a network probe (no sync), each rank alone
+    in turn and then every rank at once: how much slower a node computes while the others
+    compute too (hosts or cores they share, the kernel's and Ray's own work). On an emulated
+    cluster the nodes share this machine's cores; on nodes of their own it stays near 1."""
+
+    batch_size_per_worker: int
+    alone_ms: list[float]  # each rank's mean step alone (the others in a barrier), rank order
+    loaded_ms: list[float]  # each rank's mean step with every rank stepping at once
+    slowdown: float  # geometric mean over ranks of loaded / alone
+    # DDP's bucket sizes all-reduced right after each rank's step (as its last bucket runs):
+    # the ring as it runs on nodes busy training
+    allreduce_after_step: list[NetworkRow] = field(default_factory=list)
+
+
+@dataclass
 class NetworkProbe:
     """Gloo all-reduces between ranks placed as a run's workers (`raybench.probe network`,
     `raybench.scale --probe-network`), and the ring t = 2(n-1) latency + 2(n-1)/n bytes /
@@ -457,6 +473,8 @@ class NetworkProbe:
     # scale --probe-network: the same probe among each smaller N >= 2 of the sweep, sizes up
     # to the model's largest DDP bucket (what the forecast at that N all-reduces)
     at_other_n: list[NetworkProbe] = field(default_factory=list)
+    # scale --probe-network: the step's work alone and with every rank computing at once
+    work: NodeWork | None = None
 
 
 @dataclass

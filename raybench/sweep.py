@@ -152,20 +152,29 @@ def network_probe(p: Plan, out: Console) -> NetworkProbe:
     model's largest DDP bucket (what a forecast at that N all-reduces): a ring scaled from
     the largest N's probe over-stated a 2-rank all-reduce on the emulated cluster."""
     largest = max(2, p.points[-1][0])
-    probe = _probe_among(point_config(p.points[-1][1], largest, None), ray_network.SIZES, out)
-    cap = max(network_forecast.gradient_buckets(p.model), default=0)
+    shape = (p.features, p.base.data.window, p.base.data.task)
+    buckets = network_forecast.gradient_buckets(p.model)
+    probe = _probe_among(point_config(p.points[-1][1], largest, None), ray_network.SIZES,
+                         shape, buckets, out)
+    cap = max(buckets, default=0)
     sizes = [s for s in ray_network.SIZES if s < cap] + [
         next((s for s in ray_network.SIZES if s >= cap), ray_network.SIZES[-1])]
-    probe.at_other_n = [_probe_among(cfg, sizes, out) for n, cfg in p.points
+    probe.at_other_n = [_probe_among(cfg, sizes, shape, buckets, out) for n, cfg in p.points
                         if 2 <= n < largest]
     return probe
 
 
-def _probe_among(cfg: Config, sizes: tuple[int, ...] | list[int], out: Console) -> NetworkProbe:
+def _probe_among(cfg: Config, sizes: tuple[int, ...] | list[int], shape: tuple[int, int, str],
+                 buckets: list[int], out: Console) -> NetworkProbe:
+    """The probe among cfg's ranks; on them, the model's step alone and all at once (the
+    forecast's work term where nodes share what they compute on: an emulated cluster's
+    share this machine's cores), and each DDP bucket all-reduced right after a step (its
+    ring where a node's CPU share is spent by the step)."""
     out.log(f"Network probe: gloo all-reduces among {cfg.scaling.workers} ranks placed "
             f"{cfg.scaling.placement_strategy}, {sizes[0] // 1024} KiB to "
-            f"{sizes[-1] / 2**20:g} MiB")
-    probe = ray_network.probe(cfg, sizes)
+            f"{sizes[-1] / 2**20:g} MiB; the step alone and on every rank at once")
+    work = ray_network.WorkOrder(cfg.to_dict(), shape, cfg.train.batch_size, tuple(buckets))
+    probe = ray_network.probe(cfg, sizes, work=work)
     for line in network_table(probe).text().splitlines()[3:]:
         out.log("  " + line)
     return probe

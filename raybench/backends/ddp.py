@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import queue as queue_mod
 import socket
@@ -254,26 +255,15 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
     the communication alone). Outside a process group (N=1) only the work is timed."""
     cfg = from_dict(cfg_dict)
     features, window, task = shape
-    torch.set_num_threads(worker_threads(cfg))
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, features, window, task)
-    x, y = _fake_batch(batch, window, features, task)
-    criterion = loss_fn(task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-
-    def step(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(x).float(), y).backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
+    model, criterion, step = _training_step(cfg, shape, batch)
+    x, y = step.keywords["x"], step.keywords["y"]
     group = dist.is_available() and dist.is_initialized()
     for _ in range(20):
         step()
     out = {"work_s": [], "allreduce_s": None, "synced_work_s": [], "synced_allreduce_s": [],
            "solo_s": []}
-    solo = functools.partial(step, *_fake_batch(solo_batch or batch, window, features, task))
+    solo_x, solo_y = _fake_batch(solo_batch or batch, window, features, task)
+    solo = functools.partial(step, x=solo_x, y=solo_y)
     if group:
         # rank 0 alone (the others blocked in a barrier), just before the phases it is the
         # reference of: the step's slowdown with N ranks is a ratio measured within seconds,
@@ -294,6 +284,96 @@ def loaded_step_probe(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
         synced, sync = _lockstep(model, criterion, x, y, cfg.train.lr, seconds, block)
         out.update(_gathered(work, synced, sync))
     return out
+
+
+def _training_step(cfg: Config, shape: tuple[int, int, str], batch: int
+                   ) -> tuple[torch.nn.Module, Callable, functools.partial]:
+    """The model, its loss and one timed training step (forward, backward, Adam) on a fixed
+    batch, with the worker's threads: the one-worker step the probes time. The step takes
+    another batch as x=, y=."""
+    features, window, task = shape
+    torch.set_num_threads(worker_threads(cfg))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, features, window, task)
+    criterion = loss_fn(task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(x).float(), y).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    x, y = _fake_batch(batch, window, features, task)
+    return model, criterion, functools.partial(step, x=x, y=y)
+
+
+def work_alone_and_loaded(cfg_dict: dict, shape: tuple[int, int, str], batch: int,
+                          seconds: float, buckets: list[int] | tuple[int, ...] = ()
+                          ) -> dict | None:
+    """One rank of a process group whose ranks sit on different nodes (the network probe's):
+    the training step alone, each rank in turn while the others wait in a barrier, on both
+    sides of every rank stepping at once (so that a spell shows as two different halves);
+    then an all-reduce of each size in `buckets` right after every rank's step. Rank 0 gets
+    each rank's mean step alone (`alone_s`) and loaded (`loaded_s`), rank order, and per size
+    (iterations, the median all-reduce) (`allreduce`); the others None. The steps all-reduce
+    nothing: this is the compute a node does while the others compute, what a lockstep
+    step's work is."""
+    _, _, step = _training_step(from_dict(cfg_dict), shape, batch)
+    for _ in range(20):  # allocations, the first steps' dispatch: burned in, all at once
+        step()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    alone = [_alone_in_turn(step, seconds / 4, rank, world)]
+    loaded = _timed(step, seconds)
+    alone.append(_alone_in_turn(step, seconds / 4, rank, world))
+    mine = (statistics.fmean(alone[0] + alone[1]), statistics.fmean(loaded))
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    after = {b: _allreduce_after_step(step, b, seconds) for b in sorted(set(buckets))}
+    if rank:
+        return None
+    return {"alone_s": [a for a, _ in everyone], "loaded_s": [w for _, w in everyone],
+            "allreduce": after}
+
+
+def _allreduce_after_step(step: Callable[[], float], nbytes: int,
+                          seconds: float) -> tuple[int, float]:
+    """All-reduces of `nbytes` each right after a training step on every rank, as DDP's last
+    bucket runs once backward ends: (iterations, the median over them of the shortest time any
+    rank saw). The rank that arrived last waited for nobody, so its time is the communication
+    alone, with the nodes as busy as in training: where a node's CPU share is spent by its
+    step, each hop of the ring also waits for the peer's quota to come back (the emulated
+    cluster's LSTM: 32-45 ms of exposed DDP communication where idle ranks all-reduced its
+    200 KB in 4-5 ms)."""
+    tensor = torch.zeros(max(1, nbytes // 4))
+    dist.all_reduce(tensor)  # connections and buffers
+    start = time.perf_counter()
+    step()
+    dist.all_reduce(tensor)
+    count = torch.tensor([max(5, math.ceil(seconds / (time.perf_counter() - start)))])
+    dist.broadcast(count, 0)  # a collective: every rank runs rank 0's count
+    mine = []
+    for _ in range(int(count)):
+        step()
+        start = time.perf_counter()
+        dist.all_reduce(tensor)
+        mine.append(time.perf_counter() - start)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return len(mine), float(np.median(np.min(np.asarray(everyone), axis=0)))
+
+
+def _alone_in_turn(step: Callable[[], float], seconds: float, rank: int,
+                   world: int) -> list[float]:
+    """This rank's steps while it is its turn, every rank in rank order."""
+    mine = []
+    for turn in range(world):
+        dist.barrier()
+        if turn == rank:
+            mine = _timed(step, seconds, at_least=10)
+    dist.barrier()
+    return mine
 
 
 def _gathered(work: list[float], synced: list[float], sync: list[float]) -> dict:
@@ -387,10 +467,10 @@ def _fake_batch(batch: int, window: int, features: int,
     return x, y
 
 
-def _timed(step: Callable[[], float], seconds: float) -> list[float]:
-    """Steps for `seconds` of wall time, at least 20."""
+def _timed(step: Callable[[], float], seconds: float, at_least: int = 20) -> list[float]:
+    """Steps for `seconds` of wall time, at least `at_least`."""
     times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 20:
+    while time.perf_counter() < end or len(times) < at_least:
         times.append(step())
     return times
 

@@ -309,6 +309,14 @@ def network_table(probe: NetworkProbe | None) -> Table | None:
     link = _link_sentence(probe.link)
     lone = (" All ranks ran on one node: this is loopback, not a link." if nodes == 1
             and probe.workers > 1 else "")
+    if (w := probe.work) is not None:
+        lone += (f" The model's step at batch {w.batch_size_per_worker} on these ranks: alone "
+                 f"{', '.join(f'{a:.3g}' for a in w.alone_ms)} ms, all at once "
+                 f"{', '.join(f'{x:.3g}' for x in w.loaded_ms)} ms ({w.slowdown:.2f}x).")
+        if w.allreduce_after_step:
+            lone += (" DDP's buckets all-reduced right after a step: " + ", ".join(
+                f"{r.bytes / 2**20:.3g} MiB in {r.time_s * 1e3:.3g} ms (busbw "
+                f"{r.busbw_gbps:.3g} Gbit/s)" for r in w.allreduce_after_step) + ".")
     return Table(f"Network: gloo all-reduce among {where}",
                  ["bytes", "time ms", "algbw Gbit/s", "busbw Gbit/s", "iterations"], rows,
                  note=f"busbw = algbw x 2(n-1)/n: what each link carried. {fit}.{link}{lone}")
@@ -346,12 +354,14 @@ def network_forecasts_table(doc: ScalingDoc) -> Table:
     rows = [[x.backend, str(x.workers), str(x.batch_size_per_worker),
              f.rate(x.predicted_samples_per_sec),
              "forecast (not run)" if x.extrapolated else f.rate(x.measured_samples_per_sec),
-             f.signed_pct(x.error), f.ms(x.work_ms), f.ms(x.wait_ms), f.ms(x.backward_ms),
-             f.ms(x.allreduce_ms), f.ms(x.exposed_ms), x.link or f.DASH]
+             f.signed_pct(x.error), f.ratio(x.slowdown), f.ms(x.work_ms), f.ms(x.wait_ms),
+             f.ms(x.backward_ms), f.ms(x.allreduce_ms), f.ms(x.exposed_ms), x.link or f.DASH]
             for x in doc.forecasts]
     model = doc.model
-    note = ("N nodes, one worker each. work: the launcher's own one-worker step at that batch "
-            "(measured at N=1; the raw profile for another batch); waiting: the slowest of N "
+    note = ("N nodes, one worker each. nodes at once: one node's step with all N computing "
+            "at once over alone, measured on the probe's ranks (1 where not measured: nodes of "
+            "their own); work: the launcher's own one-worker step at that batch (measured at "
+            "N=1; the raw profile for another batch) times that; waiting: the slowest of N "
             "(order statistics); backward: its share of the step, timed from the model's "
             "forward/backward split here; all-reduce: DDP's buckets (1 MiB, then 25 MiB) each "
             "a ring over the link; exposed: what backward did not hide. The link's terms are "
@@ -361,8 +371,8 @@ def network_forecasts_table(doc: ScalingDoc) -> Table:
         note += f" Here {model.link_note}."
     return Table("Forecasts on the network, made from the N=1 point before any other ran",
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
-                  "error", "work ms", "waiting ms", "backward ms", "all-reduce ms",
-                  "exposed ms", "link"], rows, note=note)
+                  "error", "nodes at once", "work ms", "waiting ms", "backward ms",
+                  "all-reduce ms", "exposed ms", "link"], rows, note=note)
 
 
 def forecast_note(doc: ScalingDoc) -> str:

@@ -149,21 +149,38 @@ def test_chaos_kills_a_worker_and_goodput_is_set_against_the_clean_run(ray_clust
 def test_the_network_probe_runs_among_each_n_of_the_sweep(ray_cluster):
     """scale --probe-network: the largest point's probe over 4 KiB to 64 MiB, then among each
     smaller N >= 2, up to the first size that holds the model's largest DDP bucket (a 2.3 MiB
-    weight: 4 MiB); N=1 has nothing to all-reduce."""
+    weight: 4 MiB); N=1 has nothing to all-reduce. Each probe also times the configured
+    model's step on its ranks, each alone and then all at once (the forecast's work term where
+    nodes share CPUs) and all-reduces each DDP bucket right after a step: here every rank
+    shares this machine's two cores."""
     from torch import nn
 
     from raybench.backends.ray_network import SIZES
     from raybench.config import Config
     from raybench.console import Console
-    from raybench.plan import Plan, point_config
+    from raybench.network_forecast import gradient_buckets
+    from raybench.plan import Plan, ScaleSpec, load_data, point_config
     from raybench.sweep import network_probe
 
-    base = Config()
+    quiet = Console(quiet=True)
+    data, _, _, base = load_data(Config(), ScaleSpec(workers=[1], synthetic_samples=2000), quiet)
     base.scaling.cpus_per_worker = 1
-    plan = Plan(base, "test", [(n, point_config(base, n, None)) for n in (1, 2, 3)], None, None,
+    base.train.batch_size = 64
+    # the model whose buckets size the smaller probes; the step timed is base's model
+    plan = Plan(base, "test", [(n, point_config(base, n, None)) for n in (1, 2, 3)], data, None,
                 nn.Linear(1000, 600))
-    probe = network_probe(plan, Console(quiet=True))
+    probe = network_probe(plan, quiet)
     assert probe.workers == 3 and [r.bytes for r in probe.rows] == list(SIZES)
     (two,) = probe.at_other_n
     assert two.workers == 2 and [r.bytes for r in two.rows] == list(SIZES[:6])
     assert all(r.time_s > 0 for r in two.rows)
+    buckets = sorted(set(gradient_buckets(plan.model)))
+    for q in (probe, two):
+        w = q.work
+        assert w.batch_size_per_worker == 64 and len(w.alone_ms) == len(w.loaded_ms) == q.workers
+        assert all(x > 0 for x in w.alone_ms + w.loaded_ms)
+        # each of DDP's buckets, all-reduced right after a step on every rank
+        assert [r.bytes for r in w.allreduce_after_step] == buckets
+        assert all(r.time_s > 0 and r.iters >= 5 for r in w.allreduce_after_step)
+    # three single-threaded ranks stepping at once on two cores: slower than one alone
+    assert probe.work.slowdown > 1.2

@@ -171,3 +171,68 @@ def test_a_probe_among_n_ranks_is_used_as_measured_at_that_n():
     scaled = Link(alpha, 8 / 0.101e9, "measured", ((MIB, 0.132), (16 * MIB, 2.28)), 4)
     assert link.allreduce_s(3, 16 * MIB) == pytest.approx(scaled.allreduce_s(3, 16 * MIB))
     assert "probed among 2/4 ranks" in link.text()
+
+
+def test_nodes_computing_at_once_slow_the_work_term_and_the_forecast_says_so():
+    """The LSTM on 5 emulated nodes of 0.4 core: 190 ms a step at N=1, 229-275 ms at N=2-4
+    with an all-reduce of 3-5 ms. The probe's ranks alone and all at once give the slowdown;
+    the work term is N=1's work times it, and the forecast names the points it bound."""
+    from raybench.backends.ray_network import node_work
+    from raybench.network_forecast import Link, cores_bind, network_forecast, node_slowdowns
+    from raybench.results import NetworkProbe
+
+    # each rank's own ratio (1.2 and 1.5: a slower node alone is not contention): geometric
+    # mean sqrt(1.2 x 1.5)
+    w = node_work(256, [0.100, 0.200], [0.120, 0.300])
+    assert w.alone_ms == pytest.approx([100.0, 200.0]) and w.loaded_ms == [120.0, 300.0]
+    assert w.slowdown == pytest.approx((1.2 * 1.5) ** 0.5)
+
+    four = NetworkProbe(rows=[], workers=4, latency_us=None, bandwidth_gbps=None,
+                        work=node_work(256, [0.19] * 4, [0.247] * 4))
+    four.at_other_n = [NetworkProbe(rows=[], workers=2, latency_us=None, bandwidth_gbps=None,
+                                    work=node_work(256, [0.19] * 2, [0.195] * 2))]
+    slow = node_slowdowns(four)
+    assert slow == pytest.approx({4: 1.3, 2: 0.195 / 0.19})
+    assert node_slowdowns(None) == {}
+    # 1.03 at N=2 is within a step's own variation: only N=4 is named
+    note = cores_bind(slow)
+    assert "1.30x as long with 4 nodes" in note and "with 2" not in note
+    assert cores_bind({2: 1.01}) is None
+
+    # 190 ms of work, 80% forward+backward, backward half: no link time to speak of
+    link = Link(0.0, 1e-12, "measured")
+    f = network_forecast("raybench", 4, 256, [0.19], 0.8, 0.5, [MIB], link, slowdown=1.3)
+    assert f.work_ms == pytest.approx(247.0) and f.slowdown == 1.3
+    assert f.backward_ms == pytest.approx(247.0 * 0.4)
+    assert f.step_ms == pytest.approx(247.0, rel=1e-4)
+    alone = network_forecast("raybench", 4, 256, [0.19], 0.8, 0.5, [MIB], link)
+    assert alone.slowdown == 1.0 and alone.work_ms == pytest.approx(190.0)
+
+
+def test_buckets_timed_after_a_step_are_the_ring_on_busy_nodes():
+    """On nodes whose CPU share the step spends, each hop also waits for a peer's quota: the
+    LSTM's 200 KB bucket took 4-5 ms among idle ranks and 32-45 ms as DDP ran it. The
+    all-reduce timed right after a step at that N wins over the idle probe; other N keep it."""
+    from raybench.backends.ray_network import node_work
+    from raybench.network_forecast import link_of
+    from raybench.results import NetworkProbe, NetworkRow
+
+    def probe(ranks, rows, after=None):
+        return NetworkProbe(rows=[NetworkRow(bytes=b, time_s=t, algbw_gbps=0.0, busbw_gbps=0.0,
+                                             iters=3) for b, t in rows],
+                            workers=ranks, latency_us=800.0, bandwidth_gbps=0.95,
+                            work=node_work(256, [0.19] * ranks, [0.2] * ranks, ranks, after))
+
+    kb200 = 200 * 1024
+    four = probe(4, [(65536, 0.0067), (262144, 0.0051), (MIB, 0.0136)], {kb200: (12, 0.040)})
+    four.at_other_n = [probe(2, [(65536, 0.0037), (262144, 0.0040)])]
+    (row,) = four.work.allreduce_after_step
+    # nccl-tests' convention on the busy ring too: busbw = algbw x 2(n-1)/n
+    assert row.bytes == kb200 and row.iters == 12
+    assert row.busbw_gbps == pytest.approx(kb200 * 8 / 0.040 / 1e9 * 1.5)
+    link = link_of(four, None, None)
+    assert link.after_step == {4: ((kb200, 0.040),)}
+    assert link.allreduce_s(4, kb200) == pytest.approx(0.040)
+    assert link.allreduce_s(2, 262144) == pytest.approx(0.0040)  # idle probe: none after a step
+    assert "buckets timed after a step among 4" in link.text()
+    assert link_of(four, 25.0, 10.0).after_step == {}  # a given link is not this one
