@@ -124,10 +124,7 @@ def node_work(batch: int, alone_s: list[float], loaded_s: list[float], world: in
     (by size: iterations, seconds); the slowdown is the geometric mean of the ranks' own
     ratios, so a slower node does not read as contention."""
     ratios = [w / a for a, w in zip(alone_s, loaded_s, strict=True)]
-    factor = 2 * (world - 1) / world
-    rows = [NetworkRow(bytes=b, time_s=t, algbw_gbps=b * 8 / t / 1e9,
-                       busbw_gbps=b * 8 / t / 1e9 * factor, iters=k)
-            for b, (k, t) in sorted((allreduce or {}).items())]
+    rows = [nccl_row(world, b, t, k) for b, (k, t) in sorted((allreduce or {}).items())]
     return NodeWork(batch_size_per_worker=batch, alone_ms=[a * 1e3 for a in alone_s],
                     loaded_ms=[w * 1e3 for w in loaded_s],
                     slowdown=math.exp(statistics.fmean(math.log(r) for r in ratios)),
@@ -138,13 +135,18 @@ def network_record(world: int, sizes: list[int], times: list[float], iters: list
                    nodes: list[str], strategy: str) -> NetworkProbe:
     """nccl-tests' rows and the ring fitted to them (relative errors: latency from the
     small sizes, bandwidth from the large)."""
-    factor = 2 * (world - 1) / world
-    rows = [NetworkRow(bytes=b, time_s=t, algbw_gbps=b * 8 / t / 1e9,
-                       busbw_gbps=b * 8 / t / 1e9 * factor, iters=k)
-            for b, t, k in zip(sizes, times, iters, strict=True)]
+    rows = [nccl_row(world, b, t, k) for b, t, k in zip(sizes, times, iters, strict=True)]
     ring = CommModel.fit({(world, b): t for b, t in zip(sizes, times, strict=True)},
                          relative=True)
     latency = ring.alpha_s * 1e6 if ring.alpha_s is not None else None
     bandwidth = 8 / ring.beta_s_per_byte / 1e9 if ring.beta_s_per_byte else None
     return NetworkProbe(rows=rows, workers=world, latency_us=latency, bandwidth_gbps=bandwidth,
                         nodes=nodes, placement_strategy=strategy)
+
+
+def nccl_row(world: int, nbytes: int, seconds: float, iters: int) -> NetworkRow:
+    """One all-reduce size as nccl-tests reports it: algbw = bytes / time, busbw = algbw x
+    2(n-1)/n (what each link carried), in Gbit/s."""
+    algbw = nbytes * 8 / seconds / 1e9
+    return NetworkRow(bytes=nbytes, time_s=seconds, algbw_gbps=algbw,
+                      busbw_gbps=algbw * 2 * (world - 1) / world, iters=iters)
