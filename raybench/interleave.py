@@ -349,7 +349,9 @@ def merge_reports(reports: list[WindowReport], label: str, workers: int, repeat:
         phase_ms=phase_ms, step_ms_p50=max(p50s) if p50s else None,
         cpu_s=sum(r.cpu_s for r in reports), nivcsw=sum(r.nivcsw for r in reports),
         steal_share=steal, outside_share=outside,
-        data_ms_per_rank=[r.phase_s.get("data", 0.0) / steps * 1e3 for r in reports])
+        data_ms_per_rank=[r.phase_s.get("data", 0.0) / steps * 1e3 for r in reports],
+        kernel_ms_per_rank=[r.sys_s / steps * 1e3 for r in reports],
+        faults_per_rank=[r.minflt / steps for r in reports])
 
 
 def paired_comparison(num: str, den: str, workers: int,
@@ -377,6 +379,7 @@ def paired_comparison(num: str, den: str, workers: int,
         out.mde = stats.min_detectable_effect(statistics.stdev(logs), len(logs))
     out.reached = out.halfwidth is not None and target is not None and out.halfwidth <= target
     out.phases = phase_gaps(pairs)
+    out.kernel_ms, out.faults_per_step = kernel_load(pairs, (num, den))
     for side, label in ((0, num), (1, den)):
         spread = stats.iqr_over_median([pair[side].samples_per_sec for pair in pairs])
         if spread is not None:
@@ -396,6 +399,23 @@ def phase_gaps(pairs: list[tuple[MeasuredWindow, MeasuredWindow]]) -> dict[str, 
             mean, low, high = stats.mean_interval(gaps)
             out[phase] = PhaseGap(mean, low, high)
     return out
+
+
+def kernel_load(pairs: list[tuple[MeasuredWindow, MeasuredWindow]],
+                labels: tuple[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per side: the busiest rank's kernel CPU per step (ms) and page faults per step, median
+    over the windows. A lockstep step waits for its slowest rank, and on CPU the ranks' kernel
+    time (the page faults of memory freed and taken back each step) differs from one process
+    to the next: a gap in "compute" that the busiest rank's kernel time matches is not the
+    launcher's own work."""
+    kernel, faults = {}, {}
+    for side, label in enumerate(labels):
+        busiest = [max(zip(w.kernel_ms_per_rank, w.faults_per_rank, strict=True))
+                   for w in (pair[side] for pair in pairs) if w.kernel_ms_per_rank]
+        if busiest:
+            kernel[label] = statistics.median(ms for ms, _ in busiest)
+            faults[label] = statistics.median(n for _, n in busiest)
+    return kernel, faults
 
 
 def startup_of(result: RunResult) -> dict[str, float | None]:

@@ -121,6 +121,7 @@ class RankFacts:
     best_epoch: int = 0
     niceness: int | None = None  # the process's nice value (Ray starts workers at 15)
     pinned_cores: list[int] | None = None  # scaling.pin_threads: the training thread's cores
+    malloc: dict[str, int] | None = None  # scaling.steady_malloc: glibc's settings, as applied
     pauses: list[Pause] = field(default_factory=list)  # this incarnation's, 2 s or longer
 
 
@@ -286,6 +287,11 @@ class WindowReport:
     cpu_s: float  # this rank's process, user + system, over the window
     nivcsw: int  # involuntary context switches of the process over the window
     started_at: float = 0.0  # epoch seconds the window's clock started
+    # Of cpu_s, the kernel's part, and the minor page faults behind most of it: on CPU, memory
+    # torch frees and takes back each step is zeroed again by the kernel (allocations over
+    # glibc's mmap threshold, and heap the allocator trimmed)
+    sys_s: float = 0.0
+    minflt: int = 0
 
 
 @dataclass
@@ -313,6 +319,8 @@ class MeasuredWindow:
     # driver), share of the machine: how idle "idle" was
     rest_of_run_share: float | None = None
     data_ms_per_rank: list[float] = field(default_factory=list)  # per step, rank by rank
+    kernel_ms_per_rank: list[float] = field(default_factory=list)  # kernel CPU per step, by rank
+    faults_per_rank: list[float] = field(default_factory=list)  # minor page faults per step
 
 
 @dataclass
@@ -349,6 +357,10 @@ class Comparison:
     phases: dict[str, PhaseGap] = field(default_factory=dict)
     startup_s: dict[str, dict[str, float | None]] = field(default_factory=dict)
     repeat: int | None = None  # None: pooled over every repeat
+    # launcher -> the median window's kernel CPU per step on its busiest rank (the one in the
+    # lockstep that page faults hold back most), ms, and that rank's minor page faults per step
+    kernel_ms: dict[str, float] = field(default_factory=dict)
+    faults_per_step: dict[str, float] = field(default_factory=dict)
 
 
 # What a run's progress queue carries to the driver besides rank 0's epoch reports (dicts,

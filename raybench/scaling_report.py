@@ -177,6 +177,8 @@ def comparison_sentence(c: Comparison) -> str:
                 if abs(g.share) >= 5e-4]
         if gaps:
             text += "; step-time gap by phase: " + ", ".join(gaps)
+        if kernel := kernel_clause(c):
+            text += "; " + kernel
     else:
         text += f": no difference beyond the noise (would detect {c.mde:.1%})" if c.mde else ""
     if not c.reached and c.note:
@@ -185,6 +187,17 @@ def comparison_sentence(c: Comparison) -> str:
     if noisy:
         text += f" [noisy windows, IQR/median: {', '.join(noisy)}]"
     return text
+
+
+def kernel_clause(c: Comparison) -> str:
+    """'kernel CPU a step on the busiest rank: raybench 49.9 ms (25.6k page faults), ddp-ray
+    46.2 ms (23.8k)': what of a compute gap the kernel's page faults account for."""
+    sides = [label for label in (c.numerator, c.denominator) if label in c.kernel_ms]
+    if len(sides) < 2:
+        return ""
+    parts = [f"{label} {c.kernel_ms[label]:.1f} ms ({c.faults_per_step[label] / 1e3:.1f}k"
+             + (" page faults)" if i == 0 else ")") for i, label in enumerate(sides)]
+    return "kernel CPU a step on the busiest rank: " + ", ".join(parts)
 
 
 # Windows whose rates spread more than this (IQR over median) are flagged as noisy.

@@ -101,6 +101,7 @@ class MetricsCollector:
         self.marks["loop_entry"] = time.time()
         self.pss_start = probes.pss_mib()  # before this worker touches the data
         self.pinned: list[int] | None = None  # cores the training thread was pinned to
+        self.malloc: dict[str, int] | None = None  # scaling.steady_malloc, as applied
         self.global_step = 0
         self.samples = 0
         self._counting = False
@@ -227,7 +228,7 @@ class MetricsCollector:
             step_breakdown=self.breakdown(), ingest=ingest, first_batch_s=first_batch_s,
             first_batch_at=first_batch_at,
             niceness=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
-            pinned_cores=self.pinned)
+            pinned_cores=self.pinned, malloc=self.malloc)
 
 
 def breakdown_of(phases: np.ndarray) -> StepBreakdown:

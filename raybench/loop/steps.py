@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from raybench import probes
+from raybench import malloc, probes
 from raybench.affinity import pin_cores
 from raybench.config import Config, metric_mode
 from raybench.data.ingest import Ingest
@@ -137,6 +137,8 @@ def setup(cfg: Config, ingest: Ingest, session: Session, collector: MetricsColle
     """Threads, seeds, the model wrapped for data parallelism, optimizer and loss."""
     if cfg.scaling.pin_threads:
         collector.pinned = pin_cores(session.local_rank, worker_threads(cfg))
+    if cfg.scaling.steady_malloc:  # before the model's first allocation
+        collector.malloc = malloc.hold_steady()
     torch.set_num_threads(worker_threads(cfg))
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, ingest.n_features, ingest.window, ingest.task)

@@ -86,7 +86,8 @@ def train_window(state: steps.TrainState, collector: MetricsCollector, batches: 
         phase_s={p: float(rows[:, i].sum()) for i, p in enumerate(PHASES)},
         step_ms_p50=float(np.median(rows.sum(axis=1)) * 1e3) if len(rows) else None,
         cpu_s=(after.ru_utime + after.ru_stime) - (used.ru_utime + used.ru_stime),
-        nivcsw=after.ru_nivcsw - used.ru_nivcsw, started_at=started_at)
+        nivcsw=after.ru_nivcsw - used.ru_nivcsw, started_at=started_at,
+        sys_s=after.ru_stime - used.ru_stime, minflt=after.ru_minflt - used.ru_minflt)
 
 
 def _check_finite(step: steps.Stepper, session: Session, state: steps.TrainState) -> None:

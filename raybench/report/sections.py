@@ -277,14 +277,20 @@ def comparisons_table(doc: ScalingDoc) -> Table | None:
     for c in items:
         ci = f"{f.ratio(c.ci95[0], 3)}{f.DASH}{f.ratio(c.ci95[1], 3)}" if c.ci95 else f.DASH
         gaps = ", ".join(f"{p} {g.share * 100:+.1f}" for p, g in c.phases.items())
+        kernel = [c.kernel_ms.get(side) for side in (c.numerator, c.denominator)]
         rows.append([f"{c.numerator} / {c.denominator}", str(c.workers), f.ratio(c.ratio, 3),
                      ci, f.pct(c.halfwidth, 1), f"{c.pairs} ({c.excluded_pairs})",
-                     f.seconds(c.window_s) if c.pairs else f.DASH, f.pct(c.mde, 1), gaps])
+                     f.seconds(c.window_s) if c.pairs else f.DASH, f.pct(c.mde, 1), gaps,
+                     " / ".join(f"{ms:.1f}" for ms in kernel) if None not in kernel else f.DASH])
     return Table("Paired comparisons", ["comparison", "N", "ratio", "95% CI", "±",
                                         "pairs (excluded)", "window", "smallest detectable",
-                                        "gap by phase (points of a step)"], rows,
+                                        "gap by phase (points of a step)",
+                                        "kernel ms a step, busiest rank"], rows,
                  note="Each ratio from windows measured in alternation; a round whose windows "
-                      "saw the machine busy outside the run is excluded.")
+                      "saw the machine busy outside the run is excluded. Kernel ms: the system "
+                      "CPU a step of each side's busiest rank, mostly page faults of memory "
+                      "torch frees and takes back each step; a compute gap it matches is the "
+                      "processes' memory, not the launcher's work.")
 
 
 def network_tables(probe: NetworkProbe | None) -> list[Table]:

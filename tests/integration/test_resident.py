@@ -56,6 +56,13 @@ def test_all_three_launchers_serve_interleaved_windows(ray_cluster, tmp_path):
         ends = -(-w.steps // per_epoch)  # epoch ends a window of w.steps can cross, at most
         assert w.steps * 128 - ends * 2 * 64 < w.samples <= w.steps * 128, (w, per_epoch)
     assert all(w.phase_ms["sync"] > 0 for w in n2)
+    # every rank's kernel CPU and page faults per step, and each side's busiest rank
+    for w in doc.windows:
+        assert len(w.kernel_ms_per_rank) == len(w.faults_per_rank) == w.workers, w
+        assert min(w.kernel_ms_per_rank) >= 0 and min(w.faults_per_rank) >= 0
+    assert any(ms > 0 for w in doc.windows for ms in w.kernel_ms_per_rank)
+    for c in comps.values():
+        assert set(c.kernel_ms) == set(c.faults_per_step) == {c.numerator, c.denominator}
     # a run's throughput is its windows' pooled rate; the summary's ratio is the comparison's
     ray1 = next(r for r in doc.runs if r.label == "raybench" and r.workers == 1)
     assert ray1.windows == len(ray1.window_rates) == comps[("raybench", "raw", 1)].pairs

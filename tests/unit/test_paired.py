@@ -151,3 +151,35 @@ def test_the_pair_cap_counts_kept_pairs_not_excluded_rounds():
     assert run._done(0.1)
     run.p = Precision(max_pairs=None, min_pairs=6, budget_s=1)
     assert run._done(5.0)  # the budget still ends it
+
+
+def test_a_compute_gap_names_the_busiest_ranks_kernel_time_and_page_faults():
+    """The step of a lockstep waits for its slowest rank; each side's figure is its busiest
+    rank's kernel CPU per step (median over windows), beside that rank's page faults. Measured
+    on the emulated cluster: the LSTM's ranks took 17k-26k minor faults a step, 35-50 ms of
+    kernel time, differing from one process to the next whatever the launcher."""
+    from raybench.interleave import kernel_load
+
+    pairs = []
+    for i, (mine, theirs) in enumerate([(50.0, 46.0), (52.0, 45.0), (49.0, 47.0)]):
+        x = window("raybench", 90.0 + i, phases=(0.0, 80.0, 5.0, 1.0), round_no=i)
+        y = window("ddp-ray", 100.0 + i, phases=(0.0, 72.0, 4.0, 1.0), round_no=i)
+        # rank 1 is raybench's busiest rank, rank 0 ddp-ray's
+        x.kernel_ms_per_rank, x.faults_per_rank = [40.0, mine], [20_000.0, mine * 500]
+        y.kernel_ms_per_rank, y.faults_per_rank = [theirs, 30.0], [theirs * 500, 15_000.0]
+        pairs.append((x, y))
+    kernel, faults = kernel_load(pairs, ("raybench", "ddp-ray"))
+    assert kernel == {"raybench": 50.0, "ddp-ray": 46.0}
+    assert faults == {"raybench": 25_000.0, "ddp-ray": 23_000.0}
+
+    c = paired_comparison("raybench", "ddp-ray", 2, pairs, 0, None)
+    assert c.kernel_ms == kernel and c.faults_per_step == faults
+    text = comparison_sentence(c)
+    assert "slower" in text
+    assert text.endswith("kernel CPU a step on the busiest rank: raybench 50.0 ms (25.0k page "
+                         "faults), ddp-ray 46.0 ms (23.0k)")
+    # windows from before the kernel was measured (older scaling.json): nothing is claimed
+    for x, y in pairs:
+        x.kernel_ms_per_rank = y.kernel_ms_per_rank = []
+    assert "kernel" not in comparison_sentence(paired_comparison("raybench", "ddp-ray", 2, pairs,
+                                                                 0, None))
