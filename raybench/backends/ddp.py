@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raybench import stats
+from raybench import malloc, stats
 from raybench.backends.base import LaunchContext
 from raybench.backends.conductor import LocalConductor, PipeChannel, exit_text
 from raybench.backends.local import LocalSession, train_rank, wants_gpu
@@ -293,6 +293,8 @@ def _training_step(cfg: Config, shape: tuple[int, int, str], batch: int
     another batch as x=, y=."""
     features, window, task = shape
     torch.set_num_threads(worker_threads(cfg))
+    if cfg.scaling.steady_malloc:  # its memory held as the launchers' ranks hold theirs
+        malloc.hold_steady()
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, features, window, task)
     criterion = loss_fn(task)
