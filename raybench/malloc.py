@@ -2,21 +2,23 @@
 given back to the kernel and faulted in again.
 
 On CPU, torch allocates a step's activations and gradients with malloc and frees them when the
-step ends. With glibc's defaults the allocator hands much of that back (chunks above its mmap
-threshold are unmapped; a heap's free top is trimmed once it passes the trim threshold, both
-thresholds moving as it goes) and the next step faults it in again, page by page, each page
-zeroed by the kernel. Measured here on the LSTM 2x64 at batch 256: 17,800 minor faults a step
-(73 MB), 29 of its 71 ms in the kernel. In a Ray Train worker, whose step runs on a thread of
-its own (an arena of its own), the count moved between 17k and 26k a step from one process to
-the next, and the busiest rank of a lockstep set the pace: raybench ran 8.4% behind ddp-ray at
-N=2 on 0.4-core nodes, all of it kernel time. Fixed thresholds and a top pad remove the faults
-(0-11 a step; the step took 39-42 ms), for every launcher alike.
+step ends. With glibc's defaults the allocator hands much of that back (a chunk at or above its
+mmap threshold, at most 32 MiB, is unmapped when freed; a heap's free top is trimmed past the
+trim threshold) and the next step faults it in again, page by page, each page zeroed by the
+kernel: the LSTM 2x64 at batch 256 took 17,800 minor faults a step (tests/unit/test_malloc.py).
+A Ray Train rank runs its loop on a thread, whose arena's heaps hold 64 MiB at most, and it
+mapped and unmapped a 58 MiB buffer every step; from one process to the next its faults moved
+between 17k and 26k a step, and the busiest rank of a lockstep set the pace (raybench/ddp-ray
+0.916 at N=2 on 0.4-core nodes, all of the gap kernel time). With these settings the faults
+go, for every launcher alike: on one host the LSTM's kernel CPU a step fell from 26-30 ms to
+0.1-1.4 ms and both launchers ran about 1.7x faster (docs/performance.md, Kernel time).
 
 Off unless asked (`--steady-malloc`): a user's own job runs with glibc's defaults, and what the
 figures measure by default is that job. On: what the same job gives with the thresholds set
-(for itself: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_ in its runtime_env,
-or jemalloc/tcmalloc, which keep freed memory too). The price is resident memory: a process
-keeps its peak step's memory (and up to the trim threshold more) instead of returning it.
+(for itself: MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_ in its workers'
+runtime_env, or jemalloc/tcmalloc, which keep freed memory too). The price is resident
+memory: a process keeps its peak step's memory (and up to the trim threshold more) instead of
+returning it.
 """
 
 from __future__ import annotations

@@ -193,8 +193,8 @@ def kernel_clause(c: Comparison) -> str:
     """'kernel CPU a step on the busiest rank: raybench 49.9 ms (25.6k page faults), ddp-ray
     46.2 ms (23.8k)': what of a compute gap the kernel's page faults account for."""
     sides = [label for label in (c.numerator, c.denominator) if label in c.kernel_ms]
-    if len(sides) < 2:
-        return ""
+    if len(sides) < 2 or max(c.kernel_ms[label] for label in sides) < 0.05:
+        return ""  # not measured, or nothing the kernel did shows at this precision
     parts = [f"{label} {c.kernel_ms[label]:.1f} ms ({c.faults_per_step[label] / 1e3:.1f}k"
              + (" page faults)" if i == 0 else ")") for i, label in enumerate(sides)]
     return "kernel CPU a step on the busiest rank: " + ", ".join(parts)

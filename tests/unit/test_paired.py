@@ -178,6 +178,9 @@ def test_a_compute_gap_names_the_busiest_ranks_kernel_time_and_page_faults():
     assert "slower" in text
     assert text.endswith("kernel CPU a step on the busiest rank: raybench 50.0 ms (25.0k page "
                          "faults), ddp-ray 46.0 ms (23.0k)")
+    # a kernel that did nothing at this precision (the MLP: 0.0 ms): nothing to say
+    c.kernel_ms = {"raybench": 0.01, "ddp-ray": 0.02}
+    assert "kernel" not in comparison_sentence(c)
     # windows from before the kernel was measured (older scaling.json): nothing is claimed
     for x, y in pairs:
         x.kernel_ms_per_rank = y.kernel_ms_per_rank = []
