@@ -183,12 +183,13 @@ class ScalingConfig:
     # 12 migrations a second against 0.4 for a plain process).
     pin_threads: bool = field(default=False, metadata=cli(
         "pin each rank's training thread to cores of its own (by local rank)", const=True))
-    # Keep each rank's freed memory for its next step (glibc's mmap and trim thresholds fixed,
-    # a top pad) instead of the kernel faulting it in again every step: raybench.malloc says
-    # what it cost here. Off: the figures are those of a job with glibc's defaults.
+    # Keep each rank's freed memory for its next step (glibc's mallopt: no mmap, a 1 GiB trim
+    # threshold, a 256 MiB top pad) instead of the kernel faulting it in again every step:
+    # raybench.malloc says what it cost here. Off: the figures are those of a job with glibc's
+    # defaults.
     steady_malloc: bool = field(default=False, metadata=cli(
-        "keep each rank's freed memory for its next step (glibc thresholds) instead of the "
-        "kernel faulting it in again", const=True))
+        "keep each rank's freed memory for its next step (glibc mallopt: no mmap, no trim) "
+        "instead of the kernel faulting it in again", const=True))
     address: str | None = field(default=None, metadata=cli(
         "Ray cluster to join (default: RAY_ADDRESS, else local)"))
     placement_strategy: str = field(default="PACK", metadata={

@@ -288,8 +288,8 @@ class WindowReport:
     nivcsw: int  # involuntary context switches of the process over the window
     started_at: float = 0.0  # epoch seconds the window's clock started
     # Of cpu_s, the kernel's part, and the minor page faults behind most of it: on CPU, memory
-    # torch frees and takes back each step is zeroed again by the kernel (allocations over
-    # glibc's mmap threshold, and heap the allocator trimmed)
+    # torch frees and takes back each step is zeroed again by the kernel (buffers glibc mapped
+    # on their own and unmapped, and heap it trimmed; --steady-malloc keeps them)
     sys_s: float = 0.0
     minflt: int = 0
 
