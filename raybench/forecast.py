@@ -25,6 +25,7 @@ from raybench.plan import Measure, Plan, ScaleSpec, global_batch, point_config
 from raybench.results import (
     AllreduceMeasure,
     Forecast,
+    MeasuredWindow,
     NetworkProbe,
     RunRecord,
     ScalingModelReport,
@@ -404,10 +405,12 @@ def extrapolation_inputs(spec: ScaleSpec, p: Plan, extra: list[int], anchor: int
 
 
 def check(forecasts: list[Forecast], runs: list[RunRecord],
-          reference_s: dict[int, list[float]] | None = None) -> None:
+          reference_s: dict[int, list[float]] | None = None,
+          windows: list[MeasuredWindow] = ()) -> None:
     """Set each measured point beside its kept forecast (the median over repeats), and where
     raw's N=1 step was measured in the point's rounds (`reference_s`, by N), the speed the
-    point ran at against the N=1 point's (raw's step there over raw's step then)."""
+    point ran at against the N=1 point's (raw's step there over raw's step then); from the
+    windows, the ranks' CPU a step against the N=1 point's."""
     raw = launcher_work(runs, "raw")
     for f in forecasts:
         rates = [r.samples_per_sec for r in runs if r.label == f.backend
@@ -416,6 +419,20 @@ def check(forecasts: list[Forecast], runs: list[RunRecord],
         then = (reference_s or {}).get(f.workers)
         if raw and then and f.workers > 1:
             with_speed(f, raw[0] / statistics.median(then))
+        if f.workers > 1 and not f.extrapolated:
+            f.cpu_per_step = cpu_per_step_ratio(windows, f.backend, f.workers)
+
+
+def cpu_per_step_ratio(windows: list[MeasuredWindow], launcher: str, n: int) -> float | None:
+    """The launcher's CPU a step per rank at N over at N=1, each the median of its kept
+    windows (None where either point has no CPU figure)."""
+    def per_rank(workers: int) -> float | None:
+        own = [w.cpu_s / w.steps / workers for w in windows if w.launcher == launcher
+               and w.workers == workers and not w.excluded and w.steps and w.cpu_s]
+        return statistics.median(own) if own else None
+
+    at_n, at_1 = per_rank(n), per_rank(1)
+    return at_n / at_1 if at_n and at_1 else None
 
 
 def add_costs(forecasts: list[Forecast], per_worker_second: float) -> None:

@@ -729,6 +729,11 @@ class Forecast:
     # there over raw's N=1 step in a window of every round of the point (> 1: faster then).
     speed: float | None = None
     error_same_speed: float | None = None  # predicted x speed / measured - 1
+    # The launcher's CPU a step per rank at this point over its N=1 point's (median windows):
+    # in weak scaling each rank does the same work, so above 1 the same step cost more CPU,
+    # a slower machine (a shared host's cores) or more work a step (the all-reduce's own CPU,
+    # page faults); the speed figure where no raw loop ran beside (the emulated cluster)
+    cpu_per_step: float | None = None
     # On a network (network_forecast.py): backward's length, the part of DDP's bucketed
     # all-reduce it did not hide, the buckets, and the link's terms with their source
     backward_ms: float | None = None

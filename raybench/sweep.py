@@ -231,7 +231,7 @@ class Sweep:
 
     def conclude(self) -> None:
         """Each kept forecast beside what was measured, the speed references, the costs."""
-        forecast.check(self.forecasts, self.runs, self.reference_s)
+        forecast.check(self.forecasts, self.runs, self.reference_s, self.windows)
         if self.model is not None:
             self.model.reference_ms = {str(n): [x * 1e3 for x in steps]
                                        for n, steps in self.reference_s.items()}

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import types
 
 import numpy as np
 import pytest
@@ -212,3 +213,34 @@ def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_
     moved = SimpleNamespace(basis_ratios={"2": 1.1}, point_drift=drift)
     assert "the N=1 point's raw step was 1.50x its step beside the N=2 probe" in \
         forecast_note(SimpleNamespace(model=moved))
+
+
+def test_a_network_forecast_carries_the_ranks_cpu_a_step_against_the_n1_point():
+    """The 08:18 sweep of 2026-12-03 in miniature: at N=1 a rank spent 60 ms of CPU a step, at
+    N=4 four ranks spent 288 ms a step together (72 each): the same step cost 1.2x the CPU, the
+    machine ran slower than when the forecast was made. Excluded windows do not count; an N
+    whose windows carry no CPU, or an extrapolated N, gets None."""
+    from raybench.forecast import check
+    from raybench.report.sections import network_forecasts_table
+    from raybench.results import Forecast, MeasuredWindow
+    from tests.unit.test_scaling_report import rec
+
+    def window(workers, cpu_s, excluded=False):
+        return MeasuredWindow(
+            launcher="raybench", workers=workers, repeat=1, round=0, slot=0, steps=10,
+            samples=2560 * workers, seconds=2.0, samples_per_sec=1280.0 * workers,
+            phase_ms={"compute": 150.0}, step_ms_p50=200.0, cpu_s=cpu_s, nivcsw=0,
+            started_at=0.0, steal_share=0.0, outside_share=0.0, excluded=excluded)
+
+    windows = [window(1, 0.58), window(1, 0.60), window(1, 0.62), window(1, 5.0, excluded=True),
+               window(4, 2.80), window(4, 2.88), window(4, 2.96), window(2, 0.0)]
+    runs = [rec("raybench", 4, 1, 4157.0), rec("raybench", 2, 1, 2576.0)]
+    four = Forecast("raybench", 4, 256, predicted_samples_per_sec=5163.0, link="1 Gbit/s")
+    two = Forecast("raybench", 2, 256, predicted_samples_per_sec=2814.0, link="1 Gbit/s")
+    eight = Forecast("raybench", 8, 256, predicted_samples_per_sec=9000.0, extrapolated=True)
+    check([four, two, eight], runs, None, windows)
+    assert four.cpu_per_step == pytest.approx(0.072 / 0.060)
+    assert two.cpu_per_step is None and eight.cpu_per_step is None
+    table = network_forecasts_table(types.SimpleNamespace(forecasts=[four], model=None))
+    assert "CPU a step vs N=1" in table.columns
+    assert table.rows[0][table.columns.index("CPU a step vs N=1")] == "1.20"
