@@ -268,9 +268,8 @@ def costlier_steps(forecasts: list[Forecast]) -> dict[str, float]:
 
 def costlier_warning(costlier: dict[str, float]) -> str:
     each = ", ".join(f"{r:.2f}x at {point}" for point, r in costlier.items())
-    return (f"the ranks spent {each} the N=1 point's CPU on the same step (over "
-            f"{COSTLIER_STEP}x; forecasts held at 1.02-1.16x on the emulated cluster, missed "
-            "at 1.20x): the machine ran slower there than when the "
+    return (f"the ranks spent {each} the N=1 point's CPU on the same step (up to "
+            f"{COSTLIER_STEP}x where forecasts held): the machine ran slower there than when the "
             "forecast was made, or each step did more work, and those errors carry that change; "
             "measure the point again before trusting its error")
 
