@@ -252,28 +252,6 @@ def point_warning(moved: dict[str, float]) -> str:
             "them")
 
 
-# On the emulated cluster the ranks' CPU a step at N over the N=1 point's was 1.02-1.16 where
-# the LSTM's forecasts held (2026-12-03, three 1 Gbit/s sweeps: the all-reduce's own CPU and the
-# machine's small moves) and 1.20-1.21 where both launchers missed by +24-29% (the machine ran
-# slower at that point than at N=1; docs/scaling.md)
-COSTLIER_STEP = 1.15
-
-
-def costlier_steps(forecasts: list[Forecast]) -> dict[str, float]:
-    """The measured points (by "launcher N=n") whose ranks spent more CPU on the same step
-    than at the N=1 point, beyond what the forecasts that held showed."""
-    return {f"{f.backend} N={f.workers}": f.cpu_per_step for f in forecasts
-            if f.cpu_per_step is not None and f.cpu_per_step > COSTLIER_STEP}
-
-
-def costlier_warning(costlier: dict[str, float]) -> str:
-    each = ", ".join(f"{r:.2f}x at {point}" for point, r in costlier.items())
-    return (f"the ranks spent {each} the N=1 point's CPU on the same step (up to "
-            f"{COSTLIER_STEP}x where forecasts held): the machine ran slower there than when the "
-            "forecast was made, or each step did more work, and those errors carry that change; "
-            "measure the point again before trusting its error")
-
-
 # ------------------------------------------------------------------ the network (DDP's buckets)
 
 FIRST_BUCKET_BYTES = 1 << 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES

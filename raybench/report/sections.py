@@ -25,14 +25,7 @@ from raybench.results import (
     read_json,
     read_status,
 )
-from raybench.scaling_model import (
-    basis_warning,
-    costlier_steps,
-    costlier_warning,
-    drifted_basis,
-    moved_point,
-    point_warning,
-)
+from raybench.scaling_model import basis_warning, drifted_basis, moved_point, point_warning
 
 # A point whose repeats or windows spread wider than this (IQR or range over the median) is
 # too noisy to decide on: said in the findings.
@@ -387,8 +380,6 @@ def network_forecasts_table(doc: ScalingDoc) -> Table:
             "terms are this machine's.")
     if model and model.link_note:
         note += f" Here {model.link_note}."
-    if costlier := costlier_steps(doc.forecasts):
-        note += f" Warning: {costlier_warning(costlier)}."
     return Table("Forecasts on the network, made from the N=1 point before any other ran",
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
                   "error", "CPU a step vs N=1", "nodes at once", "work ms", "waiting ms",
