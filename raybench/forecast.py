@@ -419,8 +419,22 @@ def check(forecasts: list[Forecast], runs: list[RunRecord],
         then = (reference_s or {}).get(f.workers)
         if raw and then and f.workers > 1:
             with_speed(f, raw[0] / statistics.median(then))
+        if not f.extrapolated:
+            f.measured_work_ms, f.measured_sync_ms = measured_parts(windows, f.backend,
+                                                                    f.workers)
         if f.workers > 1 and not f.extrapolated:
             f.cpu_per_step = cpu_per_step_ratio(windows, f.backend, f.workers)
+
+
+def measured_parts(windows: list[MeasuredWindow], launcher: str,
+                   n: int) -> tuple[float | None, float | None]:
+    """The launcher's step at N outside sync and in sync, ms: medians of its kept windows."""
+    own = [w.phase_ms for w in windows if w.launcher == launcher and w.workers == n
+           and not w.excluded and w.phase_ms]
+    if not own:
+        return None, None
+    work = statistics.median(sum(v for k, v in ms.items() if k != "sync") for ms in own)
+    return work, statistics.median(ms.get("sync", 0.0) for ms in own)
 
 
 def cpu_per_step_ratio(windows: list[MeasuredWindow], launcher: str, n: int) -> float | None:

@@ -729,10 +729,15 @@ class Forecast:
     # there over raw's N=1 step in a window of every round of the point (> 1: faster then).
     speed: float | None = None
     error_same_speed: float | None = None  # predicted x speed / measured - 1
-    # The launcher's CPU a step per rank at this point over its N=1 point's (median windows):
-    # in weak scaling each rank does the same work, so above 1 the same step cost more CPU,
-    # a slower machine (a shared host's cores) or more work a step (the all-reduce's own CPU,
-    # page faults); the speed figure where no raw loop ran beside (the emulated cluster)
+    # What the point measured for the forecast's two parts (median kept windows, mean over
+    # ranks): the step outside sync (data + compute + optimizer) against work_ms, and sync
+    # against wait_ms + the exposed all-reduce; a miss is traced to the part that moved
+    measured_work_ms: float | None = None
+    measured_sync_ms: float | None = None
+    # The launcher's CPU a step per rank at this point over its N=1 point's (median windows).
+    # Each rank does the same work at every N in weak scaling, so where sync costs little CPU
+    # (the LSTM: 1.02-1.16 where its forecasts held) a ratio well above 1 is a slower machine;
+    # gloo's all-reduce spends CPU too (1.2-2.5 for the sync-bound wide MLP, forecasts held)
     cpu_per_step: float | None = None
     # On a network (network_forecast.py): backward's length, the part of DDP's bucketed
     # all-reduce it did not hide, the buckets, and the link's terms with their source

@@ -360,15 +360,18 @@ def network_forecasts_table(doc: ScalingDoc) -> Table:
     rows = [[x.backend, str(x.workers), str(x.batch_size_per_worker),
              f.rate(x.predicted_samples_per_sec),
              "forecast (not run)" if x.extrapolated else f.rate(x.measured_samples_per_sec),
-             f.signed_pct(x.error), f.ratio(x.cpu_per_step), f.ratio(x.slowdown),
-             f.ms(x.work_ms), f.ms(x.wait_ms), f.ms(x.backward_ms), f.ms(x.allreduce_ms),
-             f.ms(x.exposed_ms), x.link or f.DASH]
+             f.signed_pct(x.error), f.ratio(x.slowdown), f.ms(x.work_ms),
+             f.ms(x.measured_work_ms), f.ms(x.wait_ms), f.ms(x.backward_ms),
+             f.ms(x.allreduce_ms), f.ms(x.exposed_ms), f.ms(x.measured_sync_ms),
+             f.ratio(x.cpu_per_step), x.link or f.DASH]
             for x in doc.forecasts]
     model = doc.model
-    note = ("N nodes, one worker each. CPU a step vs N=1: the ranks' CPU for one step at "
-            "this point over the N=1 point's (each rank does the same work; above 1 the same "
-            "step cost more CPU: a slower machine while the point ran, which the forecast, made "
-            "from the N=1 point, cannot know, or more work a step). nodes at once: one node's "
+    note = ("N nodes, one worker each. Each forecast's two parts stand beside what the point "
+            "measured (median windows): work against the step outside sync, waiting + exposed "
+            "against sync; a miss shows in the part that moved. CPU a step vs N=1: the ranks' "
+            "CPU for one step there over the N=1 point's (the same work at every N: well above "
+            "1 where sync costs little CPU, the machine ran slower than when the forecast was "
+            "made; gloo's all-reduce spends CPU too). nodes at once: one node's "
             "step with all N computing "
             "at once over alone, measured on the probe's ranks (1 where not measured: nodes of "
             "their own); work: the launcher's own one-worker step at that batch (measured at "
@@ -382,9 +385,10 @@ def network_forecasts_table(doc: ScalingDoc) -> Table:
         note += f" Here {model.link_note}."
     return Table("Forecasts on the network, made from the N=1 point before any other ran",
                  ["launcher", "N", "batch per worker", "forecast samples/s", "measured",
-                  "error", "CPU a step vs N=1", "nodes at once", "work ms", "waiting ms",
-                  "backward ms",
-                  "all-reduce ms", "exposed ms", "link"], rows, note=note)
+                  "error", "nodes at once", "work ms", "measured outside sync ms",
+                  "waiting ms", "backward ms",
+                  "all-reduce ms", "exposed ms", "measured sync ms",
+                  "CPU a step vs N=1", "link"], rows, note=note)
 
 
 def forecast_note(doc: ScalingDoc) -> str:

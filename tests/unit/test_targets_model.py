@@ -215,32 +215,42 @@ def test_forecasts_warn_when_the_machine_changed_speed_between_the_n1_point_and_
         forecast_note(SimpleNamespace(model=moved))
 
 
-def test_a_network_forecast_carries_the_ranks_cpu_a_step_against_the_n1_point():
-    """The 08:18 sweep of 2026-12-03 in miniature: at N=1 a rank spent 60 ms of CPU a step, at
-    N=4 four ranks spent 288 ms a step together (72 each): the same step cost 1.2x the CPU, the
-    machine ran slower than when the forecast was made. Excluded windows do not count; an N
-    whose windows carry no CPU, or an extrapolated N, gets None."""
+def test_a_network_forecast_stands_beside_its_measured_parts_and_the_ranks_cpu():
+    """The 08:18 sweep of 2026-12-03 in miniature. At N=4 the forecast's work was 162 ms and
+    its sync 36 (22.8 waiting + 13.2 exposed); the point measured 188 ms outside sync (0.1 data
+    + 187 compute + 1.2 optimizer, median window) and 36 in sync: the miss is in the work.
+    At N=1 a rank spent 60 ms of CPU a step, at N=4 four ranks 288 ms together (72 each):
+    1.2x. Excluded windows do not count; an N whose windows carry no CPU, or an extrapolated
+    N, gets None."""
     from raybench.forecast import check
     from raybench.report.sections import network_forecasts_table
     from raybench.results import Forecast, MeasuredWindow
     from tests.unit.test_scaling_report import rec
 
-    def window(workers, cpu_s, excluded=False):
+    def window(workers, cpu_s, compute=187.0, excluded=False):
         return MeasuredWindow(
             launcher="raybench", workers=workers, repeat=1, round=0, slot=0, steps=10,
             samples=2560 * workers, seconds=2.0, samples_per_sec=1280.0 * workers,
-            phase_ms={"compute": 150.0}, step_ms_p50=200.0, cpu_s=cpu_s, nivcsw=0,
-            started_at=0.0, steal_share=0.0, outside_share=0.0, excluded=excluded)
+            phase_ms={"data": 0.1, "compute": compute, "sync": 36.0 if workers > 1 else 0.0,
+                      "optimizer": 1.2},
+            step_ms_p50=200.0, cpu_s=cpu_s, nivcsw=0, started_at=0.0, steal_share=0.0,
+            outside_share=0.0, excluded=excluded)
 
-    windows = [window(1, 0.58), window(1, 0.60), window(1, 0.62), window(1, 5.0, excluded=True),
-               window(4, 2.80), window(4, 2.88), window(4, 2.96), window(2, 0.0)]
+    windows = [window(1, 0.58, 150), window(1, 0.60, 155), window(1, 0.62, 160),
+               window(1, 5.0, excluded=True), window(4, 2.80, 180), window(4, 2.88),
+               window(4, 2.96, 190), window(4, 9.0, 400, excluded=True), window(2, 0.0)]
     runs = [rec("raybench", 4, 1, 4157.0), rec("raybench", 2, 1, 2576.0)]
-    four = Forecast("raybench", 4, 256, predicted_samples_per_sec=5163.0, link="1 Gbit/s")
+    four = Forecast("raybench", 4, 256, predicted_samples_per_sec=5163.0, work_ms=162.3,
+                    wait_ms=22.8, exposed_ms=13.2, link="1 Gbit/s")
     two = Forecast("raybench", 2, 256, predicted_samples_per_sec=2814.0, link="1 Gbit/s")
     eight = Forecast("raybench", 8, 256, predicted_samples_per_sec=9000.0, extrapolated=True)
     check([four, two, eight], runs, None, windows)
+    assert four.measured_work_ms == pytest.approx(0.1 + 187 + 1.2)
+    assert four.measured_sync_ms == pytest.approx(36.0)
     assert four.cpu_per_step == pytest.approx(0.072 / 0.060)
-    assert two.cpu_per_step is None and eight.cpu_per_step is None
+    assert two.cpu_per_step is None and two.measured_sync_ms == pytest.approx(36.0)
+    assert eight.cpu_per_step is None and eight.measured_work_ms is None
     table = network_forecasts_table(types.SimpleNamespace(forecasts=[four], model=None))
-    assert "CPU a step vs N=1" in table.columns
-    assert table.rows[0][table.columns.index("CPU a step vs N=1")] == "1.20"
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert (row["work ms"], row["measured outside sync ms"]) == ("162.3", "188.3")
+    assert row["measured sync ms"] == "36.0" and row["CPU a step vs N=1"] == "1.20"
