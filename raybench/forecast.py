@@ -410,7 +410,8 @@ def check(forecasts: list[Forecast], runs: list[RunRecord],
     """Set each measured point beside its kept forecast (the median over repeats), and where
     raw's N=1 step was measured in the point's rounds (`reference_s`, by N), the speed the
     point ran at against the N=1 point's (raw's step there over raw's step then); from the
-    windows, the ranks' CPU a step against the N=1 point's."""
+    windows, what the point measured for the forecast's parts and the ranks' CPU a step
+    against the N=1 point's."""
     raw = launcher_work(runs, "raw")
     for f in forecasts:
         rates = [r.samples_per_sec for r in runs if r.label == f.backend
@@ -420,33 +421,38 @@ def check(forecasts: list[Forecast], runs: list[RunRecord],
         if raw and then and f.workers > 1:
             with_speed(f, raw[0] / statistics.median(then))
         if not f.extrapolated:
-            f.measured_work_ms, f.measured_sync_ms = measured_parts(windows, f.backend,
-                                                                    f.workers)
-        if f.workers > 1 and not f.extrapolated:
-            f.cpu_per_step = cpu_per_step_ratio(windows, f.backend, f.workers)
+            own = kept_windows(windows, f.backend, f.workers)
+            f.measured_work_ms, f.measured_sync_ms = measured_parts(own)
+            if f.workers > 1:
+                f.cpu_per_step = cpu_per_step_ratio(
+                    own, kept_windows(windows, f.backend, 1), f.workers)
 
 
-def measured_parts(windows: list[MeasuredWindow], launcher: str,
-                   n: int) -> tuple[float | None, float | None]:
-    """The launcher's step at N outside sync and in sync, ms: medians of its kept windows."""
-    own = [w.phase_ms for w in windows if w.launcher == launcher and w.workers == n
-           and not w.excluded and w.phase_ms]
-    if not own:
+def kept_windows(windows: list[MeasuredWindow], launcher: str,
+                 n: int) -> list[MeasuredWindow]:
+    """A launcher's windows at N that the comparisons kept."""
+    return [w for w in windows if w.launcher == launcher and w.workers == n and not w.excluded]
+
+
+def measured_parts(own: list[MeasuredWindow]) -> tuple[float | None, float | None]:
+    """A point's step outside sync and in sync, ms: medians of its windows."""
+    phases = [w.phase_ms for w in own if w.phase_ms]
+    if not phases:
         return None, None
-    work = statistics.median(sum(v for k, v in ms.items() if k != "sync") for ms in own)
-    return work, statistics.median(ms.get("sync", 0.0) for ms in own)
+    work = statistics.median(sum(v for k, v in ms.items() if k != "sync") for ms in phases)
+    return work, statistics.median(ms.get("sync", 0.0) for ms in phases)
 
 
-def cpu_per_step_ratio(windows: list[MeasuredWindow], launcher: str, n: int) -> float | None:
-    """The launcher's CPU a step per rank at N over at N=1, each the median of its kept
-    windows (None where either point has no CPU figure)."""
-    def per_rank(workers: int) -> float | None:
-        own = [w.cpu_s / w.steps / workers for w in windows if w.launcher == launcher
-               and w.workers == workers and not w.excluded and w.steps and w.cpu_s]
-        return statistics.median(own) if own else None
+def cpu_per_step_ratio(at_n: list[MeasuredWindow], at_1: list[MeasuredWindow],
+                       n: int) -> float | None:
+    """CPU a step per rank at N over at N=1, each the median of its windows (None where
+    either point has no CPU figure)."""
+    def per_rank(own: list[MeasuredWindow], workers: int) -> float | None:
+        each = [w.cpu_s / w.steps / workers for w in own if w.steps and w.cpu_s]
+        return statistics.median(each) if each else None
 
-    at_n, at_1 = per_rank(n), per_rank(1)
-    return at_n / at_1 if at_n and at_1 else None
+    mine, one = per_rank(at_n, n), per_rank(at_1, 1)
+    return mine / one if mine and one else None
 
 
 def add_costs(forecasts: list[Forecast], per_worker_second: float) -> None:

@@ -56,5 +56,6 @@ def main(repeats: int) -> None:
     print(f"  the first wrap's cost beyond a warm one, over the import: "
           f"{(wrap_cold - wrap_warm) / dynamo:.2f}")
 
+
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)

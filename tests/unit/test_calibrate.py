@@ -13,19 +13,14 @@ LSTM_AGAINST_PEAK = textwrap.dedent("""
     import json, time
     import torch
     from torch import nn
+    from raybench.config import ModelConfig
     from raybench.malloc import hold_steady
-    from raybench.models import flops_per_sample
+    from raybench.models import build_model, flops_per_sample
     from raybench import calibrate
     hold_steady()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    class LSTM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm, self.head = nn.LSTM(8, 64, num_layers=2, batch_first=True), nn.Linear(64, 1)
-        def forward(self, x):
-            return self.head(self.lstm(x)[0][:, -1]).squeeze(-1)
-    model = LSTM()
+    model = build_model(ModelConfig(kind="lstm", layers=2, hidden=64), 8, 60, "regression")
     optimizer = torch.optim.Adam(model.parameters())
     x, y = torch.randn(256, 60, 8), torch.randn(256)
     def step():
